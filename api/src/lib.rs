@@ -1,0 +1,164 @@
+//! The REST API over GPU telemetry, and the one-process embedded mode.
+//!
+//! - [`routes::router`] builds the axum [`axum::Router`] from an [`routes::AppState`]; tests
+//!   drive it with `oneshot` or over a real socket.
+//! - [`backend::TelemetryBackend`]: [`backend::GrpcBackend`] (the streamer) or
+//!   [`backend::StoreBackend`] (a store in this process).
+//! - [`error::ApiError`] maps every failure to a status and the JSON error body.
+//! - [`openapi`]: `/openapi.json` generated from the handlers, and the `/docs` page.
+//! - [`embedded`]: collector + store + API in one process, no Kafka.
+//! - [`run`]: what the `api` binary does.
+
+pub mod backend;
+pub mod config;
+pub mod embedded;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod routes;
+
+use std::sync::Arc;
+
+use common_auth::{KeyRing, SecretSpec, load_secret};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+use crate::backend::{GrpcBackend, TelemetryBackend};
+use crate::config::ApiConfig;
+use crate::routes::AppState;
+
+/// Errors that stop the api.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A secret is missing.
+    #[error(transparent)]
+    Auth(#[from] common_auth::AuthError),
+    /// The GPU source (embedded mode) cannot start.
+    #[error(transparent)]
+    Source(#[from] collector::source::SourceError),
+    /// The streamer URL is invalid.
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    /// Serving failed.
+    #[error("server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The current time as UTC milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    collector::sampler::now_ms()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves (then finishes in-flight requests).
+///
+/// # Errors
+/// The server's I/O error.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Where the API key came from, for the startup message (never the key itself, except a
+/// key generated here, which is shown once because nobody else knows it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// From env `API_KEY` or `--secret-dir`.
+    Configured,
+    /// Generated at startup (embedded mode without a configured key).
+    Generated,
+}
+
+fn api_key(cfg: &ApiConfig) -> Result<(SecretString, KeyOrigin), RunError> {
+    match load_secret(
+        &SecretSpec::API_KEY,
+        cfg.api_key.as_ref(),
+        cfg.secret_dir.as_deref(),
+    ) {
+        Ok(k) => Ok((k, KeyOrigin::Configured)),
+        Err(e) if cfg.embedded && matches!(e, common_auth::AuthError::Missing { .. }) => {
+            let bytes: [u8; 32] = rand::random();
+            Ok((SecretString::from(hex::encode(bytes)), KeyOrigin::Generated))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the api (gateway to the streamer, or embedded) on `listener` until `shutdown`.
+///
+/// # Errors
+/// [`RunError`] when a secret is missing, the source cannot start, or serving fails.
+pub async fn run(
+    cfg: ApiConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let (key, origin) = api_key(&cfg)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut sampler = None;
+    let backend: Arc<dyn TelemetryBackend> = if cfg.embedded {
+        let (b, task) = embedded::start(&cfg, stopped())?;
+        sampler = Some(task);
+        Arc::new(b)
+    } else {
+        let token = load_secret(
+            &SecretSpec::SERVICE_TOKEN,
+            cfg.service_token.as_ref(),
+            cfg.secret_dir.as_deref(),
+        )?;
+        Arc::new(GrpcBackend::new(
+            &cfg.streamer_url,
+            KeyRing::new(token),
+            cfg.streamer_timeout,
+        )?)
+    };
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() {
+        "localhost".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    println!("api listening on {addr}");
+    println!(
+        "  try: curl -H \"X-API-Key: $API_KEY\" http://{host}:{}/api/v1/gpus",
+        addr.port()
+    );
+    match origin {
+        KeyOrigin::Configured => {
+            println!("  API key: from env API_KEY or --secret-dir (not shown)")
+        }
+        KeyOrigin::Generated => println!(
+            "  API key (generated, none configured; set API_KEY to choose one): {}",
+            key.expose_secret()
+        ),
+    }
+    let state = AppState {
+        backend,
+        keys: KeyRing::new(key),
+        metrics: Arc::default(),
+    };
+    serve(listener, routes::router(state), stopped()).await?;
+    if let Some(t) = sampler {
+        let _ = t.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! JSON shapes of the REST API.
+
+use msg_queue_client::metric::{self, MetricDef};
+use msg_queue_client::wire::GpuSample;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use streamer::query::proto::GpuStatus;
+use time::OffsetDateTime;
+use time::macros::format_description;
+
+/// Formats UTC milliseconds as RFC 3339 with millisecond precision, e.g.
+/// `2026-11-27T19:29:30.123Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let fmt =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| "invalid-time".into())
+}
+
+/// A metric value as JSON: an integer when it is one, else a float.
+fn number(v: f64) -> serde_json::Number {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        serde_json::Number::from(v as i64)
+    } else {
+        serde_json::Number::from_f64(v).unwrap_or_else(|| serde_json::Number::from(0))
+    }
+}
+
+/// Metric name → value for the metrics a sample carries (absent ones are left out).
+#[derive(Debug)]
+pub struct MetricValues<'a> {
+    sample: &'a GpuSample,
+    only: Option<&'a [&'static MetricDef]>,
+}
+
+impl<'a> MetricValues<'a> {
+    /// All metrics of `sample`, or only `only`.
+    pub fn new(sample: &'a GpuSample, only: Option<&'a [&'static MetricDef]>) -> Self {
+        Self { sample, only }
+    }
+}
+
+impl Serialize for MetricValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        match self.only {
+            Some(defs) => {
+                for d in defs {
+                    if let Some(v) = d.value(self.sample) {
+                        m.serialize_entry(d.name, &number(v))?;
+                    }
+                }
+            }
+            None => {
+                for (name, v) in metric::values(self.sample) {
+                    m.serialize_entry(name, &number(v))?;
+                }
+            }
+        }
+        m.end()
+    }
+}
+
+/// One GPU as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Gpu<'a> {
+    /// NVML UUID, e.g. `GPU-1a2b…`.
+    pub uuid: &'a str,
+    /// Node (Kubernetes node name) the GPU is in.
+    pub node: &'a str,
+    /// NVML index on its node.
+    pub index: u32,
+    /// Product name.
+    pub name: &'a str,
+    /// Board serial number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<&'a str>,
+    /// PCI bus id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pci_bus_id: Option<&'a str>,
+    /// Driver version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<&'a str>,
+    /// CUDA driver version (e.g. 12040).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_driver_version: Option<i32>,
+    /// Whether MIG mode is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mig_enabled: Option<bool>,
+    /// Time of the latest sample, RFC 3339.
+    pub last_seen: String,
+    /// Samples held for this GPU.
+    pub sample_count: u64,
+    /// Latest value of each metric the GPU reports (metric name → number).
+    #[schema(value_type = std::collections::HashMap<String, f64>)]
+    pub latest: Option<MetricValues<'a>>,
+}
+
+impl<'a> Gpu<'a> {
+    /// The API view of a stored GPU.
+    pub fn from_status(s: &'a GpuStatus) -> Option<Self> {
+        let info = s.info.as_ref()?;
+        Some(Self {
+            uuid: &info.uuid,
+            node: &info.node,
+            index: info.index,
+            name: &info.name,
+            serial: info.serial.as_deref(),
+            pci_bus_id: info.pci_bus_id.as_deref(),
+            driver_version: info.driver_version.as_deref(),
+            cuda_driver_version: info.cuda_driver_version,
+            mig_enabled: info.mig_enabled,
+            last_seen: rfc3339_ms(s.last_seen_ms),
+            sample_count: s.sample_count,
+            latest: s.latest.as_ref().map(|l| MetricValues::new(l, None)),
+        })
+    }
+}
+
+/// `GET /api/v1/gpus`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GpuList<'a> {
+    /// The GPUs, ordered by node, then index.
+    pub gpus: Vec<Gpu<'a>>,
+    /// Number of GPUs returned.
+    pub count: usize,
+}
+
+/// One sample of `GET /api/v1/gpus/{uuid}/telemetry`: `timestamp` plus one field per metric.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Sample<'a> {
+    /// Sample time (collector clock), RFC 3339, millisecond precision.
+    pub timestamp: String,
+    /// Metric values (flattened into the sample object).
+    #[serde(flatten)]
+    #[schema(value_type = std::collections::HashMap<String, f64>)]
+    pub values: MetricValues<'a>,
+}
+
+/// `GET /api/v1/gpus/{uuid}/telemetry`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Telemetry<'a> {
+    /// The GPU.
+    pub uuid: &'a str,
+    /// Start of the window (inclusive), RFC 3339.
+    pub start_time: String,
+    /// End of the window (exclusive), RFC 3339.
+    pub end_time: String,
+    /// Samples in time order.
+    pub samples: Vec<Sample<'a>>,
+    /// Number of samples returned.
+    pub count: usize,
+    /// More samples matched than `limit` allowed; ask again from the last timestamp.
+    pub truncated: bool,
+}

@@ -1,0 +1,306 @@
+//! The REST routes and their handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use common_auth::KeyRing;
+use common_auth::http::{ApiKeyAuth, require_api_key};
+use msg_queue_client::metric::{self, MetricDef};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::backend::TelemetryBackend;
+use crate::error::{ApiError, ErrorBody};
+use crate::metrics::ApiMetrics;
+use crate::model::{Gpu, GpuList, MetricValues, Sample, Telemetry, rfc3339_ms};
+
+/// Default window of a telemetry query without `start_time`: the last hour.
+pub const DEFAULT_WINDOW_MS: i64 = 3_600_000;
+/// Default `limit` of a telemetry query.
+pub const DEFAULT_LIMIT: u32 = 10_000;
+/// Largest accepted `limit`.
+pub const MAX_LIMIT: u32 = streamer::query::MAX_RANGE_SAMPLES as u32;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Where telemetry is read from.
+    pub backend: Arc<dyn TelemetryBackend>,
+    /// Accepted API keys.
+    pub keys: KeyRing,
+    /// Request counters.
+    pub metrics: Arc<ApiMetrics>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// The whole API: `/api/v1/...` and `/docs` behind the API key; health, readiness, metrics
+/// and the OpenAPI document open. Unknown paths answer 401 without a key, 404 with one.
+pub fn router(state: AppState) -> Router {
+    let auth = ApiKeyAuth {
+        keys: state.keys.clone(),
+    };
+    let protected = Router::new()
+        .route("/api/v1/gpus", get(list_gpus))
+        .route("/api/v1/gpus/{uuid}", get(get_gpu))
+        .route("/api/v1/gpus/{uuid}/telemetry", get(telemetry))
+        .route("/docs", get(docs))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(auth, require_api_key));
+    let open = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json));
+    protected
+        .merge(open)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::count,
+        ))
+        .with_state(state)
+}
+
+/// Parses a query string, rejecting parameters not in `allowed` and repeated ones.
+fn params(raw: Option<String>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
+            return Err(ApiError::bad(
+                &k,
+                format!("unknown parameter; accepted: {}", allowed.join(", ")),
+            ));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(ApiError::bad(&k, "given more than once"));
+        }
+    }
+    Ok(out)
+}
+
+fn check_uuid(uuid: &str) -> Result<(), ApiError> {
+    let ok = !uuid.is_empty()
+        && uuid.len() <= 128
+        && uuid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "uuid",
+            "not a GPU UUID (letters, digits, '-', '_', '.'; at most 128)",
+        ))
+    }
+}
+
+fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
+    let t = OffsetDateTime::parse(v, &Rfc3339).map_err(|e| {
+        ApiError::bad(
+            name,
+            format!("not an RFC 3339 time (e.g. 2026-11-27T10:00:00Z): {e}"),
+        )
+    })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| ApiError::bad(name, "out of range"))
+}
+
+/// List every GPU with its latest metrics.
+#[utoipa::path(get, path = "/api/v1/gpus", tag = "gpus",
+    params(("node" = Option<String>, Query, description = "Only GPUs of this node")),
+    responses(
+        (status = 200, description = "GPUs ordered by node, then index", body = GpuList<'_>),
+        (status = 400, description = "Invalid parameter", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn list_gpus(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = params(q, &["node"])?;
+    let node = p.get("node").cloned();
+    if node.as_deref() == Some("") {
+        return Err(ApiError::bad("node", "must not be empty"));
+    }
+    let gpus = st.backend.list_gpus(node).await?;
+    let list: Vec<Gpu<'_>> = gpus.iter().filter_map(Gpu::from_status).collect();
+    Ok(Json(GpuList {
+        count: list.len(),
+        gpus: list,
+    })
+    .into_response())
+}
+
+/// One GPU with its latest metrics.
+#[utoipa::path(get, path = "/api/v1/gpus/{uuid}", tag = "gpus",
+    params(("uuid" = String, Path, description = "GPU UUID")),
+    responses(
+        (status = 200, description = "The GPU", body = Gpu<'_>),
+        (status = 400, description = "Invalid UUID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "Unknown GPU", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn get_gpu(
+    State(st): State<AppState>,
+    Path(uuid): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    params(q, &[])?;
+    check_uuid(&uuid)?;
+    let g = st
+        .backend
+        .gpu(uuid.clone())
+        .await?
+        .ok_or(ApiError::UnknownGpu(uuid))?;
+    let gpu = Gpu::from_status(&g).ok_or_else(|| ApiError::UnknownGpu(String::new()))?;
+    Ok(Json(gpu).into_response())
+}
+
+/// Samples of one GPU in a time window, oldest first.
+#[utoipa::path(get, path = "/api/v1/gpus/{uuid}/telemetry", tag = "gpus",
+    params(
+        ("uuid" = String, Path, description = "GPU UUID"),
+        ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive; default end_time - 1h"),
+        ("end_time" = Option<String>, Query, description = "RFC 3339, exclusive; default now"),
+        ("metrics" = Option<String>, Query, description = "Comma-separated metric names; default all"),
+        ("limit" = Option<u32>, Query, description = "At most this many samples (1..=100000, default 10000)")),
+    responses(
+        (status = 200, description = "Samples in time order", body = Telemetry<'_>),
+        (status = 400, description = "Invalid parameter (named in the error)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "Unknown GPU", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn telemetry(
+    State(st): State<AppState>,
+    Path(uuid): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = params(q, &["start_time", "end_time", "metrics", "limit"])?;
+    check_uuid(&uuid)?;
+    let end_ms = match p.get("end_time") {
+        Some(v) => parse_time("end_time", v)?,
+        None => crate::now_ms(),
+    };
+    let start_ms = match p.get("start_time") {
+        Some(v) => parse_time("start_time", v)?,
+        None => end_ms.saturating_sub(DEFAULT_WINDOW_MS),
+    };
+    if end_ms <= start_ms {
+        return Err(ApiError::bad("end_time", "must be after start_time"));
+    }
+    let limit = match p.get("limit") {
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_LIMIT}"),
+                ));
+            }
+        },
+        None => DEFAULT_LIMIT,
+    };
+    let only: Option<Vec<&'static MetricDef>> = match p.get("metrics") {
+        Some(list) => Some(
+            list.split(',')
+                .map(|name| {
+                    metric::find(name.trim()).ok_or_else(|| {
+                        let known: Vec<&str> = metric::METRICS.iter().map(|m| m.name).collect();
+                        ApiError::bad(
+                            "metrics",
+                            format!("unknown metric {name:?}; known: {}", known.join(", ")),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        None => None,
+    };
+    let (samples, truncated) = st
+        .backend
+        .range(uuid.clone(), start_ms, end_ms, limit)
+        .await?
+        .ok_or_else(|| ApiError::UnknownGpu(uuid.clone()))?;
+    let out: Vec<Sample<'_>> = samples
+        .iter()
+        .map(|s| Sample {
+            timestamp: rfc3339_ms(s.timestamp_ms),
+            values: MetricValues::new(s, only.as_deref()),
+        })
+        .collect();
+    Ok(Json(Telemetry {
+        uuid: &uuid,
+        start_time: rfc3339_ms(start_ms),
+        end_time: rfc3339_ms(end_ms),
+        count: out.len(),
+        samples: out,
+        truncated,
+    })
+    .into_response())
+}
+
+async fn not_found() -> Response {
+    let body = serde_json::json!({"error": {"code": "not_found", "message": "no such route"}});
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// Ready when the backend answers.
+async fn readyz(State(st): State<AppState>) -> Response {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), st.backend.stats()).await {
+        Ok(Ok(_)) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "not ready");
+            not_ready()
+        }
+        Err(_) => not_ready(),
+    }
+}
+
+fn not_ready() -> Response {
+    let body = serde_json::json!({"error": {"code": "unavailable", "message": "telemetry backend not reachable"}});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// Prometheus text: the api's counters, then the backend's ingest counters.
+async fn metrics(State(st): State<AppState>) -> Response {
+    let mut text = st.metrics.render();
+    match st.backend.stats().await {
+        Ok(counters) => {
+            let mut typed = std::collections::HashSet::new();
+            for c in counters {
+                if typed.insert(c.name.clone()) {
+                    text.push_str(&format!("# TYPE {} counter\n", c.name));
+                }
+                if c.labels.is_empty() {
+                    text.push_str(&format!("{} {}\n", c.name, c.value));
+                } else {
+                    text.push_str(&format!("{}{{{}}} {}\n", c.name, c.labels, c.value));
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "backend stats unavailable for /metrics"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn openapi_json() -> Response {
+    Json(crate::openapi::document()).into_response()
+}
+
+async fn docs() -> Html<String> {
+    Html(crate::openapi::docs_page())
+}

@@ -1,0 +1,306 @@
+//! A test build of `libnvidia-ml.so`: the NVML C functions the collector calls, answering for
+//! two fixed GPUs, so the real `nvml-wrapper` code path runs in CI without a GPU.
+//!
+//! GPU 0 answers every query. GPU 1 answers `NVML_ERROR_NOT_SUPPORTED` for the energy counter
+//! (as a board without it would) and reads 0 % utilization (a real zero, not an absence).
+//! Neither supports fan speed (passively cooled, like an H100 SXM). The values are the
+//! constants below; `collector/tests/nvml_source.rs` asserts them exactly.
+//!
+//! With the env var `NVML_TEST_DOUBLE_INIT_ERROR` set, `nvmlInit_v2` fails with
+//! `NVML_ERROR_DRIVER_NOT_LOADED`, to test the collector's init-failure path.
+#![allow(non_snake_case, missing_docs, clippy::missing_safety_doc)]
+
+use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void};
+
+type Ret = c_int;
+const SUCCESS: Ret = 0;
+const INVALID_ARGUMENT: Ret = 2;
+const NOT_SUPPORTED: Ret = 3;
+const INSUFFICIENT_SIZE: Ret = 7;
+const DRIVER_NOT_LOADED: Ret = 9;
+
+type Device = *mut c_void;
+
+struct Gpu {
+    name: &'static str,
+    uuid: &'static str,
+    serial: &'static str,
+    bus_id: &'static str,
+    bus: u32,
+    util_gpu: u32,
+    util_mem: u32,
+    mem_total: u64,
+    mem_used: u64,
+    temp: u32,
+    power_mw: u32,
+    power_limit_mw: u32,
+    energy_mj: Option<u64>,
+    sm_mhz: u32,
+    mem_mhz: u32,
+}
+
+static GPUS: [Gpu; 2] = [
+    Gpu {
+        name: "NVIDIA H100 80GB HBM3",
+        uuid: "GPU-11111111-2222-3333-4444-555555555555",
+        serial: "1650123456789",
+        bus_id: "00000000:18:00.0",
+        bus: 0x18,
+        util_gpu: 37,
+        util_mem: 21,
+        mem_total: 85_899_345_920,
+        mem_used: 21_474_836_480,
+        temp: 54,
+        power_mw: 312_500,
+        power_limit_mw: 700_000,
+        energy_mj: Some(123_456_789),
+        sm_mhz: 1980,
+        mem_mhz: 2619,
+    },
+    Gpu {
+        name: "NVIDIA H100 80GB HBM3",
+        uuid: "GPU-66666666-7777-8888-9999-000000000000",
+        serial: "1650123456790",
+        bus_id: "00000000:2A:00.0",
+        bus: 0x2a,
+        util_gpu: 0,
+        util_mem: 0,
+        mem_total: 85_899_345_920,
+        mem_used: 524_288_000,
+        temp: 31,
+        power_mw: 69_800,
+        power_limit_mw: 700_000,
+        energy_mj: None,
+        sm_mhz: 345,
+        mem_mhz: 2619,
+    },
+];
+
+fn gpu(d: Device) -> Option<&'static Gpu> {
+    let i = d as usize;
+    if i == 0 { None } else { GPUS.get(i - 1) }
+}
+
+unsafe fn write_str(s: &str, buf: *mut c_char, len: c_uint) -> Ret {
+    if buf.is_null() {
+        return INVALID_ARGUMENT;
+    }
+    if s.len() + 1 > len as usize {
+        return INSUFFICIENT_SIZE;
+    }
+    unsafe {
+        std::ptr::copy_nonoverlapping(s.as_ptr().cast::<c_char>(), buf, s.len());
+        *buf.add(s.len()) = 0;
+    }
+    SUCCESS
+}
+
+macro_rules! with_gpu {
+    ($d:expr, |$g:ident| $body:expr) => {
+        match gpu($d) {
+            Some($g) => $body,
+            None => INVALID_ARGUMENT,
+        }
+    };
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlInit_v2() -> Ret {
+    if std::env::var_os("NVML_TEST_DOUBLE_INIT_ERROR").is_some() {
+        DRIVER_NOT_LOADED
+    } else {
+        SUCCESS
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlShutdown() -> Ret {
+    SUCCESS
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlErrorString(_r: Ret) -> *const c_char {
+    c"nvml test double error".as_ptr()
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(buf: *mut c_char, len: c_uint) -> Ret {
+    unsafe { write_str("550.54.15", buf, len) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(v: *mut c_int) -> Ret {
+    unsafe { *v = 12040 };
+    SUCCESS
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCount_v2(n: *mut c_uint) -> Ret {
+    unsafe { *n = GPUS.len() as c_uint };
+    SUCCESS
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: c_uint, d: *mut Device) -> Ret {
+    if i as usize >= GPUS.len() {
+        return INVALID_ARGUMENT;
+    }
+    unsafe { *d = (i as usize + 1) as Device };
+    SUCCESS
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetName(d: Device, buf: *mut c_char, len: c_uint) -> Ret {
+    with_gpu!(d, |g| unsafe { write_str(g.name, buf, len) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetUUID(d: Device, buf: *mut c_char, len: c_uint) -> Ret {
+    with_gpu!(d, |g| unsafe { write_str(g.uuid, buf, len) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetSerial(d: Device, buf: *mut c_char, len: c_uint) -> Ret {
+    with_gpu!(d, |g| unsafe { write_str(g.serial, buf, len) })
+}
+
+#[repr(C)]
+pub struct PciInfo {
+    bus_id_legacy: [c_char; 16],
+    domain: c_uint,
+    bus: c_uint,
+    device: c_uint,
+    pci_device_id: c_uint,
+    pci_sub_system_id: c_uint,
+    bus_id: [c_char; 32],
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(d: Device, p: *mut PciInfo) -> Ret {
+    with_gpu!(d, |g| unsafe {
+        let p = &mut *p;
+        p.domain = 0;
+        p.bus = g.bus;
+        p.device = 0;
+        p.pci_device_id = 0x2330_10de;
+        p.pci_sub_system_id = 0x16c1_10de;
+        write_str(g.bus_id, p.bus_id_legacy.as_mut_ptr(), 16);
+        write_str(g.bus_id, p.bus_id.as_mut_ptr(), 32)
+    })
+}
+
+#[repr(C)]
+pub struct Utilization {
+    gpu: c_uint,
+    memory: c_uint,
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(d: Device, u: *mut Utilization) -> Ret {
+    with_gpu!(d, |g| {
+        unsafe {
+            (*u).gpu = g.util_gpu;
+            (*u).memory = g.util_mem;
+        }
+        SUCCESS
+    })
+}
+
+#[repr(C)]
+pub struct MemoryV2 {
+    version: c_uint,
+    total: c_ulonglong,
+    reserved: c_ulonglong,
+    free: c_ulonglong,
+    used: c_ulonglong,
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(d: Device, m: *mut MemoryV2) -> Ret {
+    with_gpu!(d, |g| unsafe {
+        let m = &mut *m;
+        // NVML checks the caller's struct version; so does the double.
+        if m.version != (std::mem::size_of::<MemoryV2>() as u32 | (2 << 24)) {
+            return INVALID_ARGUMENT;
+        }
+        m.total = g.mem_total;
+        m.reserved = 0;
+        m.used = g.mem_used;
+        m.free = g.mem_total - g.mem_used;
+        SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTemperature(d: Device, sensor: c_int, t: *mut c_uint) -> Ret {
+    with_gpu!(d, |g| {
+        if sensor != 0 {
+            return NOT_SUPPORTED;
+        }
+        unsafe { *t = g.temp };
+        SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(d: Device, p: *mut c_uint) -> Ret {
+    with_gpu!(d, |g| {
+        unsafe { *p = g.power_mw };
+        SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(d: Device, p: *mut c_uint) -> Ret {
+    with_gpu!(d, |g| {
+        unsafe { *p = g.power_limit_mw };
+        SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
+    d: Device,
+    e: *mut c_ulonglong,
+) -> Ret {
+    with_gpu!(d, |g| match g.energy_mj {
+        Some(v) => {
+            unsafe { *e = v };
+            SUCCESS
+        }
+        None => NOT_SUPPORTED,
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetClockInfo(d: Device, clock: c_int, mhz: *mut c_uint) -> Ret {
+    with_gpu!(d, |g| {
+        let v = match clock {
+            0 | 1 => g.sm_mhz,
+            2 => g.mem_mhz,
+            _ => return NOT_SUPPORTED,
+        };
+        unsafe { *mhz = v };
+        SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFanSpeed_v2(d: Device, _fan: c_uint, _s: *mut c_uint) -> Ret {
+    with_gpu!(d, |_g| NOT_SUPPORTED)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigMode(
+    d: Device,
+    current: *mut c_uint,
+    pending: *mut c_uint,
+) -> Ret {
+    with_gpu!(d, |_g| {
+        unsafe {
+            *current = 0;
+            *pending = 0;
+        }
+        SUCCESS
+    })
+}

@@ -1,0 +1,150 @@
+//! The collector: reads every GPU on its node and publishes signed telemetry batches.
+//!
+//! - [`source::GpuSource`]: the seam; [`nvml::NvmlSource`] reads real GPUs through NVML,
+//!   [`simulated::SimulatedSource`] is a deterministic fleet for laptops, demos and tests.
+//! - [`sampler::run_sampler`] reads the source every interval into a [`sampler::BatchSink`].
+//! - [`buffer::Buffer`] holds signed records while the broker is away (bounded, drops oldest).
+//! - [`publisher::run_publisher`] delivers them through the idempotent producer.
+//! - [`run`] wires these together for the `collector` binary; [`open_source`] is shared
+//!   with the api's embedded mode.
+
+pub mod buffer;
+pub mod config;
+pub mod metrics;
+pub mod nvml;
+pub mod publisher;
+pub mod sampler;
+pub mod simulated;
+pub mod source;
+
+use std::sync::Arc;
+
+use common_auth::{RecordSigner, SecretSpec, load_secret};
+use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
+use tokio::sync::watch;
+
+use crate::buffer::Buffer;
+use crate::config::{CollectorConfig, SourceArgs, SourceKind};
+use crate::metrics::CollectorMetrics;
+use crate::sampler::KafkaSink;
+use crate::simulated::{FleetSpec, SimulatedSource};
+use crate::source::{GpuSource, SourceError};
+
+/// Errors that stop the collector.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// The GPU source could not start.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A secret is missing.
+    #[error(transparent)]
+    Auth(#[from] common_auth::AuthError),
+    /// Kafka setup failed.
+    #[error(transparent)]
+    Queue(#[from] msg_queue_client::QueueError),
+}
+
+/// Opens the source the flags ask for (`default` when `--source` is not given). `auto` tries
+/// NVML and falls back to the simulated fleet, saying so.
+///
+/// # Errors
+/// [`SourceError`] when NVML was asked for explicitly and cannot start.
+pub fn open_source(
+    args: &SourceArgs,
+    default: SourceKind,
+) -> Result<Box<dyn GpuSource>, SourceError> {
+    let simulated = || {
+        Box::new(SimulatedSource::new(FleetSpec {
+            nodes: args.sim_nodes,
+            gpus_per_node: args.sim_gpus_per_node,
+            seed: args.sim_seed,
+        })) as Box<dyn GpuSource>
+    };
+    match args.source.unwrap_or(default) {
+        SourceKind::Simulated => Ok(simulated()),
+        SourceKind::Nvml => Ok(Box::new(nvml::NvmlSource::open(
+            args.nvml_lib.as_deref(),
+            &args.node(),
+        )?)),
+        SourceKind::Auto => match nvml::NvmlSource::open(args.nvml_lib.as_deref(), &args.node()) {
+            Ok(s) => Ok(Box::new(s)),
+            Err(error) => {
+                tracing::info!(%error, "NVML unavailable; using the simulated fleet");
+                Ok(simulated())
+            }
+        },
+    }
+}
+
+/// Runs the collector until `cfg.rounds` rounds are done or `shutdown` resolves, then
+/// delivers what is buffered (up to `cfg.drain_timeout`).
+///
+/// # Errors
+/// [`CollectorError`] when the source, the secret or Kafka cannot be set up.
+pub async fn run(
+    cfg: CollectorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CollectorError> {
+    let token = load_secret(
+        &SecretSpec::SERVICE_TOKEN,
+        cfg.service_token.as_ref(),
+        cfg.secret_dir.as_deref(),
+    )?;
+    let source = open_source(&cfg.source, SourceKind::Nvml)?;
+    tracing::info!(source = %source.describe(), brokers = %cfg.brokers, topic = %cfg.topic, "collector starting");
+
+    if let Err(error) = msg_queue_client::topic::ensure_topic(
+        &cfg.brokers,
+        &cfg.topic,
+        cfg.partitions,
+        cfg.replication,
+    )
+    .await
+    {
+        // Not fatal: the topic may exist and creation be forbidden, or the broker may be
+        // away; the buffer holds data until it is back.
+        tracing::warn!(%error, "could not ensure the telemetry topic");
+    }
+    let mut pcfg = ProducerConfig::new(&cfg.brokers, &cfg.topic);
+    pcfg.compression = cfg.compression.clone();
+    let producer = TelemetryProducer::new(pcfg)?;
+
+    let metrics = Arc::new(CollectorMetrics::default());
+    let buffer = Arc::new(Buffer::new(cfg.buffer_records));
+    let sink = Arc::new(KafkaSink {
+        signer: RecordSigner::new(&token),
+        buffer: buffer.clone(),
+    });
+
+    // Sampling stops on `shutdown` or after `rounds`; then the publisher drains.
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let sampler = sampler::run_sampler(
+        source,
+        cfg.source.interval,
+        (cfg.rounds > 0).then_some(cfg.rounds),
+        sink,
+        metrics.clone(),
+        shutdown,
+    );
+    let publisher = tokio::spawn(publisher::run_publisher(
+        producer.clone(),
+        buffer.clone(),
+        metrics.clone(),
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+        cfg.drain_timeout,
+    ));
+    sampler.await;
+    let _ = stop_tx.send(true);
+    let left = publisher.await.unwrap_or(usize::MAX);
+    let _ = producer.flush(std::time::Duration::from_secs(1));
+    tracing::info!(
+        left,
+        dropped = buffer.dropped(),
+        rebuilds = producer.rebuilds(),
+        metrics = %metrics.render(buffer.dropped()).replace('\n', "; "),
+        "collector stopped"
+    );
+    Ok(())
+}

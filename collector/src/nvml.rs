@@ -1,0 +1,197 @@
+//! Reading real GPUs through NVML (nvml-wrapper).
+//!
+//! Inventory is read once at start (it does not change while the driver is loaded); every
+//! round reads each device's telemetry. A query NVML answers with `NotSupported` (or that the
+//! loaded library lacks: `FailedToLoadSymbol`) leaves its field absent, never zero. Any other
+//! per-field error is logged once per field and device, counted, and also leaves the field
+//! absent, so one flaky counter cannot hide the rest of the GPU.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::path::Path;
+
+use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
+use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
+
+use crate::source::{GpuSource, SourceError};
+
+/// The library name nvml-wrapper loads when no path is given.
+pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
+
+/// GPUs read through NVML.
+pub struct NvmlSource {
+    nvml: Nvml,
+    node: String,
+    inventory: Vec<GpuInfo>,
+    errors: FieldErrors,
+}
+
+impl std::fmt::Debug for NvmlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmlSource")
+            .field("node", &self.node)
+            .field("gpus", &self.inventory.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn nvml_err(call: &'static str) -> impl FnOnce(NvmlError) -> SourceError {
+    move |e| SourceError::Nvml {
+        call,
+        detail: e.to_string(),
+    }
+}
+
+impl NvmlSource {
+    /// Loads NVML from `library` (default [`DEFAULT_LIBRARY`]), initialises it and reads the
+    /// inventory of every device.
+    ///
+    /// # Errors
+    /// [`SourceError::NvmlLoad`] when the library cannot be loaded,
+    /// [`SourceError::NvmlInit`] when `nvmlInit` fails, [`SourceError::Nvml`] when the
+    /// device list cannot be read.
+    pub fn open(library: Option<&Path>, node: &str) -> Result<Self, SourceError> {
+        let lib_name =
+            library.map_or_else(|| DEFAULT_LIBRARY.to_string(), |p| p.display().to_string());
+        let mut builder = Nvml::builder();
+        if let Some(p) = library {
+            builder.lib_path(p.as_os_str());
+        } else {
+            builder.lib_path(OsStr::new(DEFAULT_LIBRARY));
+        }
+        let nvml = builder.init().map_err(|e| match e {
+            NvmlError::LibloadingError(le) => SourceError::NvmlLoad {
+                library: lib_name.clone(),
+                detail: le.to_string(),
+            },
+            NvmlError::FailedToLoadSymbol(s) => SourceError::NvmlLoad {
+                library: lib_name.clone(),
+                detail: format!("missing symbol {s}"),
+            },
+            other => SourceError::NvmlInit {
+                library: lib_name.clone(),
+                detail: other.to_string(),
+            },
+        })?;
+        let driver = nvml.sys_driver_version().ok();
+        let cuda = nvml.sys_cuda_driver_version().ok();
+        let count = nvml
+            .device_count()
+            .map_err(nvml_err("nvmlDeviceGetCount"))?;
+        let mut inventory = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let d = nvml
+                .device_by_index(index)
+                .map_err(nvml_err("nvmlDeviceGetHandleByIndex"))?;
+            inventory.push(GpuInfo {
+                uuid: d.uuid().map_err(nvml_err("nvmlDeviceGetUUID"))?,
+                index,
+                name: d.name().unwrap_or_else(|_| "unknown".into()),
+                serial: d.serial().ok(),
+                pci_bus_id: d.pci_info().ok().map(|p| p.bus_id),
+                driver_version: driver.clone(),
+                cuda_driver_version: cuda,
+                mig_enabled: d.mig_mode().ok().map(|m| m.current == 1),
+                node: node.to_string(),
+            });
+        }
+        Ok(Self {
+            nvml,
+            node: node.to_string(),
+            inventory,
+            errors: FieldErrors::default(),
+        })
+    }
+
+    /// The GPUs found at start.
+    pub fn inventory(&self) -> &[GpuInfo] {
+        &self.inventory
+    }
+
+    /// Per-field read errors other than "not supported" since start.
+    pub fn field_errors(&self) -> u64 {
+        self.errors.count
+    }
+}
+
+/// Per-field read errors: logged once per (GPU, field), all counted.
+#[derive(Debug, Default)]
+struct FieldErrors {
+    warned: HashSet<(u32, &'static str)>,
+    count: u64,
+}
+
+impl FieldErrors {
+    fn field<T>(&mut self, index: u32, field: &'static str, r: Result<T, NvmlError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_)) => None,
+            Err(error) => {
+                self.count += 1;
+                if self.warned.insert((index, field)) {
+                    tracing::warn!(%error, gpu = index, field, "NVML read failed; field left absent");
+                }
+                None
+            }
+        }
+    }
+
+    fn read(&mut self, d: &Device<'_>, index: u32, uuid: String, now_ms: i64) -> GpuSample {
+        let util = self.field(index, "utilization", d.utilization_rates());
+        let mem = self.field(index, "memory", d.memory_info());
+        let temperature_celsius =
+            self.field(index, "temperature", d.temperature(TemperatureSensor::Gpu));
+        let power = self.field(index, "power", d.power_usage());
+        let limit = self.field(index, "power_limit", d.enforced_power_limit());
+        let energy = self.field(index, "energy", d.total_energy_consumption());
+        let sm = self.field(index, "sm_clock", d.clock_info(Clock::SM));
+        let memclk = self.field(index, "memory_clock", d.clock_info(Clock::Memory));
+        let fan = self.field(index, "fan_speed", d.fan_speed(0));
+        GpuSample {
+            uuid,
+            timestamp_ms: now_ms,
+            gpu_utilization_percent: util.as_ref().map(|u| u.gpu),
+            memory_utilization_percent: util.as_ref().map(|u| u.memory),
+            memory_used_bytes: mem.as_ref().map(|m| m.used),
+            memory_total_bytes: mem.as_ref().map(|m| m.total),
+            temperature_celsius,
+            power_usage_milliwatts: power,
+            power_limit_milliwatts: limit,
+            energy_consumed_millijoules: energy,
+            sm_clock_mhz: sm,
+            memory_clock_mhz: memclk,
+            fan_speed_percent: fan,
+        }
+    }
+}
+
+impl GpuSource for NvmlSource {
+    fn collect(&mut self, now_ms: i64) -> Result<Vec<TelemetryBatch>, SourceError> {
+        let mut samples = Vec::with_capacity(self.inventory.len());
+        for i in 0..self.inventory.len() {
+            let (index, uuid) = (self.inventory[i].index, self.inventory[i].uuid.clone());
+            let device = match self.nvml.device_by_index(index) {
+                Ok(d) => d,
+                Err(error) => {
+                    self.errors.count += 1;
+                    tracing::warn!(%error, gpu = index, "cannot get device handle; GPU skipped this round");
+                    continue;
+                }
+            };
+            samples.push(self.errors.read(&device, index, uuid, now_ms));
+        }
+        Ok(vec![TelemetryBatch {
+            schema_version: SCHEMA_VERSION,
+            node: self.node.clone(),
+            collected_at_ms: now_ms,
+            gpus: self.inventory.clone(),
+            samples,
+        }])
+    }
+
+    fn describe(&self) -> String {
+        format!("nvml ({} GPUs)", self.inventory.len())
+    }
+}

@@ -1,0 +1,51 @@
+//! Secrets of the telemetry stack and everything that checks them.
+//!
+//! Two secrets exist (see `shared/seed/kubernetes-secrets.md`): the **API key** that people
+//! and tools send to the REST API, and the **service token** that services use among
+//! themselves (gRPC between api and streamer, HMAC signatures on Kafka records).
+//!
+//! - [`secret`]: loading a secret from an env value or a mounted secret directory
+//!   ([`SecretSpec`], [`load_secret`]); a missing or empty secret is a one-line
+//!   [`AuthError::Missing`] naming where it looked.
+//! - [`KeyRing`]: the accepted values of one secret (current, plus the previous one during a
+//!   rotation grace period), compared in constant time.
+//! - [`signing`]: [`RecordSigner`] / [`RecordVerifier`], HMAC-SHA256 over a record's key and
+//!   value with a key id that tells a rotated token from a forged signature.
+//! - [`http`]: the axum middleware that requires the API key.
+//! - [`grpc`]: tonic interceptors that require / attach the service token.
+//!
+//! Nothing here logs or formats a secret value: they are [`secrecy::SecretString`]s.
+
+pub mod grpc;
+pub mod http;
+mod keyring;
+pub mod secret;
+pub mod signing;
+
+pub use keyring::KeyRing;
+pub use secret::{SecretSpec, load_secret};
+pub use signing::{RecordSigner, RecordVerifier, VerifyError};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A required secret was not found or was empty. The message is one line saying which
+    /// secret and every place that was looked at.
+    #[error("{name} is missing: {looked}")]
+    Missing {
+        /// Human name of the secret, e.g. `API key`.
+        name: &'static str,
+        /// Where it was looked for, e.g. `env API_KEY is unset; /etc/x/api-key: not found`.
+        looked: String,
+    },
+    /// The secret file exists but could not be read.
+    #[error("cannot read {name} from {path}: {source}")]
+    Read {
+        /// Human name of the secret.
+        name: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}

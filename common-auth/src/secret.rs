@@ -1,0 +1,138 @@
+//! Loading a secret from an env value or a mounted secret directory.
+//!
+//! The Helm chart gives pods both: env vars `API_KEY` / `SERVICE_TOKEN` from the Secret (so the
+//! seed's `env | grep` works) and the Secret mounted as a directory with files `api-key` and
+//! `service-token` (which Kubernetes updates in place on rotation). A value given directly
+//! (the env var) wins; otherwise the file is read. Trailing newlines in files are trimmed,
+//! as `kubectl create secret --from-file` keeps them.
+
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::AuthError;
+
+/// Which secret to load and where to look for it.
+#[derive(Debug, Clone)]
+pub struct SecretSpec {
+    /// Human name used in errors, e.g. `API key`.
+    pub name: &'static str,
+    /// Env var name that could have carried it (only used in error messages).
+    pub env_var: &'static str,
+    /// File name inside the secret directory, e.g. `api-key`.
+    pub file_name: &'static str,
+}
+
+impl SecretSpec {
+    /// The REST API key: env `API_KEY`, file `api-key`.
+    pub const API_KEY: SecretSpec = SecretSpec {
+        name: "API key",
+        env_var: "API_KEY",
+        file_name: "api-key",
+    };
+    /// The internal service token: env `SERVICE_TOKEN`, file `service-token`.
+    pub const SERVICE_TOKEN: SecretSpec = SecretSpec {
+        name: "service token",
+        env_var: "SERVICE_TOKEN",
+        file_name: "service-token",
+    };
+}
+
+/// Loads one secret: `direct` (the env var's value, as clap parsed it) if non-empty, else the
+/// file `spec.file_name` in `dir`.
+///
+/// # Errors
+/// [`AuthError::Missing`] when neither gives a non-empty value (one line naming both places),
+/// [`AuthError::Read`] when the file exists but cannot be read.
+pub fn load_secret(
+    spec: &SecretSpec,
+    direct: Option<&SecretString>,
+    dir: Option<&Path>,
+) -> Result<SecretString, AuthError> {
+    let mut looked = Vec::new();
+    match direct {
+        Some(v) if !v.expose_secret().trim().is_empty() => return Ok(v.clone()),
+        Some(_) => looked.push(format!("env {} is empty", spec.env_var)),
+        None => looked.push(format!("env {} is unset", spec.env_var)),
+    }
+    match dir {
+        Some(dir) => {
+            let path = dir.join(spec.file_name);
+            match read_secret_file(spec, &path)? {
+                Some(v) => return Ok(v),
+                None => looked.push(format!("{} not found or empty", path.display())),
+            }
+        }
+        None => looked.push("no secret directory configured (--secret-dir)".to_string()),
+    }
+    Err(AuthError::Missing {
+        name: spec.name,
+        looked: looked.join("; "),
+    })
+}
+
+/// Reads a secret file; `Ok(None)` when it does not exist or holds only whitespace.
+pub(crate) fn read_secret_file(
+    spec: &SecretSpec,
+    path: &Path,
+) -> Result<Option<SecretString>, AuthError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let trimmed = s.trim_end_matches(['\n', '\r']);
+            if trimmed.trim().is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(SecretString::from(trimmed.to_string())))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AuthError::Read {
+            name: spec.name,
+            path: PathBuf::from(path),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_value_wins_over_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api-key"), "from-file\n").unwrap();
+        let direct = SecretString::from("from-env");
+        let got = load_secret(&SecretSpec::API_KEY, Some(&direct), Some(dir.path())).unwrap();
+        assert_eq!(got.expose_secret(), "from-env");
+    }
+
+    #[test]
+    fn file_value_is_read_with_trailing_newline_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("service-token"), "tok-123\n").unwrap();
+        let got = load_secret(&SecretSpec::SERVICE_TOKEN, None, Some(dir.path())).unwrap();
+        assert_eq!(got.expose_secret(), "tok-123");
+    }
+
+    #[test]
+    fn missing_secret_error_is_one_line_naming_every_place_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = SecretString::from("  ");
+        let err = load_secret(&SecretSpec::API_KEY, Some(&empty), Some(dir.path())).unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'));
+        assert_eq!(
+            msg,
+            format!(
+                "API key is missing: env API_KEY is empty; {}/api-key not found or empty",
+                dir.path().display()
+            )
+        );
+        let err = load_secret(&SecretSpec::SERVICE_TOKEN, None, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service token is missing: env SERVICE_TOKEN is unset; no secret directory configured (--secret-dir)"
+        );
+    }
+}

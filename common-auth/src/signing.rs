@@ -1,0 +1,238 @@
+//! HMAC-SHA256 signatures on Kafka records, keyed by the service token.
+//!
+//! The MAC covers the record key and value: `HMAC(token, be32(len(key)) || key || value)`.
+//! The length prefix makes the key/value boundary unambiguous, so bytes cannot be moved from
+//! one to the other, and a valid value cannot be replayed under another GPU's key.
+//!
+//! Each signature travels with a **key id**: the first 8 bytes of
+//! `SHA-256("gpu-telemetry-key-id/v1" || token)`, hex. A verifier that does not know the key id
+//! reports [`VerifyError::UnknownKeyId`] (a token it was never given, e.g. a rotation it has
+//! not seen yet), while a known key id with a wrong MAC is [`VerifyError::BadSignature`]
+//! (forged or corrupted). The key id reveals nothing useful about a high-entropy token.
+
+use std::collections::HashMap;
+
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Length of a signature in bytes.
+pub const SIGNATURE_LEN: usize = 32;
+
+/// The key id of a token (16 lowercase hex chars).
+pub fn key_id(token: &SecretString) -> String {
+    let mut h = Sha256::new();
+    h.update(b"gpu-telemetry-key-id/v1");
+    h.update(token.expose_secret().as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+fn mac_for(token: &SecretString) -> HmacSha256 {
+    // HMAC accepts keys of any length, so this cannot fail.
+    <HmacSha256 as KeyInit>::new_from_slice(token.expose_secret().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
+}
+
+fn feed(mac: &mut HmacSha256, key: &[u8], value: &[u8]) {
+    let len = u32::try_from(key.len()).unwrap_or(u32::MAX);
+    mac.update(&len.to_be_bytes());
+    mac.update(key);
+    mac.update(value);
+}
+
+/// Signs records with one service token.
+#[derive(Clone)]
+pub struct RecordSigner {
+    key_id: String,
+    mac: HmacSha256,
+}
+
+impl std::fmt::Debug for RecordSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordSigner")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordSigner {
+    /// A signer for `token`.
+    pub fn new(token: &SecretString) -> Self {
+        Self {
+            key_id: key_id(token),
+            mac: mac_for(token),
+        }
+    }
+
+    /// The key id to send beside each signature.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The signature of a record with this key and value.
+    pub fn sign(&self, key: &[u8], value: &[u8]) -> [u8; SIGNATURE_LEN] {
+        let mut mac = self.mac.clone();
+        feed(&mut mac, key, value);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// Why a record's signature was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The record carries no signature or no key id.
+    #[error("record is not signed")]
+    Unsigned,
+    /// The key id is not one of the tokens this verifier holds.
+    #[error("unknown key id {0}")]
+    UnknownKeyId(String),
+    /// The key id is known but the MAC does not match: forged or corrupted.
+    #[error("signature does not match")]
+    BadSignature,
+}
+
+impl VerifyError {
+    /// Short snake_case reason, used in dead-letter headers and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::Unsigned => "unsigned",
+            VerifyError::UnknownKeyId(_) => "unknown_key_id",
+            VerifyError::BadSignature => "bad_signature",
+        }
+    }
+}
+
+/// Verifies records against the tokens it was given (current and, during rotation, previous).
+#[derive(Clone)]
+pub struct RecordVerifier {
+    macs: HashMap<String, HmacSha256>,
+}
+
+impl std::fmt::Debug for RecordVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordVerifier")
+            .field("key_ids", &self.macs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RecordVerifier {
+    /// A verifier accepting signatures made with any of `tokens`.
+    pub fn new<'a>(tokens: impl IntoIterator<Item = &'a SecretString>) -> Self {
+        Self {
+            macs: tokens
+                .into_iter()
+                .map(|t| (key_id(t), mac_for(t)))
+                .collect(),
+        }
+    }
+
+    /// Checks `signature` over `key`/`value`, made with the token named by `key_id`.
+    /// The MAC comparison is constant time.
+    ///
+    /// # Errors
+    /// See [`VerifyError`].
+    pub fn verify(
+        &self,
+        key_id: Option<&[u8]>,
+        key: &[u8],
+        value: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<(), VerifyError> {
+        let (Some(key_id), Some(signature)) = (key_id, signature) else {
+            return Err(VerifyError::Unsigned);
+        };
+        let key_id_str = String::from_utf8_lossy(key_id);
+        let Some(mac) = self.macs.get(key_id_str.as_ref()) else {
+            return Err(VerifyError::UnknownKeyId(
+                key_id_str.chars().take(64).collect(),
+            ));
+        };
+        let mut mac = mac.clone();
+        feed(&mut mac, key, value);
+        mac.verify_slice(signature)
+            .map_err(|_| VerifyError::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tok(s: &str) -> SecretString {
+        SecretString::from(s.to_string())
+    }
+
+    #[test]
+    fn a_signed_record_verifies() {
+        let signer = RecordSigner::new(&tok("t1"));
+        let sig = signer.sign(b"node-a", b"payload");
+        let v = RecordVerifier::new([&tok("t1")]);
+        assert_eq!(
+            v.verify(
+                Some(signer.key_id().as_bytes()),
+                b"node-a",
+                b"payload",
+                Some(&sig)
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn swapping_key_or_value_or_moving_bytes_between_them_fails() {
+        let signer = RecordSigner::new(&tok("t1"));
+        let kid = signer.key_id().as_bytes().to_vec();
+        let sig = signer.sign(b"node-a", b"payload");
+        let v = RecordVerifier::new([&tok("t1")]);
+        assert_eq!(
+            v.verify(Some(&kid), b"node-b", b"payload", Some(&sig)),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(Some(&kid), b"node-a", b"payloaX", Some(&sig)),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(Some(&kid), b"node-ap", b"ayload", Some(&sig)),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(Some(&kid), b"node-a", b"payload", Some(&sig[..31])),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn other_token_is_unknown_key_id_and_missing_headers_are_unsigned() {
+        let signer = RecordSigner::new(&tok("other"));
+        let sig = signer.sign(b"k", b"v");
+        let v = RecordVerifier::new([&tok("t1")]);
+        assert_eq!(
+            v.verify(Some(signer.key_id().as_bytes()), b"k", b"v", Some(&sig)),
+            Err(VerifyError::UnknownKeyId(signer.key_id().to_string()))
+        );
+        assert_eq!(
+            v.verify(None, b"k", b"v", Some(&sig)),
+            Err(VerifyError::Unsigned)
+        );
+    }
+
+    #[test]
+    fn verifier_with_previous_token_accepts_both_during_rotation() {
+        let old = RecordSigner::new(&tok("old"));
+        let new = RecordSigner::new(&tok("new"));
+        let v = RecordVerifier::new([&tok("new"), &tok("old")]);
+        for s in [&old, &new] {
+            let sig = s.sign(b"k", b"v");
+            assert_eq!(
+                v.verify(Some(s.key_id().as_bytes()), b"k", b"v", Some(&sig)),
+                Ok(())
+            );
+        }
+        assert_ne!(old.key_id(), new.key_id());
+        assert_eq!(old.key_id().len(), 16);
+    }
+}

@@ -1,0 +1,263 @@
+//! The typed telemetry consumer: a consumer-group member whose *store* owns the offsets.
+//!
+//! On every partition assignment the consumer asks its [`OffsetSource`] where to start: the
+//! offset the store has durably covered, or `None` for "from the start of retention" (an
+//! in-memory store after a restart). Kafka group commits, made by [`TelemetryConsumer::commit`]
+//! only after the caller stored the data, then serve lag monitoring, not correctness.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::wire::{RecordParts, header};
+use crate::{QueueError, kafka};
+
+/// Tells the consumer where to resume a partition.
+pub trait OffsetSource: Send + Sync + 'static {
+    /// The next offset to read in `topic`/`partition`, or `None` to read from the beginning.
+    fn resume_offset(&self, topic: &str, partition: i32) -> Option<i64>;
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Topic to consume.
+    pub topic: String,
+    /// `session.timeout.ms`: how soon a dead member's partitions move to the others.
+    pub session_timeout: Duration,
+    /// Extra librdkafka properties.
+    pub extra: Vec<(String, String)>,
+}
+
+impl ConsumerConfig {
+    /// Defaults: 10 s session timeout.
+    pub fn new(
+        brokers: impl Into<String>,
+        group_id: impl Into<String>,
+        topic: impl Into<String>,
+    ) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            topic: topic.into(),
+            session_timeout: Duration::from_secs(10),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// The consumer context: seeks each newly assigned partition to where the store says.
+pub struct AssignContext {
+    offsets: Arc<dyn OffsetSource>,
+}
+
+impl std::fmt::Debug for AssignContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssignContext").finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for AssignContext {}
+
+impl ConsumerContext for AssignContext {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                for (topic, partition) in assigned {
+                    let offset = match self.offsets.resume_offset(&topic, partition) {
+                        Some(o) => Offset::Offset(o),
+                        None => Offset::Beginning,
+                    };
+                    tracing::info!(topic, partition, ?offset, "partition assigned");
+                    if let Err(error) = tpl.set_partition_offset(&topic, partition, offset) {
+                        tracing::error!(%error, topic, partition, "cannot set start offset");
+                    }
+                }
+                if let Err(error) = base.assign(tpl) {
+                    tracing::error!(%error, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+                if let Err(error) = base.unassign() {
+                    tracing::error!(%error, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = base.unassign();
+            }
+        }
+    }
+}
+
+/// One consumed record, owned (so a batch can outlive the consumer's poll).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub value: Option<Vec<u8>>,
+    /// All headers, in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ConsumedRecord {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// The parts [`crate::wire::open`] checks.
+    pub fn parts(&self) -> RecordParts<'_> {
+        RecordParts {
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            key_id: self.header(header::KEY_ID),
+            signature: self.header(header::SIGNATURE),
+        }
+    }
+}
+
+/// A consumer-group member of the telemetry topic.
+pub struct TelemetryConsumer {
+    inner: StreamConsumer<AssignContext>,
+    topic: String,
+}
+
+impl std::fmt::Debug for TelemetryConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryConsumer")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelemetryConsumer {
+    /// Joins the group and subscribes. Partitions start where `offsets` says.
+    ///
+    /// # Errors
+    /// [`QueueError::Kafka`] for invalid configuration.
+    pub fn new(cfg: &ConsumerConfig, offsets: Arc<dyn OffsetSource>) -> Result<Self, QueueError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set(
+                "session.timeout.ms",
+                cfg.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (cfg.session_timeout.as_millis() / 4).max(100).to_string(),
+            );
+        for (k, v) in &cfg.extra {
+            c.set(k, v);
+        }
+        let inner: StreamConsumer<AssignContext> = c
+            .create_with_context(AssignContext { offsets })
+            .map_err(kafka("create consumer"))?;
+        inner.subscribe(&[&cfg.topic]).map_err(kafka("subscribe"))?;
+        Ok(Self {
+            inner,
+            topic: cfg.topic.clone(),
+        })
+    }
+
+    /// Waits for at least one record, then takes what else arrives within `linger`, up to
+    /// `max` records.
+    ///
+    /// # Errors
+    /// [`QueueError::Kafka`] for a consume error (the caller logs it and calls again).
+    pub async fn recv_batch(
+        &self,
+        max: usize,
+        linger: Duration,
+    ) -> Result<Vec<ConsumedRecord>, QueueError> {
+        let first = self.inner.recv().await.map_err(kafka("consume"))?;
+        let mut out = Vec::with_capacity(max.min(1024));
+        out.push(own(&first));
+        drop(first);
+        let deadline = tokio::time::Instant::now() + linger;
+        while out.len() < max {
+            match tokio::time::timeout_at(deadline, self.inner.recv()).await {
+                Ok(Ok(m)) => out.push(own(&m)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consume error inside a batch");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits `next_offsets` (partition → the next offset to read) to the group,
+    /// asynchronously, or synchronously when `sync` (used once on shutdown).
+    ///
+    /// # Errors
+    /// [`QueueError::Kafka`] when the commit cannot be issued.
+    pub fn commit(&self, next_offsets: &[(i32, i64)], sync: bool) -> Result<(), QueueError> {
+        if next_offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::with_capacity(next_offsets.len());
+        for &(p, o) in next_offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))
+                .map_err(kafka("build commit list"))?;
+        }
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        self.inner.commit(&tpl, mode).map_err(kafka("commit"))
+    }
+}
+
+fn own(m: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    ConsumedRecord {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}

@@ -1,0 +1,59 @@
+//! Everything that crosses the message queue: the wire format and the Kafka plumbing.
+//!
+//! - [`wire`]: protobuf types ([`wire::TelemetryBatch`], [`wire::GpuInfo`],
+//!   [`wire::GpuSample`]), the schema version, [`wire::seal`] / [`wire::open`] (encode + sign,
+//!   verify + decode). No I/O: unit- and property-tested, shared by collector and streamer.
+//! - [`metric`]: the one table of metric names, units and how each is read off a sample.
+//! - [`topic`]: creating the telemetry and dead-letter topics if missing.
+//! - [`producer`]: [`producer::TelemetryProducer`], idempotent, acks=all, compressed; rebuilds
+//!   itself after a fatal error instead of stalling.
+//! - [`consumer`]: [`consumer::TelemetryConsumer`], a consumer-group member that starts each
+//!   assigned partition where the caller's store says (see [`consumer::OffsetSource`]) and
+//!   commits only what the caller says is stored.
+//! - [`dead_letter`]: [`dead_letter::DeadLetterProducer`], which forwards a rejected record
+//!   unchanged with the reason in headers.
+
+pub mod consumer;
+pub mod dead_letter;
+pub mod metric;
+pub mod producer;
+pub mod topic;
+pub mod wire;
+
+/// Default topic for telemetry batches.
+pub const DEFAULT_TOPIC: &str = "gpu-telemetry";
+/// Default dead-letter topic.
+pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "gpu-telemetry-dlq";
+
+/// Errors of the Kafka plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A Kafka client call failed.
+    #[error("kafka {action} failed: {source}")]
+    Kafka {
+        /// What was being done, e.g. `create producer`.
+        action: &'static str,
+        /// The client error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The broker refused to create a topic.
+    #[error("cannot create topic {topic}: {reason}")]
+    TopicCreate {
+        /// Topic name.
+        topic: String,
+        /// Broker's reason.
+        reason: String,
+    },
+    /// A record was not delivered.
+    #[error("delivery to {topic} failed: {source}")]
+    Delivery {
+        /// Topic name.
+        topic: String,
+        /// The client error.
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+pub(crate) fn kafka(action: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> QueueError {
+    move |source| QueueError::Kafka { action, source }
+}

@@ -1,0 +1,166 @@
+//! The metric catalog: one table of every metric name the API serves, its unit, the NVML
+//! call it comes from, and how it is read off a [`GpuSample`]. The README's metric table is
+//! this table; the API's `metrics=` parameter accepts exactly these names.
+
+use crate::wire::GpuSample;
+
+/// One metric.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    /// snake_case name with unit suffix, e.g. `power_usage_watts`.
+    pub name: &'static str,
+    /// Unit, e.g. `W`.
+    pub unit: &'static str,
+    /// What it measures.
+    pub description: &'static str,
+    /// The NVML function it is read with.
+    pub nvml: &'static str,
+    read: fn(&GpuSample) -> Option<f64>,
+}
+
+impl MetricDef {
+    /// The value in this metric's unit, or `None` when the sample does not carry it.
+    pub fn value(&self, s: &GpuSample) -> Option<f64> {
+        (self.read)(s)
+    }
+}
+
+macro_rules! metric {
+    ($name:literal, $unit:literal, $nvml:literal, $desc:literal, |$s:ident| $e:expr) => {
+        MetricDef {
+            name: $name,
+            unit: $unit,
+            description: $desc,
+            nvml: $nvml,
+            read: |$s: &GpuSample| $e,
+        }
+    };
+}
+
+/// Every metric, in the order the API lists them.
+pub const METRICS: &[MetricDef] = &[
+    metric!(
+        "gpu_utilization_percent",
+        "%",
+        "nvmlDeviceGetUtilizationRates",
+        "Percent of time a kernel was running over the last sample period",
+        |s| s.gpu_utilization_percent.map(f64::from)
+    ),
+    metric!(
+        "memory_utilization_percent",
+        "%",
+        "nvmlDeviceGetUtilizationRates",
+        "Percent of time device memory was being read or written",
+        |s| s.memory_utilization_percent.map(f64::from)
+    ),
+    metric!(
+        "memory_used_bytes",
+        "B",
+        "nvmlDeviceGetMemoryInfo_v2",
+        "Device memory in use",
+        |s| s.memory_used_bytes.map(|v| v as f64)
+    ),
+    metric!(
+        "memory_total_bytes",
+        "B",
+        "nvmlDeviceGetMemoryInfo_v2",
+        "Device memory installed",
+        |s| s.memory_total_bytes.map(|v| v as f64)
+    ),
+    metric!(
+        "temperature_celsius",
+        "°C",
+        "nvmlDeviceGetTemperature",
+        "GPU die temperature",
+        |s| s.temperature_celsius.map(f64::from)
+    ),
+    metric!(
+        "power_usage_watts",
+        "W",
+        "nvmlDeviceGetPowerUsage",
+        "Board power draw",
+        |s| s.power_usage_milliwatts.map(|v| f64::from(v) / 1000.0)
+    ),
+    metric!(
+        "power_limit_watts",
+        "W",
+        "nvmlDeviceGetEnforcedPowerLimit",
+        "Enforced power limit",
+        |s| s.power_limit_milliwatts.map(|v| f64::from(v) / 1000.0)
+    ),
+    metric!(
+        "energy_consumed_joules",
+        "J",
+        "nvmlDeviceGetTotalEnergyConsumption",
+        "Energy since the driver loaded (counter)",
+        |s| s.energy_consumed_millijoules.map(|v| v as f64 / 1000.0)
+    ),
+    metric!(
+        "sm_clock_mhz",
+        "MHz",
+        "nvmlDeviceGetClockInfo(SM)",
+        "Streaming multiprocessor clock",
+        |s| s.sm_clock_mhz.map(f64::from)
+    ),
+    metric!(
+        "memory_clock_mhz",
+        "MHz",
+        "nvmlDeviceGetClockInfo(MEM)",
+        "Memory clock",
+        |s| s.memory_clock_mhz.map(f64::from)
+    ),
+    metric!(
+        "fan_speed_percent",
+        "%",
+        "nvmlDeviceGetFanSpeed",
+        "Fan speed as percent of maximum (absent on passively cooled boards)",
+        |s| s.fan_speed_percent.map(f64::from)
+    ),
+];
+
+/// Looks a metric up by name.
+pub fn find(name: &str) -> Option<&'static MetricDef> {
+    METRICS.iter().find(|m| m.name == name)
+}
+
+/// Every metric the sample carries, as `(name, value)`, in catalog order.
+pub fn values(s: &GpuSample) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+    METRICS
+        .iter()
+        .filter_map(|m| m.value(s).map(|v| (m.name, v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_snake_case_and_units_convert() {
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len());
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
+        let s = GpuSample {
+            power_usage_milliwatts: Some(312_500),
+            energy_consumed_millijoules: Some(1_234_567),
+            gpu_utilization_percent: Some(0),
+            ..Default::default()
+        };
+        let got: Vec<_> = values(&s).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("gpu_utilization_percent", 0.0),
+                ("power_usage_watts", 312.5),
+                ("energy_consumed_joules", 1234.567)
+            ]
+        );
+        assert!(find("power_usage_watts").is_some());
+        assert!(find("power").is_none());
+    }
+}

@@ -1,0 +1,286 @@
+//! The wire format, free of I/O: protobuf encode/decode, signing and verification.
+//!
+//! A record on the telemetry topic is:
+//! - key: the node name (UTF-8). All of a node's GPUs share a partition, so each GPU's
+//!   samples stay in order.
+//! - value: a protobuf [`TelemetryBatch`].
+//! - headers: [`header::KEY_ID`], [`header::SIGNATURE`] (HMAC-SHA256 over key and value, see
+//!   [`common_auth::signing`]) and [`header::SCHEMA_VERSION`] (informational; the version
+//!   that counts is inside the signed value).
+
+use common_auth::{RecordSigner, RecordVerifier, VerifyError};
+use prost::Message;
+
+/// Generated protobuf types (package `telemetry.v1`).
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/telemetry.v1.rs"));
+}
+
+pub use proto::{GpuInfo, GpuSample, TelemetryBatch};
+
+/// The schema version this build writes and the newest it reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Header names.
+pub mod header {
+    /// Key id of the token that signed the record.
+    pub const KEY_ID: &str = "x-key-id";
+    /// HMAC-SHA256 signature, 32 raw bytes.
+    pub const SIGNATURE: &str = "x-signature";
+    /// Schema version as decimal text.
+    pub const SCHEMA_VERSION: &str = "x-schema-version";
+    /// On dead-lettered records: the reject reason (snake_case, see [`super::Reject::reason`]).
+    pub const REJECT_REASON: &str = "x-reject-reason";
+    /// On dead-lettered records: a human-readable detail.
+    pub const REJECT_DETAIL: &str = "x-reject-detail";
+    /// On dead-lettered records: where the record came from.
+    pub const SOURCE_TOPIC: &str = "x-source-topic";
+    /// On dead-lettered records: source partition, decimal.
+    pub const SOURCE_PARTITION: &str = "x-source-partition";
+    /// On dead-lettered records: source offset, decimal.
+    pub const SOURCE_OFFSET: &str = "x-source-offset";
+}
+
+/// A record ready to produce: key, encoded value and its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedRecord {
+    /// Record key (the node name).
+    pub key: Vec<u8>,
+    /// Encoded [`TelemetryBatch`].
+    pub value: Vec<u8>,
+    /// Key id of the signing token.
+    pub key_id: String,
+    /// HMAC-SHA256 over key and value.
+    pub signature: [u8; 32],
+}
+
+/// Encodes and signs a batch; the key is the batch's node name.
+pub fn seal(signer: &RecordSigner, batch: &TelemetryBatch) -> SignedRecord {
+    let key = batch.node.as_bytes().to_vec();
+    let value = batch.encode_to_vec();
+    let signature = signer.sign(&key, &value);
+    SignedRecord {
+        key,
+        value,
+        key_id: signer.key_id().to_string(),
+        signature,
+    }
+}
+
+/// Why a record was rejected. Each variant maps to a dead-letter reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Reject {
+    /// Signature missing, from an unknown token, or wrong.
+    #[error("signature rejected: {0}")]
+    Signature(#[from] VerifyError),
+    /// The value is not a protobuf `TelemetryBatch`.
+    #[error("cannot decode batch: {0}")]
+    Decode(String),
+    /// The batch says a schema version this build does not read.
+    #[error("unsupported schema version {0} (this build reads 1..={SCHEMA_VERSION})")]
+    UnsupportedSchema(u32),
+    /// The batch decoded but breaks an invariant.
+    #[error("invalid batch: {0}")]
+    Invalid(String),
+}
+
+impl Reject {
+    /// Short snake_case reason for headers and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::Signature(e) => e.reason(),
+            Reject::Decode(_) => "decode_error",
+            Reject::UnsupportedSchema(_) => "unsupported_schema_version",
+            Reject::Invalid(_) => "invalid_batch",
+        }
+    }
+}
+
+/// The parts of a consumed record that [`open`] looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordParts<'a> {
+    /// Record key.
+    pub key: Option<&'a [u8]>,
+    /// Record value.
+    pub value: Option<&'a [u8]>,
+    /// [`header::KEY_ID`] header.
+    pub key_id: Option<&'a [u8]>,
+    /// [`header::SIGNATURE`] header.
+    pub signature: Option<&'a [u8]>,
+}
+
+/// Verifies the signature, decodes the batch and checks its invariants.
+///
+/// Invariants: schema version in `1..=SCHEMA_VERSION`; node non-empty and equal to the
+/// record key; every sample names a GPU listed in the batch, with a non-empty uuid; GPUs
+/// belong to the batch's node.
+///
+/// # Errors
+/// A [`Reject`] saying why; the caller dead-letters the record.
+pub fn open(verifier: &RecordVerifier, parts: RecordParts<'_>) -> Result<TelemetryBatch, Reject> {
+    let key = parts.key.unwrap_or_default();
+    let value = parts.value.unwrap_or_default();
+    verifier.verify(parts.key_id, key, value, parts.signature)?;
+    let batch = TelemetryBatch::decode(value).map_err(|e| Reject::Decode(e.to_string()))?;
+    validate(&batch, key)?;
+    Ok(batch)
+}
+
+fn validate(batch: &TelemetryBatch, key: &[u8]) -> Result<(), Reject> {
+    if batch.schema_version == 0 || batch.schema_version > SCHEMA_VERSION {
+        return Err(Reject::UnsupportedSchema(batch.schema_version));
+    }
+    if batch.node.is_empty() {
+        return Err(Reject::Invalid("node is empty".into()));
+    }
+    if batch.node.as_bytes() != key {
+        return Err(Reject::Invalid(
+            "record key differs from the batch's node".into(),
+        ));
+    }
+    for gpu in &batch.gpus {
+        if gpu.uuid.is_empty() {
+            return Err(Reject::Invalid("a GPU has an empty uuid".into()));
+        }
+        if gpu.node != batch.node {
+            return Err(Reject::Invalid(format!(
+                "GPU {} claims node {:?} in a batch from {:?}",
+                gpu.uuid, gpu.node, batch.node
+            )));
+        }
+    }
+    for s in &batch.samples {
+        if !batch.gpus.iter().any(|g| g.uuid == s.uuid) {
+            return Err(Reject::Invalid(format!(
+                "sample for GPU {:?} which the batch does not list",
+                s.uuid
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use secrecy::SecretString;
+
+    fn token() -> SecretString {
+        SecretString::from("test-token".to_string())
+    }
+
+    pub(crate) fn batch() -> TelemetryBatch {
+        TelemetryBatch {
+            schema_version: SCHEMA_VERSION,
+            node: "node-a".into(),
+            collected_at_ms: 1_700_000_000_123,
+            gpus: vec![GpuInfo {
+                uuid: "GPU-1".into(),
+                index: 0,
+                name: "H100".into(),
+                node: "node-a".into(),
+                ..Default::default()
+            }],
+            samples: vec![GpuSample {
+                uuid: "GPU-1".into(),
+                timestamp_ms: 1_700_000_000_123,
+                gpu_utilization_percent: Some(0),
+                power_usage_milliwatts: Some(312_500),
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn parts(r: &SignedRecord) -> RecordParts<'_> {
+        RecordParts {
+            key: Some(&r.key),
+            value: Some(&r.value),
+            key_id: Some(r.key_id.as_bytes()),
+            signature: Some(&r.signature),
+        }
+    }
+
+    #[test]
+    fn sealed_batch_opens_to_the_same_batch_with_absent_fields_still_absent() {
+        let rec = seal(&RecordSigner::new(&token()), &batch());
+        let got = open(&RecordVerifier::new([&token()]), parts(&rec)).unwrap();
+        assert_eq!(got, batch());
+        assert_eq!(got.samples[0].gpu_utilization_percent, Some(0));
+        assert_eq!(got.samples[0].temperature_celsius, None);
+        assert_eq!(rec.key, b"node-a");
+    }
+
+    #[test]
+    fn each_reject_has_its_reason() {
+        let v = RecordVerifier::new([&token()]);
+        let signer = RecordSigner::new(&token());
+        let reason = |b: &TelemetryBatch| open(&v, parts(&seal(&signer, b))).unwrap_err().reason();
+
+        let mut b = batch();
+        b.schema_version = 2;
+        assert_eq!(reason(&b), "unsupported_schema_version");
+        let mut b = batch();
+        b.samples[0].uuid = "GPU-unknown".into();
+        assert_eq!(reason(&b), "invalid_batch");
+        let mut b = batch();
+        b.gpus[0].node = "node-b".into();
+        assert_eq!(reason(&b), "invalid_batch");
+
+        let mut rec = seal(&signer, &batch());
+        rec.key = b"node-b".to_vec();
+        assert_eq!(open(&v, parts(&rec)).unwrap_err().reason(), "bad_signature");
+
+        let garbage = vec![0xff; 40];
+        let sig = signer.sign(b"node-a", &garbage);
+        let p = RecordParts {
+            key: Some(b"node-a"),
+            value: Some(&garbage),
+            key_id: Some(signer.key_id().as_bytes()),
+            signature: Some(&sig),
+        };
+        assert_eq!(open(&v, p).unwrap_err().reason(), "decode_error");
+        assert_eq!(
+            open(&v, RecordParts::default()).unwrap_err().reason(),
+            "unsigned"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn open_never_panics_on_arbitrary_bytes(
+            key in proptest::collection::vec(any::<u8>(), 0..32),
+            value in proptest::collection::vec(any::<u8>(), 0..512),
+            sign in any::<bool>(),
+        ) {
+            let signer = RecordSigner::new(&token());
+            let v = RecordVerifier::new([&token()]);
+            let sig = signer.sign(&key, &value);
+            let p = RecordParts {
+                key: Some(&key),
+                value: Some(&value),
+                key_id: Some(signer.key_id().as_bytes()),
+                signature: sign.then_some(&sig[..]),
+            };
+            let _ = open(&v, p);
+        }
+
+        #[test]
+        fn any_batch_roundtrips(
+            node in "[a-z]{1,12}",
+            util in proptest::option::of(0u32..=100),
+            mem in proptest::option::of(any::<u64>()),
+            ts in any::<i64>(),
+        ) {
+            let mut b = batch();
+            b.node = node.clone();
+            b.gpus[0].node = node;
+            b.samples[0].gpu_utilization_percent = util;
+            b.samples[0].memory_used_bytes = mem;
+            b.samples[0].timestamp_ms = ts;
+            let rec = seal(&RecordSigner::new(&token()), &b);
+            prop_assert_eq!(open(&RecordVerifier::new([&token()]), parts(&rec)).unwrap(), b);
+        }
+    }
+}

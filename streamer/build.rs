@@ -1,0 +1,13 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A vendored protoc: nothing to install on the build machine.
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .extern_path(".telemetry.v1", "::msg_queue_client::wire::proto")
+        .compile_with_config(
+            config,
+            &["proto/query.proto"],
+            &["proto", "../msg-queue-client/proto"],
+        )?;
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The streamer: consumes telemetry from Kafka, verifies and stores it, answers queries.
+//!
+//! - [`store::Store`]: the storage seam ([`store::MemoryStore`] here), idempotent on
+//!   (GPU, sample time) and owner of the consumer's resume offsets.
+//! - [`ingest::Ingestor`]: verify → decode → store for a batch of fetched records.
+//! - [`consume::run_consumer`]: the loop that fetches, ingests, dead-letters rejects, then
+//!   commits.
+//! - [`query::QueryService`]: the gRPC query service (service-token protected).
+//! - [`run`]: wires these for the `streamer` binary.
+
+pub mod config;
+pub mod consume;
+pub mod ingest;
+pub mod metrics;
+pub mod query;
+pub mod store;
+
+use std::sync::Arc;
+
+use common_auth::grpc::RequireServiceToken;
+use common_auth::{KeyRing, RecordVerifier, SecretSpec, load_secret};
+use msg_queue_client::consumer::{ConsumerConfig, OffsetSource, TelemetryConsumer};
+use msg_queue_client::dead_letter::DeadLetterProducer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::StreamerConfig;
+use crate::ingest::Ingestor;
+use crate::metrics::StreamerMetrics;
+use crate::query::QueryService;
+use crate::query::proto::telemetry_query_server::TelemetryQueryServer;
+use crate::store::{MemoryStore, Store};
+
+/// Largest gRPC message either side sends (a 10,000-GPU list is ≈ 3 MB).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Errors that stop the streamer.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamerError {
+    /// A secret is missing.
+    #[error(transparent)]
+    Auth(#[from] common_auth::AuthError),
+    /// Kafka setup failed.
+    #[error(transparent)]
+    Queue(#[from] msg_queue_client::QueueError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Adapts a [`Store`] to the consumer's [`OffsetSource`].
+struct StoreOffsets(Arc<dyn Store>);
+
+impl OffsetSource for StoreOffsets {
+    fn resume_offset(&self, _topic: &str, partition: i32) -> Option<i64> {
+        self.0.resume_offset(partition)
+    }
+}
+
+/// Runs the streamer: gRPC on `listener`, consuming until `shutdown` resolves. On shutdown
+/// the gRPC server stops accepting, the consumer finishes its batch and commits once more.
+///
+/// # Errors
+/// [`StreamerError`] when the secret, Kafka clients or the gRPC server cannot start.
+pub async fn run(
+    cfg: StreamerConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StreamerError> {
+    let token = load_secret(
+        &SecretSpec::SERVICE_TOKEN,
+        cfg.service_token.as_ref(),
+        cfg.secret_dir.as_deref(),
+    )?;
+    let ring = KeyRing::new(token);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(cfg.retention));
+    let metrics = Arc::new(StreamerMetrics::default());
+
+    for topic in [&cfg.topic, &cfg.dead_letter_topic] {
+        if let Err(error) = msg_queue_client::topic::ensure_topic(
+            &cfg.brokers,
+            topic,
+            cfg.partitions,
+            cfg.replication,
+        )
+        .await
+        {
+            tracing::warn!(%error, topic, "could not ensure topic");
+        }
+    }
+    let mut ccfg = ConsumerConfig::new(&cfg.brokers, &cfg.group_id, &cfg.topic);
+    ccfg.session_timeout = cfg.session_timeout;
+    let consumer = TelemetryConsumer::new(&ccfg, Arc::new(StoreOffsets(store.clone())))?;
+    let dead_letter =
+        DeadLetterProducer::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.topic, &[])?;
+    let accepted = ring.accepted();
+    let ingestor = Ingestor::new(
+        RecordVerifier::new(accepted.iter()),
+        store.clone(),
+        metrics.clone(),
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let consumer_task = tokio::spawn(consume::run_consumer(
+        consumer,
+        ingestor,
+        store.clone(),
+        dead_letter,
+        metrics.clone(),
+        stopped(),
+    ));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let service = tonic::service::interceptor::InterceptedService::new(
+        TelemetryQueryServer::new(QueryService::new(store, metrics))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        RequireServiceToken { tokens: ring },
+    );
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gRPC query service listening");
+    let served = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stopped(),
+        )
+        .await;
+    let _ = consumer_task.await;
+    served?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+use clap::Parser;
+use streamer::config::StreamerConfig;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = StreamerConfig::parse();
+    let listener = match tokio::net::TcpListener::bind(cfg.grpc_addr).await {
+        Ok(l) => l,
+        Err(error) => {
+            eprintln!("streamer: cannot listen on {}: {error}", cfg.grpc_addr);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        // A plain line on stdout, for scripts and tests that start it on port 0.
+        println!("streamer grpc listening on {addr}");
+    }
+    match streamer::run(cfg, listener, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("streamer: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
