@@ -1,1 +1,360 @@
-//! stub
+//! Test harness: a real Kafka-protocol broker (tansu) on a free port, the real binaries as
+//! child processes, and a deadline-polling [`eventually`] instead of sleeps.
+//!
+//! Binaries are found next to the test executable's `deps/` directory; `scripts/test` builds
+//! them (`cargo build --workspace`) before running the tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A unique name for a topic or group: `prefix-<pid>-<nanos>`.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test> → target/debug
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.to_path_buf()
+}
+
+/// Path of a workspace binary; panics with a hint when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace` first (scripts/test does)", p.display());
+    p
+}
+
+/// Path of the NVML test double (`libnvidia_ml.so`).
+pub fn nvml_double() -> PathBuf {
+    bin("libnvidia_ml.so")
+}
+
+/// A child process, killed on drop; its stdout lines are collected.
+#[derive(Debug)]
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    name: String,
+}
+
+impl Proc {
+    /// Spawns `program` with `args` and `envs` (the only env changes: tests never touch
+    /// their own environment). stderr is inherited so failures show in the test output.
+    pub fn spawn(name: &str, program: &std::path::Path, args: &[String], envs: &[(&str, String)]) -> Proc {
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits up to `timeout` for a stdout line containing `needle`; returns it.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no stdout line containing {needle:?} within {timeout:?}; exit: {:?}; saw: {:?}",
+                    self.name,
+                    self.child.try_wait(),
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM.
+    pub fn term(&self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+    }
+
+    /// Waits for exit up to `timeout`; returns the exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The tansu binary: `$TANSU_BIN`, else `tansu` on PATH, else `~/.cargo/bin/tansu`.
+pub fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let p = d.join("tansu");
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let p = home.join(".cargo/bin/tansu");
+    assert!(p.exists(), "tansu broker not found: run scripts/install-test-deps");
+    p
+}
+
+/// A Kafka-protocol broker (tansu, in-memory storage) on a free port, killed on drop.
+#[derive(Debug)]
+pub struct Broker {
+    /// The broker process.
+    pub proc: Proc,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    port: u16,
+    storage: String,
+}
+
+impl Broker {
+    /// Starts a broker with in-memory storage and waits until it accepts connections.
+    pub fn start() -> Broker {
+        Self::start_with("memory://tansu/".into())
+    }
+
+    /// Starts a broker with `storage` (e.g. `sqlite://FILE`).
+    pub fn start_with(storage: String) -> Broker {
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(b) = Self::try_start(port, &storage) {
+                return b;
+            }
+        }
+        panic!("could not start tansu on a free port");
+    }
+
+    fn try_start(port: u16, storage: &str) -> Option<Broker> {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let args = vec![
+            "broker".into(),
+            "--listener-url".into(),
+            url.clone(),
+            "--advertised-listener-url".into(),
+            url,
+            "--storage-engine".into(),
+            storage.to_string(),
+        ];
+        let mut proc = Proc::spawn("tansu", &tansu_bin(), &args, &[]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Broker {
+                    proc,
+                    addr: format!("127.0.0.1:{port}"),
+                    port,
+                    storage: storage.to_string(),
+                });
+            }
+            if let Ok(Some(_)) = proc.child.try_wait() {
+                return None; // port taken between probe and bind: try another
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        let b = Self::try_start(self.port, &self.storage).expect("restart broker on its port");
+        *self = b;
+    }
+}
+
+/// A minimal HTTP GET with an optional API key; returns (status, parsed JSON body).
+pub async fn get_json(client: &reqwest::Client, url: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = client.get(url);
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap_or_default();
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// Names and secrets of one test's pipeline: a fresh topic, dead-letter topic and group.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// Telemetry topic.
+    pub topic: String,
+    /// Dead-letter topic.
+    pub dead_letter: String,
+    /// Consumer group.
+    pub group: String,
+    /// Service token.
+    pub token: String,
+    /// API key.
+    pub api_key: String,
+}
+
+impl Names {
+    /// Fresh names for a test.
+    pub fn fresh(test: &str) -> Names {
+        Names {
+            topic: unique(&format!("{test}-telemetry")),
+            dead_letter: unique(&format!("{test}-dlq")),
+            group: unique(&format!("{test}-group")),
+            token: format!("service-token-{}", unique("t")),
+            api_key: format!("api-key-{}", unique("k")),
+        }
+    }
+}
+
+/// Starts the streamer binary with gRPC on `127.0.0.1:grpc_port`; returns once it listens.
+pub fn spawn_streamer(broker: &Broker, n: &Names, grpc_port: u16) -> Proc {
+    let args: Vec<String> = [
+        "--grpc-addr",
+        &format!("127.0.0.1:{grpc_port}"),
+        "--brokers",
+        &broker.addr,
+        "--topic",
+        &n.topic,
+        "--dead-letter-topic",
+        &n.dead_letter,
+        "--group-id",
+        &n.group,
+        "--partitions",
+        "4",
+        "--session-timeout",
+        "6s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut p = Proc::spawn("streamer", &bin("streamer"), &args, &[("SERVICE_TOKEN", n.token.clone())]);
+    p.wait_line("streamer grpc listening on", Duration::from_secs(20));
+    p
+}
+
+/// Starts the api binary against the streamer on `grpc_port`; returns it and its base URL.
+pub fn spawn_api(n: &Names, grpc_port: u16) -> (Proc, String) {
+    let args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--streamer-url",
+        &format!("http://127.0.0.1:{grpc_port}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut p = Proc::spawn(
+        "api",
+        &bin("api"),
+        &args,
+        &[("API_KEY", n.api_key.clone()), ("SERVICE_TOKEN", n.token.clone())],
+    );
+    let line = p.wait_line("api listening on ", Duration::from_secs(20));
+    let addr = line.trim_start_matches("api listening on ").trim().to_string();
+    (p, format!("http://{addr}"))
+}
+
+/// Starts the collector binary with a simulated fleet.
+pub fn spawn_collector(broker: &Broker, n: &Names, spec: collector::simulated::FleetSpec, interval: &str, rounds: u64) -> Proc {
+    let args: Vec<String> = [
+        "--source",
+        "simulated",
+        "--sim-nodes",
+        &spec.nodes.to_string(),
+        "--sim-gpus-per-node",
+        &spec.gpus_per_node.to_string(),
+        "--sim-seed",
+        &spec.seed.to_string(),
+        "--interval",
+        interval,
+        "--rounds",
+        &rounds.to_string(),
+        "--brokers",
+        &broker.addr,
+        "--topic",
+        &n.topic,
+        "--partitions",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Proc::spawn("collector", &bin("collector"), &args, &[("SERVICE_TOKEN", n.token.clone())])
+}
