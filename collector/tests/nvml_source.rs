@@ -1,0 +1,117 @@
+//! `NvmlSource` through the real nvml-wrapper code path, against the workspace's test build
+//! of `libnvidia-ml.so` (`collector/nvml-test-double`), and the binary's NVML failures.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use collector::nvml::NvmlSource;
+use collector::source::{GpuSource, SourceError};
+use msg_queue_client::wire::GpuSample;
+
+/// `target/debug/libnvidia_ml.so`, built by `cargo build --workspace`.
+fn double() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().and_then(|d| d.parent()).unwrap().join("libnvidia_ml.so");
+    assert!(p.exists(), "{} missing: run `cargo build --workspace` first", p.display());
+    p
+}
+
+#[test]
+fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent() {
+    let mut src = NvmlSource::open(Some(&double()), "gpu-node-1").unwrap();
+    assert_eq!(src.describe(), "nvml (2 GPUs)");
+    let inv = src.inventory().to_vec();
+    assert_eq!(inv[0].uuid, "GPU-11111111-2222-3333-4444-555555555555");
+    assert_eq!(inv[0].name, "NVIDIA H100 80GB HBM3");
+    assert_eq!(inv[0].serial.as_deref(), Some("1650123456789"));
+    assert_eq!(inv[0].pci_bus_id.as_deref(), Some("00000000:18:00.0"));
+    assert_eq!(inv[0].driver_version.as_deref(), Some("550.54.15"));
+    assert_eq!(inv[0].cuda_driver_version, Some(12040));
+    assert_eq!(inv[0].mig_enabled, Some(false));
+    assert_eq!(inv[1].index, 1);
+    assert!(inv.iter().all(|g| g.node == "gpu-node-1"));
+
+    let batches = src.collect(1_790_000_000_000).unwrap();
+    assert_eq!(batches.len(), 1);
+    let b = &batches[0];
+    assert_eq!(b.node, "gpu-node-1");
+    assert_eq!(
+        b.samples[0],
+        GpuSample {
+            uuid: "GPU-11111111-2222-3333-4444-555555555555".into(),
+            timestamp_ms: 1_790_000_000_000,
+            gpu_utilization_percent: Some(37),
+            memory_utilization_percent: Some(21),
+            memory_used_bytes: Some(21_474_836_480),
+            memory_total_bytes: Some(85_899_345_920),
+            temperature_celsius: Some(54),
+            power_usage_milliwatts: Some(312_500),
+            power_limit_milliwatts: Some(700_000),
+            energy_consumed_millijoules: Some(123_456_789),
+            sm_clock_mhz: Some(1980),
+            memory_clock_mhz: Some(2619),
+            fan_speed_percent: None, // NOT_SUPPORTED: absent, not zero
+        }
+    );
+    let g1 = &b.samples[1];
+    assert_eq!(g1.energy_consumed_millijoules, None, "NOT_SUPPORTED energy is absent");
+    assert_eq!(g1.gpu_utilization_percent, Some(0), "a real zero stays zero");
+    assert_eq!(g1.power_usage_milliwatts, Some(69_800));
+    assert_eq!(src.field_errors(), 0, "NotSupported is not an error");
+}
+
+#[test]
+fn missing_library_error_names_it_and_suggests_simulated() {
+    let err = NvmlSource::open(Some(std::path::Path::new("/nonexistent/libnvidia-ml.so.1")), "n").unwrap_err();
+    assert!(matches!(err, SourceError::NvmlLoad { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/libnvidia-ml.so.1"), "{msg}");
+    assert!(msg.contains("--source simulated"), "{msg}");
+}
+
+fn run_collector(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_collector"));
+    cmd.args(args).env("SERVICE_TOKEN", "t").env("RUST_LOG", "off");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn collector_without_nvml_exits_with_one_line_naming_the_library() {
+    let (code, stderr) = run_collector(&["--nvml-lib", "/nonexistent/libnvidia-ml.so.1", "--brokers", "127.0.0.1:1"], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("collector: cannot load NVML library /nonexistent/libnvidia-ml.so.1"), "{stderr}");
+    assert!(stderr.contains("--source simulated"), "{stderr}");
+}
+
+#[test]
+fn collector_reports_nvml_init_failure_in_one_line() {
+    let lib = double();
+    let (code, stderr) = run_collector(
+        &["--nvml-lib", lib.to_str().unwrap(), "--brokers", "127.0.0.1:1"],
+        &[("NVML_TEST_DOUBLE_INIT_ERROR", "1")],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("nvmlInit failed"), "{stderr}");
+}
+
+#[test]
+fn collector_without_service_token_says_which_secret_and_where_it_looked() {
+    let out = Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["--source", "simulated", "--secret-dir", "/nonexistent-secrets"])
+        .env_remove("SERVICE_TOKEN")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr.trim_end(),
+        "collector: service token is missing: env SERVICE_TOKEN is unset; /nonexistent-secrets/service-token not found or empty"
+    );
+}
