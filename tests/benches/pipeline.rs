@@ -1,1 +1,247 @@
-fn main() {}
+//! Pipeline benchmarks (a bench binary, not timed tests). Run:
+//!
+//! ```text
+//! cargo bench -p integration-tests --bench pipeline
+//! ```
+//!
+//! Reports medians over repetitions (this machine is shared and noisy):
+//! 1. GPU samples/s end to end through the real broker: sign → produce → broker → consume →
+//!    verify → store, until the store holds every sample.
+//! 2. The streamer's ingest rate on already-fetched records (verify, decode, store): our
+//!    code alone, so the broker's speed does not hide ours.
+//! 3. `GET /api/v1/gpus` latency with 10,000 GPUs, embedded and through the streamer's gRPC.
+//! 4. `GET /api/v1/gpus/{uuid}/telemetry` for 24 h of one GPU at 1 s (86,400 samples).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::backend::{GrpcBackend, StoreBackend, TelemetryBackend};
+use api::routes::{AppState, router};
+use collector::simulated::{FleetSpec, SimulatedSource};
+use common_auth::grpc::RequireServiceToken;
+use common_auth::{KeyRing, RecordSigner, RecordVerifier};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use integration_tests::{Broker, unique};
+use msg_queue_client::consumer::{ConsumedRecord, ConsumerConfig, OffsetSource, TelemetryConsumer};
+use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
+use msg_queue_client::wire::{SignedRecord, header, seal};
+use secrecy::SecretString;
+use streamer::ingest::Ingestor;
+use streamer::metrics::StreamerMetrics;
+use streamer::query::QueryService;
+use streamer::query::proto::telemetry_query_server::TelemetryQueryServer;
+use streamer::store::{MemoryStore, Store};
+
+const NODES: u32 = 1250; // × 8 GPUs = 10,000 GPUs
+const ROUNDS: i64 = 10; // × 10,000 = 100,000 samples
+const T0: i64 = 1_790_000_000_000;
+
+fn token() -> SecretString {
+    SecretString::from("bench-token".to_string())
+}
+
+fn fleet() -> SimulatedSource {
+    SimulatedSource::new(FleetSpec {
+        nodes: NODES,
+        gpus_per_node: 8,
+        seed: 1,
+    })
+}
+
+fn records() -> Vec<SignedRecord> {
+    let src = fleet();
+    let signer = RecordSigner::new(&token());
+    (0..ROUNDS)
+        .flat_map(|r| (0..NODES).map(move |n| (r, n)))
+        .map(|(r, n)| seal(&signer, &src.batch(n, T0 + r * 1000)))
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct FromStart;
+impl OffsetSource for FromStart {
+    fn resume_offset(&self, _: &str, _: i32) -> Option<i64> {
+        None
+    }
+}
+
+fn ingestor(store: Arc<dyn Store>) -> Ingestor {
+    Ingestor::new(RecordVerifier::new([&token()]), store, Arc::new(StreamerMetrics::default()))
+}
+
+async fn end_to_end(broker: &Broker, recs: &[SignedRecord]) -> f64 {
+    let topic = unique("bench");
+    msg_queue_client::topic::ensure_topic(&broker.addr, &topic, 12, 1).await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let ing = ingestor(store.clone());
+    let consumer = TelemetryConsumer::new(&ConsumerConfig::new(&broker.addr, unique("g"), &topic), Arc::new(FromStart)).unwrap();
+    let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &topic)).unwrap();
+    let total = recs.len() as u64 * 8;
+    let start = Instant::now();
+    let recs = recs.to_vec();
+    let produce = tokio::spawn(async move {
+        let mut inflight = FuturesUnordered::new();
+        for r in &recs {
+            while inflight.len() >= 2000 {
+                let done: Result<_, msg_queue_client::QueueError> = inflight.next().await.unwrap();
+                done.unwrap();
+            }
+            let p = producer.clone();
+            let r = r.clone();
+            inflight.push(async move { p.send(&r).await });
+        }
+        while let Some(r) = inflight.next().await {
+            r.unwrap();
+        }
+    });
+    while store.sample_count() < total {
+        let batch = tokio::time::timeout(Duration::from_secs(60), consumer.recv_batch(2000, Duration::from_millis(5)))
+            .await
+            .expect("records keep coming")
+            .unwrap();
+        let out = ing.process(&batch).unwrap();
+        assert!(out.rejected.is_empty());
+        consumer.commit(&out.next_offsets, false).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    produce.await.unwrap();
+    total as f64 / secs
+}
+
+fn fetched(recs: &[SignedRecord]) -> Vec<ConsumedRecord> {
+    recs.iter()
+        .enumerate()
+        .map(|(i, r)| ConsumedRecord {
+            partition: (i % 12) as i32,
+            offset: i as i64,
+            key: Some(r.key.clone()),
+            value: Some(r.value.clone()),
+            headers: vec![
+                (header::KEY_ID.into(), Some(r.key_id.as_bytes().to_vec())),
+                (header::SIGNATURE.into(), Some(r.signature.to_vec())),
+            ],
+        })
+        .collect()
+}
+
+async fn latency(client: &reqwest::Client, url: &str, n: usize) -> (f64, f64, usize) {
+    let mut ms = Vec::with_capacity(n);
+    let mut bytes = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let body = client.get(url).header("x-api-key", "k").send().await.unwrap().bytes().await.unwrap();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        bytes = body.len();
+    }
+    (pct(&mut ms, 0.5), pct(&mut ms, 0.99), bytes)
+}
+
+async fn serve_api(backend: Arc<dyn TelemetryBackend>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let app = router(AppState {
+        backend,
+        keys: KeyRing::new("k".to_string().into()),
+        metrics: Arc::default(),
+    });
+    tokio::spawn(api::serve(l, app, std::future::pending()));
+    format!("http://{addr}")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let recs = records();
+    println!("workload: {} records = {} GPU samples ({} GPUs x {ROUNDS} rounds)", recs.len(), recs.len() * 8, NODES * 8);
+
+    // 2. Ingest of already-fetched records.
+    let f = fetched(&recs);
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+        let ing = ingestor(store.clone());
+        let t = Instant::now();
+        for chunk in f.chunks(2000) {
+            ing.process(chunk).unwrap();
+        }
+        rates.push(f.len() as f64 * 8.0 / t.elapsed().as_secs_f64());
+        assert_eq!(store.sample_count(), f.len() as u64 * 8);
+    }
+    println!("streamer ingest (verify+decode+store, fetched records): median {:.0} samples/s over 5 runs", median(rates));
+
+    // 1. End to end through the broker.
+    let broker = Broker::start();
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        rates.push(end_to_end(&broker, &recs).await);
+    }
+    println!(
+        "end to end through tansu (sign→produce→broker→consume→verify→store): median {:.0} samples/s over 3 runs (runs: {:?})",
+        median(rates.clone()),
+        rates.iter().map(|r| *r as u64).collect::<Vec<_>>()
+    );
+    drop(broker);
+
+    // 3. GET /api/v1/gpus with 10,000 GPUs.
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let ing = ingestor(store.clone());
+    for chunk in f.chunks(2000) {
+        ing.process(chunk).unwrap();
+    }
+    let metrics = Arc::new(StreamerMetrics::default());
+    let client = reqwest::Client::new();
+    let embedded = serve_api(Arc::new(StoreBackend {
+        store: store.clone(),
+        metrics: metrics.clone(),
+    }))
+    .await;
+    let (p50, p99, bytes) = latency(&client, &format!("{embedded}/api/v1/gpus"), 200).await;
+    println!("GET /api/v1/gpus, 10,000 GPUs, embedded store: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 200 requests)");
+
+    let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = grpc_l.local_addr().unwrap();
+    let ring = KeyRing::new(token());
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        TelemetryQueryServer::new(QueryService::new(store.clone(), metrics)).max_encoding_message_size(streamer::MAX_MESSAGE_BYTES),
+        RequireServiceToken { tokens: ring.clone() },
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_l)),
+    );
+    let via_grpc = serve_api(Arc::new(GrpcBackend::new(&format!("http://{grpc_addr}"), ring, Duration::from_secs(10)).unwrap())).await;
+    let (p50, p99, _) = latency(&client, &format!("{via_grpc}/api/v1/gpus"), 200).await;
+    println!("GET /api/v1/gpus, 10,000 GPUs, api → gRPC → streamer: p50 {p50:.1} ms, p99 {p99:.1} ms (200 requests)");
+
+    // 4. 24 h of one GPU at 1 s.
+    let one: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let src = SimulatedSource::new(FleetSpec {
+        nodes: 1,
+        gpus_per_node: 1,
+        seed: 3,
+    });
+    for s in 0..86_400 {
+        one.apply(&src.batch(0, T0 + s * 1000)).unwrap();
+    }
+    let uuid = SimulatedSource::info(src.spec(), 0, 0).uuid;
+    let day = serve_api(Arc::new(StoreBackend {
+        store: one,
+        metrics: Arc::default(),
+    }))
+    .await;
+    let url = format!(
+        "{day}/api/v1/gpus/{uuid}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-23T00:00:00Z&limit=100000"
+    );
+    let (p50, p99, bytes) = latency(&client, &url, 30).await;
+    println!("GET telemetry, 24 h of one GPU at 1 s (86,400 samples), embedded: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 30 requests)");
+}
