@@ -57,9 +57,14 @@ async fn call(uri: &str, key: Option<&str>) -> (StatusCode, Value) {
     if let Some(k) = key {
         req = req.header("x-api-key", k);
     }
-    let resp = app().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
@@ -71,7 +76,15 @@ async fn only_health_readiness_metrics_and_openapi_answer_without_a_key() {
     }
     let telemetry = format!("/api/v1/gpus/{UUID}/telemetry");
     let gpu = format!("/api/v1/gpus/{UUID}");
-    for closed in ["/api/v1/gpus", gpu.as_str(), telemetry.as_str(), "/docs", "/api/v1/other", "/", "/admin"] {
+    for closed in [
+        "/api/v1/gpus",
+        gpu.as_str(),
+        telemetry.as_str(),
+        "/docs",
+        "/api/v1/other",
+        "/",
+        "/admin",
+    ] {
         let (s, body) = call(closed, None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{closed}");
         assert_eq!(body["error"]["code"], "unauthorized", "{closed}");
@@ -91,7 +104,10 @@ async fn gpu_list_and_detail_follow_the_contract() {
     assert_eq!(g["index"], 3);
     assert_eq!(g["name"], "NVIDIA H100 80GB HBM3");
     assert_eq!(g["last_seen"], "2026-09-21T14:13:24.000Z");
-    assert_eq!(g["latest"], serde_json::json!({"gpu_utilization_percent": 40, "power_usage_watts": 100.5}));
+    assert_eq!(
+        g["latest"],
+        serde_json::json!({"gpu_utilization_percent": 40, "power_usage_watts": 100.5})
+    );
     let (_, body) = call("/api/v1/gpus?node=node-b", Some(KEY)).await;
     assert_eq!(body["count"], 0);
     let (s, detail) = call(&format!("/api/v1/gpus/{UUID}"), Some(KEY)).await;
@@ -115,7 +131,9 @@ async fn telemetry_window_metrics_and_limit_are_applied() {
         ])
     );
     assert_eq!(body["truncated"], false);
-    let uri = format!("/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-22T00:00:00Z&limit=2");
+    let uri = format!(
+        "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-22T00:00:00Z&limit=2"
+    );
     let (_, body) = call(&uri, Some(KEY)).await;
     assert_eq!(body["count"], 2);
     assert_eq!(body["truncated"], true);
@@ -126,47 +144,137 @@ async fn telemetry_window_metrics_and_limit_are_applied() {
 async fn bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500() {
     let t = format!("/api/v1/gpus/{UUID}/telemetry");
     let cases: Vec<(String, StatusCode, Option<&str>, &str)> = vec![
-        (format!("{t}?start_time=yesterday"), StatusCode::BAD_REQUEST, Some("start_time"), "RFC 3339"),
-        (format!("{t}?end_time=2026-13-01T00:00:00Z"), StatusCode::BAD_REQUEST, Some("end_time"), "RFC 3339"),
+        (
+            format!("{t}?start_time=yesterday"),
+            StatusCode::BAD_REQUEST,
+            Some("start_time"),
+            "RFC 3339",
+        ),
+        (
+            format!("{t}?end_time=2026-13-01T00:00:00Z"),
+            StatusCode::BAD_REQUEST,
+            Some("end_time"),
+            "RFC 3339",
+        ),
         (
             format!("{t}?start_time=2026-09-21T12:00:00Z&end_time=2026-09-21T11:00:00Z"),
             StatusCode::BAD_REQUEST,
             Some("end_time"),
             "after start_time",
         ),
-        (format!("{t}?metrics=gpu_utilization_percent,volts"), StatusCode::BAD_REQUEST, Some("metrics"), "\"volts\""),
-        (format!("{t}?limit=0"), StatusCode::BAD_REQUEST, Some("limit"), "1 to 100000"),
-        (format!("{t}?limit=lots"), StatusCode::BAD_REQUEST, Some("limit"), "integer"),
-        (format!("{t}?colour=red"), StatusCode::BAD_REQUEST, Some("colour"), "unknown parameter"),
-        (format!("{t}?limit=1&limit=2"), StatusCode::BAD_REQUEST, Some("limit"), "more than once"),
-        ("/api/v1/gpus?node=".into(), StatusCode::BAD_REQUEST, Some("node"), "empty"),
-        ("/api/v1/gpus/GPU-nope".into(), StatusCode::NOT_FOUND, None, "unknown GPU GPU-nope"),
-        ("/api/v1/gpus/GPU-nope/telemetry".into(), StatusCode::NOT_FOUND, None, "unknown GPU"),
-        ("/api/v1/gpus/%3Cscript%3E".into(), StatusCode::BAD_REQUEST, Some("uuid"), "not a GPU UUID"),
+        (
+            format!("{t}?metrics=gpu_utilization_percent,volts"),
+            StatusCode::BAD_REQUEST,
+            Some("metrics"),
+            "\"volts\"",
+        ),
+        (
+            format!("{t}?limit=0"),
+            StatusCode::BAD_REQUEST,
+            Some("limit"),
+            "1 to 100000",
+        ),
+        (
+            format!("{t}?limit=lots"),
+            StatusCode::BAD_REQUEST,
+            Some("limit"),
+            "integer",
+        ),
+        (
+            format!("{t}?colour=red"),
+            StatusCode::BAD_REQUEST,
+            Some("colour"),
+            "unknown parameter",
+        ),
+        (
+            format!("{t}?limit=1&limit=2"),
+            StatusCode::BAD_REQUEST,
+            Some("limit"),
+            "more than once",
+        ),
+        (
+            "/api/v1/gpus?node=".into(),
+            StatusCode::BAD_REQUEST,
+            Some("node"),
+            "empty",
+        ),
+        (
+            "/api/v1/gpus/GPU-nope".into(),
+            StatusCode::NOT_FOUND,
+            None,
+            "unknown GPU GPU-nope",
+        ),
+        (
+            "/api/v1/gpus/GPU-nope/telemetry".into(),
+            StatusCode::NOT_FOUND,
+            None,
+            "unknown GPU",
+        ),
+        (
+            "/api/v1/gpus/%3Cscript%3E".into(),
+            StatusCode::BAD_REQUEST,
+            Some("uuid"),
+            "not a GPU UUID",
+        ),
     ];
     for (uri, status, parameter, message) in cases {
         let (s, body) = call(&uri, Some(KEY)).await;
         assert_eq!(s, status, "{uri}: {body}");
         let err = &body["error"];
-        assert_eq!(err["code"], if status == StatusCode::NOT_FOUND { "not_found" } else { "invalid_parameter" });
+        assert_eq!(
+            err["code"],
+            if status == StatusCode::NOT_FOUND {
+                "not_found"
+            } else {
+                "invalid_parameter"
+            }
+        );
         if let Some(p) = parameter {
             assert_eq!(err["parameter"], p, "{uri}");
         }
-        assert!(err["message"].as_str().unwrap().contains(message), "{uri}: {}", err["message"]);
+        assert!(
+            err["message"].as_str().unwrap().contains(message),
+            "{uri}: {}",
+            err["message"]
+        );
     }
 }
 
 #[tokio::test]
 async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
     let (_, doc) = call("/openapi.json", None).await;
-    let paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(paths, vec!["/api/v1/gpus", "/api/v1/gpus/{uuid}", "/api/v1/gpus/{uuid}/telemetry"]);
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            "/api/v1/gpus",
+            "/api/v1/gpus/{uuid}",
+            "/api/v1/gpus/{uuid}/telemetry"
+        ]
+    );
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
     let resp = app()
-        .oneshot(Request::builder().uri("/docs").header("authorization", format!("Bearer {KEY}")).body(Body::empty()).unwrap())
+        .oneshot(
+            Request::builder()
+                .uri("/docs")
+                .header("authorization", format!("Bearer {KEY}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
-    let html = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    let html = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
     assert!(html.contains("GET /api/v1/gpus/{uuid}/telemetry"));
     assert!(html.contains("<code>power_usage_watts</code>"));
 }

@@ -76,6 +76,38 @@ pub fn open_source(
     }
 }
 
+/// What a collector run did, reported when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Sampling rounds completed.
+    pub rounds: u64,
+    /// GPU samples read.
+    pub samples: u64,
+    /// Records delivered to the broker.
+    pub published: u64,
+    /// Records dropped because the buffer was full.
+    pub dropped: u64,
+    /// Records still undelivered at exit (drain timeout).
+    pub undelivered: u64,
+    /// Producer rebuilds after fatal errors.
+    pub producer_rebuilds: u64,
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rounds={} samples={} published={} dropped={} undelivered={} producer_rebuilds={}",
+            self.rounds,
+            self.samples,
+            self.published,
+            self.dropped,
+            self.undelivered,
+            self.producer_rebuilds
+        )
+    }
+}
+
 /// Runs the collector until `cfg.rounds` rounds are done or `shutdown` resolves, then
 /// delivers what is buffered (up to `cfg.drain_timeout`).
 ///
@@ -84,7 +116,7 @@ pub fn open_source(
 pub async fn run(
     cfg: CollectorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), CollectorError> {
+) -> Result<RunSummary, CollectorError> {
     let token = load_secret(
         &SecretSpec::SERVICE_TOKEN,
         cfg.service_token.as_ref(),
@@ -139,12 +171,13 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let left = publisher.await.unwrap_or(usize::MAX);
     let _ = producer.flush(std::time::Duration::from_secs(1));
-    tracing::info!(
-        left,
-        dropped = buffer.dropped(),
-        rebuilds = producer.rebuilds(),
-        metrics = %metrics.render(buffer.dropped()).replace('\n', "; "),
-        "collector stopped"
-    );
-    Ok(())
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(RunSummary {
+        rounds: load(&metrics.rounds),
+        samples: load(&metrics.samples),
+        published: load(&metrics.published),
+        dropped: buffer.dropped(),
+        undelivered: left as u64,
+        producer_rebuilds: producer.rebuilds(),
+    })
 }

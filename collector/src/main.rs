@@ -11,7 +11,11 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cfg = CollectorConfig::parse();
     match collector::run(cfg, shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(summary) => {
+            // A plain line on stdout, for operators and scripts.
+            println!("collector stopped: {summary}");
+            std::process::ExitCode::SUCCESS
+        }
         Err(error) => {
             // One line, no backtrace: it names what is missing and where it looked.
             eprintln!("collector: {error}");

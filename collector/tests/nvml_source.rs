@@ -11,8 +11,16 @@ use msg_queue_client::wire::GpuSample;
 /// `target/debug/libnvidia_ml.so`, built by `cargo build --workspace`.
 fn double() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().and_then(|d| d.parent()).unwrap().join("libnvidia_ml.so");
-    assert!(p.exists(), "{} missing: run `cargo build --workspace` first", p.display());
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("libnvidia_ml.so");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -54,15 +62,26 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
         }
     );
     let g1 = &b.samples[1];
-    assert_eq!(g1.energy_consumed_millijoules, None, "NOT_SUPPORTED energy is absent");
-    assert_eq!(g1.gpu_utilization_percent, Some(0), "a real zero stays zero");
+    assert_eq!(
+        g1.energy_consumed_millijoules, None,
+        "NOT_SUPPORTED energy is absent"
+    );
+    assert_eq!(
+        g1.gpu_utilization_percent,
+        Some(0),
+        "a real zero stays zero"
+    );
     assert_eq!(g1.power_usage_milliwatts, Some(69_800));
     assert_eq!(src.field_errors(), 0, "NotSupported is not an error");
 }
 
 #[test]
 fn missing_library_error_names_it_and_suggests_simulated() {
-    let err = NvmlSource::open(Some(std::path::Path::new("/nonexistent/libnvidia-ml.so.1")), "n").unwrap_err();
+    let err = NvmlSource::open(
+        Some(std::path::Path::new("/nonexistent/libnvidia-ml.so.1")),
+        "n",
+    )
+    .unwrap_err();
     assert!(matches!(err, SourceError::NvmlLoad { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("/nonexistent/libnvidia-ml.so.1"), "{msg}");
@@ -71,20 +90,36 @@ fn missing_library_error_names_it_and_suggests_simulated() {
 
 fn run_collector(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_collector"));
-    cmd.args(args).env("SERVICE_TOKEN", "t").env("RUST_LOG", "off");
+    cmd.args(args)
+        .env("SERVICE_TOKEN", "t")
+        .env("RUST_LOG", "off");
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
 fn collector_without_nvml_exits_with_one_line_naming_the_library() {
-    let (code, stderr) = run_collector(&["--nvml-lib", "/nonexistent/libnvidia-ml.so.1", "--brokers", "127.0.0.1:1"], &[]);
+    let (code, stderr) = run_collector(
+        &[
+            "--nvml-lib",
+            "/nonexistent/libnvidia-ml.so.1",
+            "--brokers",
+            "127.0.0.1:1",
+        ],
+        &[],
+    );
     assert_eq!(code, 1);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("collector: cannot load NVML library /nonexistent/libnvidia-ml.so.1"), "{stderr}");
+    assert!(
+        stderr.starts_with("collector: cannot load NVML library /nonexistent/libnvidia-ml.so.1"),
+        "{stderr}"
+    );
     assert!(stderr.contains("--source simulated"), "{stderr}");
 }
 
@@ -92,7 +127,12 @@ fn collector_without_nvml_exits_with_one_line_naming_the_library() {
 fn collector_reports_nvml_init_failure_in_one_line() {
     let lib = double();
     let (code, stderr) = run_collector(
-        &["--nvml-lib", lib.to_str().unwrap(), "--brokers", "127.0.0.1:1"],
+        &[
+            "--nvml-lib",
+            lib.to_str().unwrap(),
+            "--brokers",
+            "127.0.0.1:1",
+        ],
         &[("NVML_TEST_DOUBLE_INIT_ERROR", "1")],
     );
     assert_eq!(code, 1);
@@ -103,7 +143,12 @@ fn collector_reports_nvml_init_failure_in_one_line() {
 #[test]
 fn collector_without_service_token_says_which_secret_and_where_it_looked() {
     let out = Command::new(env!("CARGO_BIN_EXE_collector"))
-        .args(["--source", "simulated", "--secret-dir", "/nonexistent-secrets"])
+        .args([
+            "--source",
+            "simulated",
+            "--secret-dir",
+            "/nonexistent-secrets",
+        ])
         .env_remove("SERVICE_TOKEN")
         .env("RUST_LOG", "off")
         .output()

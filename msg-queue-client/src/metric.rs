@@ -163,4 +163,22 @@ mod tests {
         assert!(find("power_usage_watts").is_some());
         assert!(find("power").is_none());
     }
+
+    #[test]
+    fn readme_metric_table_is_this_catalog() {
+        let readme = include_str!("../../README.md");
+        for m in METRICS {
+            let row = format!("| `{}` | {} | {} |", m.name, m.unit, m.nvml);
+            assert!(readme.contains(&row), "README lacks the row starting {row}");
+        }
+        let rows = readme
+            .lines()
+            .filter(|l| l.starts_with("| `") && l.contains("| nvmlDevice"))
+            .count();
+        assert_eq!(
+            rows,
+            METRICS.len(),
+            "README lists a metric the catalog does not have"
+        );
+    }
 }

@@ -76,15 +76,25 @@ impl OffsetSource for FromStart {
 }
 
 fn ingestor(store: Arc<dyn Store>) -> Ingestor {
-    Ingestor::new(RecordVerifier::new([&token()]), store, Arc::new(StreamerMetrics::default()))
+    Ingestor::new(
+        RecordVerifier::new([&token()]),
+        store,
+        Arc::new(StreamerMetrics::default()),
+    )
 }
 
 async fn end_to_end(broker: &Broker, recs: &[SignedRecord]) -> f64 {
     let topic = unique("bench");
-    msg_queue_client::topic::ensure_topic(&broker.addr, &topic, 12, 1).await.unwrap();
+    msg_queue_client::topic::ensure_topic(&broker.addr, &topic, 12, 1)
+        .await
+        .unwrap();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
     let ing = ingestor(store.clone());
-    let consumer = TelemetryConsumer::new(&ConsumerConfig::new(&broker.addr, unique("g"), &topic), Arc::new(FromStart)).unwrap();
+    let consumer = TelemetryConsumer::new(
+        &ConsumerConfig::new(&broker.addr, unique("g"), &topic),
+        Arc::new(FromStart),
+    )
+    .unwrap();
     let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &topic)).unwrap();
     let total = recs.len() as u64 * 8;
     let start = Instant::now();
@@ -105,10 +115,13 @@ async fn end_to_end(broker: &Broker, recs: &[SignedRecord]) -> f64 {
         }
     });
     while store.sample_count() < total {
-        let batch = tokio::time::timeout(Duration::from_secs(60), consumer.recv_batch(2000, Duration::from_millis(5)))
-            .await
-            .expect("records keep coming")
-            .unwrap();
+        let batch = tokio::time::timeout(
+            Duration::from_secs(60),
+            consumer.recv_batch(2000, Duration::from_millis(5)),
+        )
+        .await
+        .expect("records keep coming")
+        .unwrap();
         let out = ing.process(&batch).unwrap();
         assert!(out.rejected.is_empty());
         consumer.commit(&out.next_offsets, false).unwrap();
@@ -139,7 +152,15 @@ async fn latency(client: &reqwest::Client, url: &str, n: usize) -> (f64, f64, us
     let mut bytes = 0;
     for _ in 0..n {
         let t = Instant::now();
-        let body = client.get(url).header("x-api-key", "k").send().await.unwrap().bytes().await.unwrap();
+        let body = client
+            .get(url)
+            .header("x-api-key", "k")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
         bytes = body.len();
     }
@@ -161,7 +182,12 @@ async fn serve_api(backend: Arc<dyn TelemetryBackend>) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let recs = records();
-    println!("workload: {} records = {} GPU samples ({} GPUs x {ROUNDS} rounds)", recs.len(), recs.len() * 8, NODES * 8);
+    println!(
+        "workload: {} records = {} GPU samples ({} GPUs x {ROUNDS} rounds)",
+        recs.len(),
+        recs.len() * 8,
+        NODES * 8
+    );
 
     // 2. Ingest of already-fetched records.
     let f = fetched(&recs);
@@ -176,7 +202,10 @@ async fn main() {
         rates.push(f.len() as f64 * 8.0 / t.elapsed().as_secs_f64());
         assert_eq!(store.sample_count(), f.len() as u64 * 8);
     }
-    println!("streamer ingest (verify+decode+store, fetched records): median {:.0} samples/s over 5 runs", median(rates));
+    println!(
+        "streamer ingest (verify+decode+store, fetched records): median {:.0} samples/s over 5 runs",
+        median(rates)
+    );
 
     // 1. End to end through the broker.
     let broker = Broker::start();
@@ -205,23 +234,38 @@ async fn main() {
     }))
     .await;
     let (p50, p99, bytes) = latency(&client, &format!("{embedded}/api/v1/gpus"), 200).await;
-    println!("GET /api/v1/gpus, 10,000 GPUs, embedded store: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 200 requests)");
+    println!(
+        "GET /api/v1/gpus, 10,000 GPUs, embedded store: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 200 requests)"
+    );
 
     let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc_l.local_addr().unwrap();
     let ring = KeyRing::new(token());
     let svc = tonic::service::interceptor::InterceptedService::new(
-        TelemetryQueryServer::new(QueryService::new(store.clone(), metrics)).max_encoding_message_size(streamer::MAX_MESSAGE_BYTES),
-        RequireServiceToken { tokens: ring.clone() },
+        TelemetryQueryServer::new(QueryService::new(store.clone(), metrics))
+            .max_encoding_message_size(streamer::MAX_MESSAGE_BYTES),
+        RequireServiceToken {
+            tokens: ring.clone(),
+        },
     );
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_l)),
     );
-    let via_grpc = serve_api(Arc::new(GrpcBackend::new(&format!("http://{grpc_addr}"), ring, Duration::from_secs(10)).unwrap())).await;
+    let via_grpc = serve_api(Arc::new(
+        GrpcBackend::new(
+            &format!("http://{grpc_addr}"),
+            ring,
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    ))
+    .await;
     let (p50, p99, _) = latency(&client, &format!("{via_grpc}/api/v1/gpus"), 200).await;
-    println!("GET /api/v1/gpus, 10,000 GPUs, api → gRPC → streamer: p50 {p50:.1} ms, p99 {p99:.1} ms (200 requests)");
+    println!(
+        "GET /api/v1/gpus, 10,000 GPUs, api → gRPC → streamer: p50 {p50:.1} ms, p99 {p99:.1} ms (200 requests)"
+    );
 
     // 4. 24 h of one GPU at 1 s.
     let one: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
@@ -243,5 +287,7 @@ async fn main() {
         "{day}/api/v1/gpus/{uuid}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-23T00:00:00Z&limit=100000"
     );
     let (p50, p99, bytes) = latency(&client, &url, 30).await;
-    println!("GET telemetry, 24 h of one GPU at 1 s (86,400 samples), embedded: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 30 requests)");
+    println!(
+        "GET telemetry, 24 h of one GPU at 1 s (86,400 samples), embedded: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 30 requests)"
+    );
 }

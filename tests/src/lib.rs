@@ -39,7 +39,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -55,7 +58,11 @@ pub fn bin_dir() -> PathBuf {
 /// Path of a workspace binary; panics with a hint when it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace` first (scripts/test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace` first (scripts/test does)",
+        p.display()
+    );
     p
 }
 
@@ -77,14 +84,41 @@ pub struct Proc {
 impl Proc {
     /// Spawns `program` with `args` and `envs` (the only env changes: tests never touch
     /// their own environment). stderr is inherited so failures show in the test output.
-    pub fn spawn(name: &str, program: &std::path::Path, args: &[String], envs: &[(&str, String)]) -> Proc {
+    pub fn spawn(
+        name: &str,
+        program: &std::path::Path,
+        args: &[String],
+        envs: &[(&str, String)],
+    ) -> Proc {
+        Self::spawn_in(name, program, args, envs, None)
+    }
+
+    /// [`Proc::spawn`] in working directory `cwd`.
+    pub fn spawn_in(
+        name: &str,
+        program: &std::path::Path,
+        args: &[String],
+        envs: &[(&str, String)],
+        cwd: Option<&std::path::Path>,
+    ) -> Proc {
         let mut cmd = Command::new(program);
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        if let Some(d) = cwd {
+            cmd.current_dir(d);
+        }
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -135,7 +169,10 @@ impl Proc {
 
     /// Sends SIGTERM.
     pub fn term(&self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Waits for exit up to `timeout`; returns the exit status.
@@ -145,7 +182,11 @@ impl Proc {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -170,9 +211,14 @@ pub fn tansu_bin() -> PathBuf {
             }
         }
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let p = home.join(".cargo/bin/tansu");
-    assert!(p.exists(), "tansu broker not found: run scripts/install-test-deps");
+    assert!(
+        p.exists(),
+        "tansu broker not found: run scripts/install-test-deps"
+    );
     p
 }
 
@@ -185,26 +231,32 @@ pub struct Broker {
     pub addr: String,
     port: u16,
     storage: String,
+    cwd: Option<PathBuf>,
 }
 
 impl Broker {
     /// Starts a broker with in-memory storage and waits until it accepts connections.
     pub fn start() -> Broker {
-        Self::start_with("memory://tansu/".into())
+        Self::start_with("memory://tansu/".into(), None)
     }
 
-    /// Starts a broker with `storage` (e.g. `sqlite://FILE`).
-    pub fn start_with(storage: String) -> Broker {
+    /// Starts a broker whose storage is a sqlite file in `dir` (durable across kill -9).
+    pub fn start_sqlite(dir: &std::path::Path) -> Broker {
+        // tansu resolves the sqlite path relative to its working directory.
+        Self::start_with("sqlite://tansu.db".into(), Some(dir.to_path_buf()))
+    }
+
+    fn start_with(storage: String, cwd: Option<PathBuf>) -> Broker {
         for _ in 0..5 {
             let port = free_port();
-            if let Some(b) = Self::try_start(port, &storage) {
+            if let Some(b) = Self::try_start(port, &storage, cwd.clone()) {
                 return b;
             }
         }
         panic!("could not start tansu on a free port");
     }
 
-    fn try_start(port: u16, storage: &str) -> Option<Broker> {
+    fn try_start(port: u16, storage: &str, cwd: Option<PathBuf>) -> Option<Broker> {
         let url = format!("tcp://127.0.0.1:{port}");
         let args = vec![
             "broker".into(),
@@ -215,7 +267,7 @@ impl Broker {
             "--storage-engine".into(),
             storage.to_string(),
         ];
-        let mut proc = Proc::spawn("tansu", &tansu_bin(), &args, &[]);
+        let mut proc = Proc::spawn_in("tansu", &tansu_bin(), &args, &[], cwd.as_deref());
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -224,6 +276,7 @@ impl Broker {
                     addr: format!("127.0.0.1:{port}"),
                     port,
                     storage: storage.to_string(),
+                    cwd,
                 });
             }
             if let Ok(Some(_)) = proc.child.try_wait() {
@@ -237,18 +290,26 @@ impl Broker {
     /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
     pub fn restart(&mut self) {
         self.proc.kill9();
-        let b = Self::try_start(self.port, &self.storage).expect("restart broker on its port");
+        let b = Self::try_start(self.port, &self.storage, self.cwd.clone())
+            .expect("restart broker on its port");
         *self = b;
     }
 }
 
 /// A minimal HTTP GET with an optional API key; returns (status, parsed JSON body).
-pub async fn get_json(client: &reqwest::Client, url: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+pub async fn get_json(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut req = client.get(url);
     if let Some(k) = key {
         req = req.header("x-api-key", k);
     }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status().as_u16();
     let body = resp.bytes().await.unwrap_or_default();
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
@@ -304,7 +365,12 @@ pub fn spawn_streamer(broker: &Broker, n: &Names, grpc_port: u16) -> Proc {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut p = Proc::spawn("streamer", &bin("streamer"), &args, &[("SERVICE_TOKEN", n.token.clone())]);
+    let mut p = Proc::spawn(
+        "streamer",
+        &bin("streamer"),
+        &args,
+        &[("SERVICE_TOKEN", n.token.clone())],
+    );
     p.wait_line("streamer grpc listening on", Duration::from_secs(20));
     p
 }
@@ -324,15 +390,27 @@ pub fn spawn_api(n: &Names, grpc_port: u16) -> (Proc, String) {
         "api",
         &bin("api"),
         &args,
-        &[("API_KEY", n.api_key.clone()), ("SERVICE_TOKEN", n.token.clone())],
+        &[
+            ("API_KEY", n.api_key.clone()),
+            ("SERVICE_TOKEN", n.token.clone()),
+        ],
     );
     let line = p.wait_line("api listening on ", Duration::from_secs(20));
-    let addr = line.trim_start_matches("api listening on ").trim().to_string();
+    let addr = line
+        .trim_start_matches("api listening on ")
+        .trim()
+        .to_string();
     (p, format!("http://{addr}"))
 }
 
 /// Starts the collector binary with a simulated fleet.
-pub fn spawn_collector(broker: &Broker, n: &Names, spec: collector::simulated::FleetSpec, interval: &str, rounds: u64) -> Proc {
+pub fn spawn_collector(
+    broker: &Broker,
+    n: &Names,
+    spec: collector::simulated::FleetSpec,
+    interval: &str,
+    rounds: u64,
+) -> Proc {
     let args: Vec<String> = [
         "--source",
         "simulated",
@@ -356,5 +434,10 @@ pub fn spawn_collector(broker: &Broker, n: &Names, spec: collector::simulated::F
     .iter()
     .map(|s| s.to_string())
     .collect();
-    Proc::spawn("collector", &bin("collector"), &args, &[("SERVICE_TOKEN", n.token.clone())])
+    Proc::spawn(
+        "collector",
+        &bin("collector"),
+        &args,
+        &[("SERVICE_TOKEN", n.token.clone())],
+    )
 }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common_auth::RecordSigner;
-use integration_tests::{Broker, Names, eventually, free_port, get_json, spawn_api, spawn_streamer, unique};
+use integration_tests::{
+    Broker, Names, eventually, free_port, get_json, spawn_api, spawn_streamer, unique,
+};
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
 use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch, header, seal};
 use prost::Message as _;
@@ -46,28 +48,56 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
     let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &n.topic)).unwrap();
 
     // 1. Random bytes, no headers.
-    let raw: FutureProducer = ClientConfig::new().set("bootstrap.servers", &broker.addr).create().unwrap();
-    let garbage: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
-    raw.send(FutureRecord::to(&n.topic).key("evil-node").payload(&garbage), Duration::from_secs(5))
-        .await
+    let raw: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
         .unwrap();
+    let garbage: Vec<u8> = (0..64u8)
+        .map(|i| i.wrapping_mul(97).wrapping_add(13))
+        .collect();
+    raw.send(
+        FutureRecord::to(&n.topic)
+            .key("evil-node")
+            .payload(&garbage),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     // 2. A well-formed batch signed with a token the streamer does not know.
     let forger = RecordSigner::new(&SecretString::from("not-the-token".to_string()));
-    producer.send(&seal(&forger, &batch("evil-node", "GPU-forged-1", 99))).await.unwrap();
+    producer
+        .send(&seal(&forger, &batch("evil-node", "GPU-forged-1", 99)))
+        .await
+        .unwrap();
     // 3. A genuine signature moved onto a forged value (right key id, wrong MAC).
     let signer = RecordSigner::new(&token);
     let mut tampered = seal(&signer, &batch("evil-node", "GPU-forged-2", 1));
     tampered.value = batch("evil-node", "GPU-forged-2", 100).encode_to_vec();
     producer.send(&tampered).await.unwrap();
     // 4. A good record after them: consumption goes on.
-    producer.send(&seal(&signer, &batch("good-node", "GPU-good", 42))).await.unwrap();
+    producer
+        .send(&seal(&signer, &batch("good-node", "GPU-good", 42)))
+        .await
+        .unwrap();
 
     let http = reqwest::Client::new();
-    let (gpus, metrics) = eventually(Duration::from_secs(60), "good record stored and rejects counted", || async {
-        let (_, gpus) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
-        let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
-        (gpus["count"] == 1 && text.contains("streamer_dead_lettered_total 3")).then_some((gpus, text))
-    })
+    let (gpus, metrics) = eventually(
+        Duration::from_secs(60),
+        "good record stored and rejects counted",
+        || async {
+            let (_, gpus) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
+            let text = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (gpus["count"] == 1 && text.contains("streamer_dead_lettered_total 3"))
+                .then_some((gpus, text))
+        },
+    )
     .await;
     assert_eq!(gpus["gpus"][0]["uuid"], "GPU-good");
     assert_eq!(gpus["gpus"][0]["latest"]["gpu_utilization_percent"], 42);
@@ -77,7 +107,12 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
     }
     assert!(metrics.contains("streamer_records_total 4"), "{metrics}");
     for uuid in ["GPU-forged-1", "GPU-forged-2"] {
-        let (status, body) = get_json(&http, &format!("{base}/api/v1/gpus/{uuid}"), Some(&n.api_key)).await;
+        let (status, body) = get_json(
+            &http,
+            &format!("{base}/api/v1/gpus/{uuid}"),
+            Some(&n.api_key),
+        )
+        .await;
         assert_eq!(status, 404, "{body}");
     }
 
@@ -97,7 +132,11 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
             .unwrap();
         let headers: BTreeMap<String, Vec<u8>> = m
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
             .unwrap_or_default();
         let reason = String::from_utf8(headers[header::REJECT_REASON].clone()).unwrap();
         assert_eq!(headers[header::SOURCE_TOPIC], n.topic.as_bytes());
@@ -106,7 +145,10 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
     assert_eq!(got["unsigned"], garbage);
     assert_eq!(got["bad_signature"], tampered.value);
     assert_eq!(
-        TelemetryBatch::decode(&got["unknown_key_id"][..]).unwrap().samples[0].uuid,
+        TelemetryBatch::decode(&got["unknown_key_id"][..])
+            .unwrap()
+            .samples[0]
+            .uuid,
         "GPU-forged-1"
     );
 }

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use collector::simulated::{FleetSpec, SimulatedSource};
-use integration_tests::{Broker, Names, eventually, free_port, get_json, spawn_api, spawn_collector, spawn_streamer};
+use integration_tests::{
+    Broker, Names, eventually, free_port, get_json, spawn_api, spawn_collector, spawn_streamer,
+};
 use msg_queue_client::metric;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -17,30 +19,56 @@ const SPEC: FleetSpec = FleetSpec {
 };
 
 fn ms(rfc3339: &str) -> i64 {
-    (OffsetDateTime::parse(rfc3339, &Rfc3339).unwrap().unix_timestamp_nanos() / 1_000_000) as i64
+    (OffsetDateTime::parse(rfc3339, &Rfc3339)
+        .unwrap()
+        .unix_timestamp_nanos()
+        / 1_000_000) as i64
 }
 
 /// Waits until the API lists `gpus` GPUs with `per_gpu` samples each; returns the list.
-async fn wait_for_samples(http: &reqwest::Client, base: &str, key: &str, gpus: usize, per_gpu: u64) -> Vec<Value> {
-    eventually(Duration::from_secs(60), "every sample visible in the API", || async {
-        let (status, body) = get_json(http, &format!("{base}/api/v1/gpus"), Some(key)).await;
-        if status != 200 {
-            return None;
-        }
-        let list = body["gpus"].as_array()?.clone();
-        let complete = list.len() == gpus && list.iter().all(|g| g["sample_count"].as_u64() == Some(per_gpu));
-        complete.then_some(list)
-    })
+async fn wait_for_samples(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    gpus: usize,
+    per_gpu: u64,
+) -> Vec<Value> {
+    eventually(
+        Duration::from_secs(60),
+        "every sample visible in the API",
+        || async {
+            let (status, body) = get_json(http, &format!("{base}/api/v1/gpus"), Some(key)).await;
+            if status != 200 {
+                return None;
+            }
+            let list = body["gpus"].as_array()?.clone();
+            let complete = list.len() == gpus
+                && list
+                    .iter()
+                    .all(|g| g["sample_count"].as_u64() == Some(per_gpu));
+            complete.then_some(list)
+        },
+    )
     .await
 }
 
 /// Checks every sample of every GPU against what the simulated fleet must have produced;
 /// returns the sample timestamps per GPU.
-async fn assert_exact_samples(http: &reqwest::Client, base: &str, key: &str, list: &[Value]) -> BTreeMap<String, Vec<i64>> {
+async fn assert_exact_samples(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    list: &[Value],
+) -> BTreeMap<String, Vec<i64>> {
     let mut out = BTreeMap::new();
     for g in list {
         let uuid = g["uuid"].as_str().unwrap();
-        let node: u32 = g["node"].as_str().unwrap().trim_start_matches("sim-node-").parse().unwrap();
+        let node: u32 = g["node"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sim-node-")
+            .parse()
+            .unwrap();
         let index = g["index"].as_u64().unwrap() as u32;
         let info = SimulatedSource::info(SPEC, node, index);
         assert_eq!(info.uuid, uuid, "uuid of node {node} GPU {index}");
@@ -66,11 +94,18 @@ async fn assert_exact_samples(http: &reqwest::Client, base: &str, key: &str, lis
             assert_eq!(got, want, "GPU {uuid} at {t}");
             stamps.push(t);
         }
-        assert!(stamps.windows(2).all(|w| w[0] < w[1]), "samples in time order, no duplicates");
+        assert!(
+            stamps.windows(2).all(|w| w[0] < w[1]),
+            "samples in time order, no duplicates"
+        );
         // The list's `latest` is the newest sample.
         let last = SimulatedSource::sample(SPEC, node, index, uuid, *stamps.last().unwrap());
-        let latest: BTreeMap<&str, f64> =
-            g["latest"].as_object().unwrap().iter().map(|(k, v)| (k.as_str(), v.as_f64().unwrap())).collect();
+        let latest: BTreeMap<&str, f64> = g["latest"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_f64().unwrap()))
+            .collect();
         assert_eq!(latest, metric::values(&last).collect::<BTreeMap<_, _>>());
         out.insert(uuid.to_string(), stamps);
     }
@@ -85,7 +120,10 @@ async fn every_simulated_sample_reaches_the_api_with_exactly_its_values() {
     let _streamer = spawn_streamer(&broker, &n, grpc);
     let (_api, base) = spawn_api(&n, grpc);
     let mut collector = spawn_collector(&broker, &n, SPEC, "100ms", 20);
-    assert!(collector.wait_exit(Duration::from_secs(60)).success(), "collector exits 0 after 20 rounds");
+    assert!(
+        collector.wait_exit(Duration::from_secs(60)).success(),
+        "collector exits 0 after 20 rounds"
+    );
 
     let http = reqwest::Client::new();
     let list = wait_for_samples(&http, &base, &n.api_key, 16, 20).await;
@@ -98,9 +136,20 @@ async fn every_simulated_sample_reaches_the_api_with_exactly_its_values() {
     assert_eq!(nodes, BTreeSet::from(["sim-node-000", "sim-node-001"]));
 
     // The node filter.
-    let (_, one) = get_json(&http, &format!("{base}/api/v1/gpus?node=sim-node-001"), Some(&n.api_key)).await;
+    let (_, one) = get_json(
+        &http,
+        &format!("{base}/api/v1/gpus?node=sim-node-001"),
+        Some(&n.api_key),
+    )
+    .await;
     assert_eq!(one["count"], 8);
-    assert!(one["gpus"].as_array().unwrap().iter().all(|g| g["node"] == "sim-node-001"));
+    assert!(
+        one["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["node"] == "sim-node-001")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,8 +165,11 @@ async fn streamer_killed_mid_stream_restarts_and_each_sample_appears_exactly_onc
     // Kill -9 once the streamer has stored part of the stream.
     eventually(Duration::from_secs(60), "some samples stored", || async {
         let (s, body) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
-        (s == 200 && body["gpus"].as_array().is_some_and(|g| g.iter().any(|g| g["sample_count"].as_u64() > Some(5))))
-            .then_some(())
+        (s == 200
+            && body["gpus"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g["sample_count"].as_u64() > Some(5))))
+        .then_some(())
     })
     .await;
     streamer.kill9();
