@@ -64,6 +64,10 @@ impl GrpcBackend {
         let channel = Channel::from_shared(url.to_string())
             .map_err(|e| BackendError::Unavailable(format!("invalid streamer URL {url}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
+            .initial_stream_window_size(streamer::H2_STREAM_WINDOW)
+            .initial_connection_window_size(streamer::H2_CONNECTION_WINDOW)
+            .http2_adaptive_window(true)
+            .tcp_nodelay(true)
             .connect_lazy();
         let client =
             TelemetryQueryClient::with_interceptor(channel, AttachServiceToken { tokens: token })

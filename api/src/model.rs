@@ -9,8 +9,43 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 
 /// Formats UTC milliseconds as RFC 3339 with millisecond precision, e.g.
-/// `2026-11-27T19:29:30.123Z`.
+/// `2026-11-27T19:29:30.123Z`. Hand-rolled (a response can hold 100,000 timestamps);
+/// years outside 0000–9999 fall back to the `time` crate.
 pub fn rfc3339_ms(ms: i64) -> String {
+    use std::fmt::Write;
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    if !(0..=9999).contains(&y) {
+        return rfc3339_ms_slow(ms);
+    }
+    let (h, rest) = (in_day / 3_600_000, in_day % 3_600_000);
+    let (min, rest) = (rest / 60_000, rest % 60_000);
+    let (sec, milli) = (rest / 1000, rest % 1000);
+    let mut out = String::with_capacity(24);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{sec:02}.{milli:03}Z"
+    );
+    out
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn rfc3339_ms_slow(ms: i64) -> String {
     let fmt =
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -154,4 +189,22 @@ pub struct Telemetry<'a> {
     pub count: usize,
     /// More samples matched than `limit` allowed; ask again from the last timestamp.
     pub truncated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_rfc3339_matches_the_time_crate() {
+        let mut ms: i64 = -62_135_596_800_000; // 0001-01-01
+        while ms < 253_402_300_799_000 {
+            assert_eq!(rfc3339_ms(ms), rfc3339_ms_slow(ms), "{ms}");
+            ms += 7_777_777_777 + 123;
+        }
+        for ms in [0, -1, 951_782_400_000, 1_790_000_000_123, 4_107_542_399_999] {
+            assert_eq!(rfc3339_ms(ms), rfc3339_ms_slow(ms), "{ms}");
+        }
+        assert_eq!(rfc3339_ms(1_790_000_000_123), "2026-09-21T14:13:20.123Z");
+    }
 }

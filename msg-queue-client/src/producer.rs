@@ -38,14 +38,14 @@ pub struct ProducerConfig {
 }
 
 impl ProducerConfig {
-    /// Defaults for `brokers` and `topic`: lz4, 30 s delivery timeout, 5 ms linger.
+    /// Defaults for `brokers` and `topic`: lz4, 30 s delivery timeout, 20 ms linger.
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             topic: topic.into(),
             compression: "lz4".into(),
             message_timeout: Duration::from_secs(30),
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(20),
             extra: Vec::new(),
         }
     }

@@ -57,7 +57,8 @@ pub trait Store: Send + Sync + 'static {
     fn gpu(&self, uuid: &str) -> Option<GpuStatus>;
 
     /// Samples of `uuid` with `start_ms <= t < end_ms`, oldest first, at most `limit`; the
-    /// flag says whether more matched. `None` when the GPU is unknown.
+    /// flag says whether more matched. `None` when the GPU is unknown. The samples' `uuid`
+    /// field is left empty (it is the one asked for).
     fn range(
         &self,
         uuid: &str,
@@ -112,6 +113,13 @@ impl MemoryStore {
             sample_count: s.samples.len() as u64,
         }
     }
+}
+
+/// Listing order: node, then index, then uuid.
+fn order_key(s: &GpuStatus) -> Option<(&str, u32, &str)> {
+    s.info
+        .as_ref()
+        .map(|i| (i.node.as_str(), i.index, i.uuid.as_str()))
 }
 
 fn with_uuid(s: &GpuSample, uuid: &str) -> GpuSample {
@@ -192,11 +200,7 @@ impl Store for MemoryStore {
             .filter(|s| node.is_none_or(|n| s.info.node == n))
             .map(Self::status)
             .collect();
-        out.sort_by(|a, b| {
-            let (a, b) = (a.info.as_ref(), b.info.as_ref());
-            let key = |i: Option<&GpuInfo>| i.map(|i| (i.node.clone(), i.index, i.uuid.clone()));
-            key(a).cmp(&key(b))
-        });
+        out.sort_unstable_by(|a, b| order_key(a).cmp(&order_key(b)));
         out
     }
 
@@ -218,11 +222,8 @@ impl Store for MemoryStore {
             return Some((Vec::new(), false));
         }
         let mut it = s.samples.range(start_ms..end_ms);
-        let out: Vec<GpuSample> = it
-            .by_ref()
-            .take(limit)
-            .map(|(_, v)| with_uuid(v, uuid))
-            .collect();
+        // Samples of a range query carry no uuid: the caller asked for one GPU.
+        let out: Vec<GpuSample> = it.by_ref().take(limit).map(|(_, v)| v.clone()).collect();
         let truncated = it.next().is_some();
         Some((out, truncated))
     }

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use api::backend::{GrpcBackend, StoreBackend, TelemetryBackend};
 use api::routes::{AppState, router};
 use collector::simulated::{FleetSpec, SimulatedSource};
-use common_auth::grpc::RequireServiceToken;
 use common_auth::{KeyRing, RecordSigner, RecordVerifier};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -29,12 +28,10 @@ use msg_queue_client::wire::{SignedRecord, header, seal};
 use secrecy::SecretString;
 use streamer::ingest::Ingestor;
 use streamer::metrics::StreamerMetrics;
-use streamer::query::QueryService;
-use streamer::query::proto::telemetry_query_server::TelemetryQueryServer;
 use streamer::store::{MemoryStore, Store};
 
 const NODES: u32 = 1250; // × 8 GPUs = 10,000 GPUs
-const ROUNDS: i64 = 10; // × 10,000 = 100,000 samples
+const ROUNDS: i64 = 30; // × 10,000 = 300,000 samples
 const T0: i64 = 1_790_000_000_000;
 
 fn token() -> SecretString {
@@ -113,6 +110,7 @@ async fn end_to_end(broker: &Broker, recs: &[SignedRecord]) -> f64 {
         while let Some(r) = inflight.next().await {
             r.unwrap();
         }
+        start.elapsed()
     });
     while store.sample_count() < total {
         let batch = tokio::time::timeout(
@@ -127,7 +125,10 @@ async fn end_to_end(broker: &Broker, recs: &[SignedRecord]) -> f64 {
         consumer.commit(&out.next_offsets, false).unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    produce.await.unwrap();
+    let produced = produce.await.unwrap();
+    println!(
+        "  run: all delivered to the broker after {produced:.2?}, all stored after {secs:.2}s"
+    );
     total as f64 / secs
 }
 
@@ -241,17 +242,52 @@ async fn main() {
     let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc_l.local_addr().unwrap();
     let ring = KeyRing::new(token());
-    let svc = tonic::service::interceptor::InterceptedService::new(
-        TelemetryQueryServer::new(QueryService::new(store.clone(), metrics))
-            .max_encoding_message_size(streamer::MAX_MESSAGE_BYTES),
-        RequireServiceToken {
-            tokens: ring.clone(),
-        },
+    tokio::spawn(streamer::serve_queries(
+        grpc_l,
+        store.clone(),
+        metrics,
+        ring.clone(),
+        std::future::pending(),
+    ));
+    let grpc_backend = GrpcBackend::new(
+        &format!("http://{grpc_addr}"),
+        ring.clone(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let n = grpc_backend.list_gpus(None).await.unwrap().len();
+        assert_eq!(n, 10_000);
+        raw.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut local = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let n = store.list_gpus(None).len();
+        assert_eq!(n, 10_000);
+        local.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let resp = streamer::query::proto::ListGpusResponse {
+        gpus: store.list_gpus(None),
+    };
+    let t = Instant::now();
+    let bytes = prost::Message::encode_to_vec(&resp);
+    let enc = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let back: streamer::query::proto::ListGpusResponse =
+        prost::Message::decode(&bytes[..]).unwrap();
+    let dec = t.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "  protobuf: {} bytes, encode {enc:.1} ms, decode {dec:.1} ms ({} GPUs)",
+        bytes.len(),
+        back.gpus.len()
     );
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_l)),
+    println!(
+        "  parts: store.list_gpus p50 {:.1} ms; gRPC ListGpus round trip p50 {:.1} ms",
+        pct(&mut local, 0.5),
+        pct(&mut raw, 0.5)
     );
     let via_grpc = serve_api(Arc::new(
         GrpcBackend::new(
