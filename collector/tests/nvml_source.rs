@@ -157,6 +157,6 @@ fn collector_without_service_token_says_which_secret_and_where_it_looked() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr.trim_end(),
-        "collector: service token is missing: env SERVICE_TOKEN is unset; /nonexistent-secrets/service-token not found or empty"
+        "collector: service token is missing: /nonexistent-secrets/service-token not found or empty; env SERVICE_TOKEN is unset"
     );
 }

@@ -2,9 +2,10 @@
 //!
 //! The Helm chart gives pods both: env vars `API_KEY` / `SERVICE_TOKEN` from the Secret (so the
 //! seed's `env | grep` works) and the Secret mounted as a directory with files `api-key` and
-//! `service-token` (which Kubernetes updates in place on rotation). A value given directly
-//! (the env var) wins; otherwise the file is read. Trailing newlines in files are trimmed,
-//! as `kubectl create secret --from-file` keeps them.
+//! `service-token` (which Kubernetes updates in place on rotation, while env vars stay as the
+//! pod started). So the mounted file wins when present; the env var is the fallback (docker
+//! compose, local runs). Trailing newlines in files are trimmed, as `kubectl create secret
+//! --from-file` keeps them.
 
 use std::path::{Path, PathBuf};
 
@@ -38,8 +39,9 @@ impl SecretSpec {
     };
 }
 
-/// Loads one secret: `direct` (the env var's value, as clap parsed it) if non-empty, else the
-/// file `spec.file_name` in `dir`.
+/// Loads one secret: the file `spec.file_name` in `dir` when it exists and is non-empty
+/// (the mounted Secret is what Kubernetes updates on rotation, so it wins), else `direct`
+/// (the env var's value, as clap parsed it) when non-empty.
 ///
 /// # Errors
 /// [`AuthError::Missing`] when neither gives a non-empty value (one line naming both places),
@@ -50,11 +52,6 @@ pub fn load_secret(
     dir: Option<&Path>,
 ) -> Result<SecretString, AuthError> {
     let mut looked = Vec::new();
-    match direct {
-        Some(v) if !v.expose_secret().trim().is_empty() => return Ok(v.clone()),
-        Some(_) => looked.push(format!("env {} is empty", spec.env_var)),
-        None => looked.push(format!("env {} is unset", spec.env_var)),
-    }
     match dir {
         Some(dir) => {
             let path = dir.join(spec.file_name);
@@ -64,6 +61,11 @@ pub fn load_secret(
             }
         }
         None => looked.push("no secret directory configured (--secret-dir)".to_string()),
+    }
+    match direct {
+        Some(v) if !v.expose_secret().trim().is_empty() => return Ok(v.clone()),
+        Some(_) => looked.push(format!("env {} is empty", spec.env_var)),
+        None => looked.push(format!("env {} is unset", spec.env_var)),
     }
     Err(AuthError::Missing {
         name: spec.name,
@@ -99,12 +101,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn direct_value_wins_over_the_directory() {
+    fn mounted_file_wins_over_the_env_value_and_env_is_the_fallback() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("api-key"), "from-file\n").unwrap();
         let direct = SecretString::from("from-env");
         let got = load_secret(&SecretSpec::API_KEY, Some(&direct), Some(dir.path())).unwrap();
         assert_eq!(got.expose_secret(), "from-env");
+        std::fs::write(dir.path().join("api-key"), "from-file\n").unwrap();
+        let got = load_secret(&SecretSpec::API_KEY, Some(&direct), Some(dir.path())).unwrap();
+        assert_eq!(got.expose_secret(), "from-file");
     }
 
     #[test]
@@ -125,14 +129,14 @@ mod tests {
         assert_eq!(
             msg,
             format!(
-                "API key is missing: env API_KEY is empty; {}/api-key not found or empty",
+                "API key is missing: {}/api-key not found or empty; env API_KEY is empty",
                 dir.path().display()
             )
         );
         let err = load_secret(&SecretSpec::SERVICE_TOKEN, None, None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "service token is missing: env SERVICE_TOKEN is unset; no secret directory configured (--secret-dir)"
+            "service token is missing: no secret directory configured (--secret-dir); env SERVICE_TOKEN is unset"
         );
     }
 }
