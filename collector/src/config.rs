@@ -82,12 +82,18 @@ pub struct CollectorConfig {
     /// Records (one per node and round) kept while the broker is away; the oldest go first.
     #[arg(long, env = "COLLECTOR_BUFFER_RECORDS", default_value_t = 3600)]
     pub buffer_records: usize,
+    /// Records handed to the producer at once, awaiting acknowledgement.
+    #[arg(long, env = "COLLECTOR_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
     /// Stop after this many sampling rounds (0: run until SIGTERM).
     #[arg(long, env = "COLLECTOR_ROUNDS", default_value_t = 0)]
     pub rounds: u64,
     /// On shutdown, how long to keep trying to deliver what is buffered.
     #[arg(long, env = "COLLECTOR_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Serve `/metrics` and `/healthz` on this address (e.g. 0.0.0.0:9400); off when unset.
+    #[arg(long, env = "COLLECTOR_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Directory holding the mounted secret (file `service-token`).
     #[arg(long, env = "SECRET_DIR")]
     pub secret_dir: Option<PathBuf>,

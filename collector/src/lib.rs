@@ -10,6 +10,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod health;
 pub mod metrics;
 pub mod nvml;
 pub mod publisher;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use common_auth::{RecordSigner, SecretSpec, load_secret};
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::buffer::Buffer;
@@ -42,6 +44,14 @@ pub enum CollectorError {
     /// Kafka setup failed.
     #[error(transparent)]
     Queue(#[from] msg_queue_client::QueueError),
+    /// The metrics address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// Opens the source the flags ask for (`default` when `--source` is not given). `auto` tries
@@ -125,31 +135,42 @@ pub async fn run(
     let source = open_source(&cfg.source, SourceKind::Nvml)?;
     tracing::info!(source = %source.describe(), brokers = %cfg.brokers, topic = %cfg.topic, "collector starting");
 
-    if let Err(error) = msg_queue_client::topic::ensure_topic(
-        &cfg.brokers,
-        &cfg.topic,
+    // In the background: sampling starts at once, even while the broker is away.
+    let topics = tokio::spawn(msg_queue_client::topic::ensure_topics_until_done(
+        cfg.brokers.clone(),
+        vec![cfg.topic.clone()],
         cfg.partitions,
         cfg.replication,
-    )
-    .await
-    {
-        // Not fatal: the topic may exist and creation be forbidden, or the broker may be
-        // away; the buffer holds data until it is back.
-        tracing::warn!(%error, "could not ensure the telemetry topic");
-    }
+        std::time::Duration::from_secs(5),
+    ));
     let mut pcfg = ProducerConfig::new(&cfg.brokers, &cfg.topic);
     pcfg.compression = cfg.compression.clone();
     let producer = TelemetryProducer::new(pcfg)?;
 
     let metrics = Arc::new(CollectorMetrics::default());
     let buffer = Arc::new(Buffer::new(cfg.buffer_records));
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    if let Some(addr) = cfg.metrics_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| CollectorError::Listen { addr, source })?;
+        let mut rx = stop_tx.subscribe();
+        tokio::spawn(health::serve(
+            listener,
+            metrics.clone(),
+            buffer.clone(),
+            cfg.source.interval,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
+    }
     let sink = Arc::new(KafkaSink {
         signer: RecordSigner::new(&token),
         buffer: buffer.clone(),
     });
 
     // Sampling stops on `shutdown` or after `rounds`; then the publisher drains.
-    let (stop_tx, mut stop_rx) = watch::channel(false);
     let sampler = sampler::run_sampler(
         source,
         cfg.source.interval,
@@ -166,10 +187,12 @@ pub async fn run(
             let _ = stop_rx.wait_for(|s| *s).await;
         },
         cfg.drain_timeout,
+        cfg.max_in_flight,
     ));
     sampler.await;
     let _ = stop_tx.send(true);
     let left = publisher.await.unwrap_or(usize::MAX);
+    topics.abort();
     let _ = producer.flush(std::time::Duration::from_secs(1));
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     Ok(RunSummary {

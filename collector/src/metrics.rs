@@ -10,6 +10,10 @@ pub const SAMPLES: &str = "collector_samples_total";
 pub const PUBLISHED: &str = "collector_records_published_total";
 /// Records dropped because the buffer was full.
 pub const DROPPED: &str = "collector_records_dropped_total";
+/// Records waiting in the buffer (gauge).
+pub const BUFFERED: &str = "collector_buffered_records";
+/// Records handed to the producer, not yet acknowledged (gauge).
+pub const IN_FLIGHT: &str = "collector_in_flight_records";
 /// Failures, labelled by `error_type` (`source`, `publish`).
 pub const ERRORS: &str = "collector_errors_total";
 
@@ -26,6 +30,10 @@ pub struct CollectorMetrics {
     pub source_errors: AtomicU64,
     /// Failed deliveries (each retried).
     pub publish_errors: AtomicU64,
+    /// Records handed to the producer and not yet acknowledged.
+    pub in_flight: AtomicU64,
+    /// When the last round that read the source without error ended (UTC ms; 0: never).
+    pub last_good_round_ms: std::sync::atomic::AtomicI64,
 }
 
 impl CollectorMetrics {

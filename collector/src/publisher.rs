@@ -13,12 +13,11 @@ use tokio::time::Instant;
 use crate::buffer::Buffer;
 use crate::metrics::CollectorMetrics;
 
-/// Records in flight at once.
-const MAX_IN_FLIGHT: usize = 512;
 /// Pause before retrying after a failed delivery.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
-/// Publishes from `buffer` until `stop` resolves, then keeps delivering what is buffered or
+/// Publishes from `buffer`, at most `max_in_flight` records awaiting delivery at once (those
+/// sit in the producer's queue while the broker is away), until `stop` resolves, then keeps delivering what is buffered or
 /// in flight for at most `drain_timeout`. Failed deliveries go back to the buffer's front.
 /// Returns the number of records left undelivered.
 pub async fn run_publisher(
@@ -27,7 +26,9 @@ pub async fn run_publisher(
     metrics: Arc<CollectorMetrics>,
     stop: impl std::future::Future<Output = ()>,
     drain_timeout: Duration,
+    max_in_flight: usize,
 ) -> usize {
+    let max_in_flight = max_in_flight.max(1);
     let mut in_flight = FuturesUnordered::new();
     let mut paused_until: Option<Instant> = None;
     let mut deadline: Option<Instant> = None;
@@ -35,7 +36,7 @@ pub async fn run_publisher(
     loop {
         let paused = paused_until.is_some_and(|t| Instant::now() < t);
         if !paused {
-            while in_flight.len() < MAX_IN_FLIGHT {
+            while in_flight.len() < max_in_flight {
                 let Some(rec) = buffer.pop() else { break };
                 let p = producer.clone();
                 in_flight.push(async move {
@@ -44,6 +45,9 @@ pub async fn run_publisher(
                 });
             }
         }
+        metrics
+            .in_flight
+            .store(in_flight.len() as u64, Ordering::Relaxed);
         if deadline.is_some() && in_flight.is_empty() && buffer.is_empty() {
             break;
         }
@@ -62,7 +66,7 @@ pub async fn run_publisher(
                     paused_until = Some(Instant::now() + RETRY_PAUSE);
                 }
             },
-            () = buffer.pushed(), if !paused && in_flight.len() < MAX_IN_FLIGHT => {}
+            () = buffer.pushed(), if !paused && in_flight.len() < max_in_flight => {}
             () = tokio::time::sleep_until(wake), if paused => {}
             () = &mut stop, if deadline.is_none() => {
                 deadline = Some(Instant::now() + drain_timeout);

@@ -65,6 +65,9 @@ pub async fn run_sampler(
         }
         match source.collect(now_ms()) {
             Ok(batches) => {
+                metrics
+                    .last_good_round_ms
+                    .store(now_ms(), Ordering::Relaxed);
                 for b in batches {
                     metrics
                         .samples

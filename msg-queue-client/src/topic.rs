@@ -25,7 +25,9 @@ pub async fn ensure_topic(
         .create()
         .map_err(kafka("create admin client"))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&new], &opts)
         .await
@@ -43,4 +45,26 @@ pub async fn ensure_topic(
         }
     }
     Ok(())
+}
+
+/// Ensures every topic of `topics`, retrying every `retry` until each exists (the broker may
+/// not be up yet). Meant to run as a background task beside the service, so startup never
+/// waits for the broker.
+pub async fn ensure_topics_until_done(
+    brokers: String,
+    topics: Vec<String>,
+    partitions: i32,
+    replication: i32,
+    retry: Duration,
+) {
+    for topic in topics {
+        let mut attempt = 0u32;
+        while let Err(error) = ensure_topic(&brokers, &topic, partitions, replication).await {
+            attempt += 1;
+            if attempt.is_power_of_two() {
+                tracing::warn!(%error, topic, attempt, "cannot ensure topic yet; retrying");
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
 }

@@ -82,18 +82,14 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(cfg.retention));
     let metrics = Arc::new(StreamerMetrics::default());
 
-    for topic in [&cfg.topic, &cfg.dead_letter_topic] {
-        if let Err(error) = msg_queue_client::topic::ensure_topic(
-            &cfg.brokers,
-            topic,
-            cfg.partitions,
-            cfg.replication,
-        )
-        .await
-        {
-            tracing::warn!(%error, topic, "could not ensure topic");
-        }
-    }
+    // In the background: the query service comes up even while the broker is away.
+    let topics = tokio::spawn(msg_queue_client::topic::ensure_topics_until_done(
+        cfg.brokers.clone(),
+        vec![cfg.topic.clone(), cfg.dead_letter_topic.clone()],
+        cfg.partitions,
+        cfg.replication,
+        std::time::Duration::from_secs(5),
+    ));
     let mut ccfg = ConsumerConfig::new(&cfg.brokers, &cfg.group_id, &cfg.topic);
     ccfg.session_timeout = cfg.session_timeout;
     let consumer = TelemetryConsumer::new(&ccfg, Arc::new(StoreOffsets(store.clone())))?;
@@ -132,6 +128,7 @@ pub async fn run(
     );
     let served = serve_queries(listener, store, metrics, ring, stopped()).await;
     let _ = consumer_task.await;
+    topics.abort();
     served?;
     Ok(())
 }
