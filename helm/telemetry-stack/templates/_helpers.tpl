@@ -1,0 +1,123 @@
+{{/* Name of a component's resources: namePrefix + component. Call with (dict "root" $ "component" "api"). */}}
+{{- define "ts.name" -}}
+{{- printf "%s%s" .root.Values.namePrefix .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ts.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels of a component. */}}
+{{- define "ts.selectorLabels" -}}
+app.kubernetes.io/name: telemetry-stack
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* All labels of a component's resources. */}}
+{{- define "ts.labels" -}}
+{{ include "ts.selectorLabels" . }}
+app.kubernetes.io/part-of: telemetry-stack
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ include "ts.chart" .root }}
+{{- end -}}
+
+{{/* The auth Secret's name: the seed's <release>-telemetry-stack-auth, or the existing one. */}}
+{{- define "ts.secretName" -}}
+{{- if .Values.secrets.enabled -}}
+{{- printf "%s-telemetry-stack-auth" .Release.Name -}}
+{{- else -}}
+{{- required "secrets.existingSecret is required when secrets.enabled is false: name a Secret with keys api-key and service-token" .Values.secrets.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Image of one of our components. */}}
+{{- define "ts.image" -}}
+{{- $img := .root.Values.image -}}
+{{- $tag := default .root.Chart.AppVersion $img.tag -}}
+{{- if $img.registry -}}
+{{- printf "%s/%s/%s:%s" $img.registry $img.repository .component $tag -}}
+{{- else -}}
+{{- printf "%s/%s:%s" $img.repository .component $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Kafka bootstrap servers: the external ones, or the bundled msg-queue Service. */}}
+{{- define "ts.brokers" -}}
+{{- if .Values.msgQueue.external.bootstrapServers -}}
+{{- .Values.msgQueue.external.bootstrapServers -}}
+{{- else -}}
+{{- printf "%s.%s.svc:9092" (include "ts.name" (dict "root" . "component" "msg-queue")) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ts.bundledKafka" -}}
+{{- if not .Values.msgQueue.external.bootstrapServers -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Pod annotation that rolls pods when the chart-managed secret changes. Computed from the
+values only: generated values never change (they are looked up and kept), so an empty value
+hashes the same on every render; an existing Secret is not the chart's to watch.
+*/}}
+{{- define "ts.secretChecksum" -}}
+{{- if .Values.secrets.enabled -}}
+checksum/secret: {{ printf "%s\n%s" .Values.secrets.apiKey .Values.secrets.serviceToken | sha256sum }}
+{{- end -}}
+{{- end -}}
+
+{{/* Env vars from the Secret. Call with (dict "root" $ "keys" (list "api-key" "service-token")). */}}
+{{- define "ts.secretEnv" -}}
+{{- $name := include "ts.secretName" .root -}}
+{{- range .keys }}
+- name: {{ . | upper | replace "-" "_" }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $name }}
+      key: {{ . }}
+{{- end }}
+- name: SECRET_DIR
+  value: {{ .root.Values.secrets.mountPath | quote }}
+{{- end -}}
+
+{{/* The Secret as a read-only directory holding only `keys`. */}}
+{{- define "ts.secretVolume" -}}
+- name: auth
+  secret:
+    secretName: {{ include "ts.secretName" .root }}
+    defaultMode: 0440
+    items:
+{{- range .keys }}
+      - key: {{ . }}
+        path: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "ts.secretMount" -}}
+- name: auth
+  mountPath: {{ .Values.secrets.mountPath }}
+  readOnly: true
+{{- end -}}
+
+{{/* Values that look like the docs' examples must not reach a cluster. */}}
+{{- define "ts.checkSecretValue" -}}
+{{- $v := .value -}}
+{{- if $v -}}
+{{- $placeholders := list "your-secure-api-key-here" "your-secure-service-token-here" "your-secure-api-key" "your-secure-service-token" "new-secure-api-key" "new-secure-service-token" "new-api-key" "new-service-token" "changeme" "change-me" -}}
+{{- if has $v $placeholders -}}
+{{- fail (printf "secrets.%s is the placeholder %q from the docs: set a real value (openssl rand -hex 32) or leave it empty to generate one" .key $v) -}}
+{{- end -}}
+{{- if lt (len $v) 16 -}}
+{{- fail (printf "secrets.%s is %d characters: use at least 16 (openssl rand -hex 32), or leave it empty to generate one" .key (len $v)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ts.serviceAccountName" -}}
+{{- if .root.Values.serviceAccount.create -}}
+{{- include "ts.name" . -}}
+{{- else -}}
+default
+{{- end -}}
+{{- end -}}
