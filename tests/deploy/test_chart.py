@@ -1,0 +1,358 @@
+"""The Helm chart, rendered by the real Helm SDK and validated against Kubernetes schemas."""
+
+import base64
+import copy
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+
+from conftest import (
+    CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, STRONG_API_KEY, STRONG_TOKEN, VALUE_SETS,
+    by_kind, chart, env_of, hooks, install, one, pod_spec,
+)
+
+SECRET = f"{RELEASE}-telemetry-stack-auth"
+OUR_WORKLOADS = [("Deployment", "api"), ("Deployment", "streamer"), ("DaemonSet", "collector")]
+
+
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+def test_lint_is_clean_in_strict_mode(value_set, kube):
+    _, values = value_set
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{kube}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not problems and not report["errors"], report
+
+
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+def test_every_manifest_passes_kubernetes_validate_strict(value_set, kube):
+    _, values = value_set
+    _, docs = install(values)
+    docs = docs + hooks(values)
+    checked = 0
+    for d in docs:
+        if d["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a custom resource: no upstream schema; checked below
+        kubernetes_validate.validate(d, kube, strict=True)
+        checked += 1
+    assert checked >= 15
+
+
+def test_validator_rejects_a_misspelled_field():
+    _, docs = install({})
+    deploy = copy.deepcopy(one(docs, "Deployment", "api"))
+    deploy["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deploy, KUBE_VERSIONS[0], strict=True)
+
+
+def test_seed_option_1_secret_has_the_contract_name_keys_and_base64_values():
+    _, docs = install(VALUE_SETS["seed-option-1"])
+    s = one(docs, "Secret", SECRET)
+    assert s["type"] == "Opaque"
+    assert set(s["data"]) == {"api-key", "service-token"}
+    assert base64.b64decode(s["data"]["api-key"]).decode() == STRONG_API_KEY
+    assert base64.b64decode(s["data"]["service-token"]).decode() == STRONG_TOKEN
+    assert s["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_generated_secrets_are_strong_and_the_checksum_does_not_change_between_renders():
+    _, first = install({})
+    _, second = install({})
+    a, b = one(first, "Secret", SECRET), one(second, "Secret", SECRET)
+    for key in ("api-key", "service-token"):
+        value = base64.b64decode(a["data"][key]).decode()
+        assert len(value) == 48 and value.isalnum()
+        # Offline `lookup` finds nothing, so each render generates anew; in a cluster the
+        # existing value is looked up and kept. The pods' checksum must not follow that.
+        assert a["data"][key] != b["data"][key]
+    for kind, name in OUR_WORKLOADS:
+        ca = one(first, kind, name)["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+        cb = one(second, kind, name)["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+        assert ca == cb
+
+
+def test_checksum_changes_when_the_secret_values_change():
+    _, one_set = install(VALUE_SETS["seed-option-1"])
+    rotated = {"secrets": {"apiKey": STRONG_API_KEY[::-1], "serviceToken": STRONG_TOKEN}}
+    _, other = install(rotated)
+    a = one(one_set, "Deployment", "api")["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+    b = one(other, "Deployment", "api")["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+    assert a != b
+
+
+def test_seed_option_2_uses_the_existing_secret_everywhere_and_creates_none():
+    _, docs = install(VALUE_SETS["seed-option-2"])
+    assert by_kind(docs, "Secret") == {}
+    role = one(docs, "Role", "secret-reader")
+    assert role["rules"][0]["resourceNames"] == ["my-existing-secret"]
+    for kind, name in OUR_WORKLOADS:
+        spec = pod_spec(one(docs, kind, name))
+        assert spec["volumes"][0]["secret"]["secretName"] == "my-existing-secret"
+        for e in spec["containers"][0]["env"]:
+            if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]:
+                assert e["valueFrom"]["secretKeyRef"]["name"] == "my-existing-secret"
+        assert "annotations" not in one(docs, kind, name)["spec"]["template"]["metadata"]
+
+
+def test_secret_reader_role_names_the_secret_and_only_gets_and_watches():
+    _, docs = install({})
+    role = one(docs, "Role", "secret-reader")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["get", "watch"]}
+    ]
+    binding = one(docs, "RoleBinding", "secret-reader")
+    assert binding["roleRef"]["name"] == "secret-reader"
+    assert sorted(s["name"] for s in binding["subjects"]) == ["api", "collector", "streamer"]
+    assert all(s["namespace"] == NAMESPACE for s in binding["subjects"])
+
+
+def test_pods_get_env_vars_and_the_mounted_secret_with_only_the_keys_they_need():
+    _, docs = install({})
+    need = {"api": {"api-key", "service-token"}, "streamer": {"service-token"}, "collector": {"service-token"}}
+    for kind, name in OUR_WORKLOADS:
+        spec = pod_spec(one(docs, kind, name))
+        env = env_of(spec["containers"][0])
+        refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})}
+        assert refs == need[name]
+        for key in need[name]:
+            var = key.upper().replace("-", "_")
+            assert env[var]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": key}
+        assert env["SECRET_DIR"]["value"] == "/etc/telemetry/secrets"
+        items = {i["key"] for i in spec["volumes"][0]["secret"]["items"]}
+        assert items == need[name]
+        mount = spec["containers"][0]["volumeMounts"][0]
+        assert mount == {"name": "auth", "mountPath": "/etc/telemetry/secrets", "readOnly": True}
+
+
+def test_workloads_are_named_as_the_seed_commands_use_them_and_prefix_applies():
+    _, docs = install({})
+    for kind, name in OUR_WORKLOADS + [("StatefulSet", "msg-queue")]:
+        one(docs, kind, name)
+    _, prefixed = install(VALUE_SETS["prefix"])
+    for kind, name in OUR_WORKLOADS + [("StatefulSet", "msg-queue"), ("Role", "secret-reader")]:
+        one(prefixed, kind, f"team-a-{name}")
+    # The secret keeps the contract name; releases are unique in a namespace anyway.
+    one(prefixed, "Secret", SECRET)
+    api = pod_spec(one(prefixed, "Deployment", "team-a-api"))
+    assert env_of(api["containers"][0])["STREAMER_URL"]["value"] == "http://team-a-streamer:50051"
+
+
+def test_two_prefixed_releases_in_one_namespace_share_no_name():
+    _, a = install({"namePrefix": "a-"}, name="rel-a")
+    _, b = install({"namePrefix": "b-"}, name="rel-b")
+    names = lambda docs: {(d["kind"], d["metadata"]["name"]) for d in docs}  # noqa: E731
+    assert names(a) & names(b) == set()
+
+
+def test_collector_is_an_unprivileged_daemonset_on_gpu_nodes():
+    _, docs = install(VALUE_SETS["everything-on"])
+    ds = one(docs, "DaemonSet", "collector")
+    spec = pod_spec(ds)
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert not spec.get("hostPID") and not spec.get("hostNetwork") and not spec.get("hostIPC")
+    c = spec["containers"][0]
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not c["securityContext"].get("privileged")
+    assert "resources" in c and "nvidia.com/gpu" not in c["resources"].get("limits", {})
+    env = env_of(c)
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["NVIDIA_DRIVER_CAPABILITIES"]["value"] == "utility"
+    assert env["COLLECTOR_SOURCE"]["value"] == "simulated"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    _, defaults = install({})
+    assert "runtimeClassName" not in pod_spec(one(defaults, "DaemonSet", "collector"))
+
+
+def test_every_pod_of_ours_is_non_root_read_only_and_drops_all_capabilities():
+    _, docs = install({})
+    for kind, name in OUR_WORKLOADS:
+        spec = pod_spec(one(docs, kind, name))
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] != 0
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["serviceAccountName"] == name
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert "limits" in c["resources"] and "requests" in c["resources"]
+    mq = pod_spec(one(docs, "StatefulSet", "msg-queue"))
+    assert mq["securityContext"]["runAsNonRoot"] is True
+    assert mq["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    for sa in by_kind(docs, "ServiceAccount").values():
+        assert sa["automountServiceAccountToken"] is False
+
+
+def test_network_policies_expose_only_the_api_and_the_broker_only_to_collector_and_streamer():
+    _, docs = install({})
+    pols = by_kind(docs, "NetworkPolicy")
+    assert set(pols) == {"api", "streamer", "collector", "msg-queue"}
+    comp = lambda peer: peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]  # noqa: E731
+    api = pols["api"]["spec"]["ingress"]
+    assert api == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]  # any source
+    streamer = pols["streamer"]["spec"]["ingress"]
+    assert [comp(p) for p in streamer[0]["from"]] == ["api"]
+    assert streamer[0]["ports"] == [{"port": 50051, "protocol": "TCP"}]
+    mq = pols["msg-queue"]["spec"]["ingress"]
+    assert sorted(comp(p) for p in mq[0]["from"]) == ["collector", "streamer"]
+    assert mq[0]["ports"] == [{"port": 9092, "protocol": "TCP"}]
+    assert [comp(p) for p in mq[1]["from"]] == ["msg-queue"]
+    assert pols["collector"]["spec"]["ingress"] == []
+    for p in pols.values():
+        assert p["spec"]["policyTypes"] == ["Ingress"]
+        assert p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def test_external_kafka_replaces_the_bundled_broker():
+    _, docs = install(VALUE_SETS["external-kafka"])
+    assert by_kind(docs, "StatefulSet") == {}
+    assert "msg-queue" not in by_kind(docs, "NetworkPolicy")
+    assert "msg-queue" not in by_kind(docs, "ServiceAccount")
+    brokers = "kafka-0.kafka.data:9092,kafka-1.kafka.data:9092"
+    for kind, name in [("Deployment", "streamer"), ("DaemonSet", "collector")]:
+        assert env_of(pod_spec(one(docs, kind, name))["containers"][0])["KAFKA_BROKERS"]["value"] == brokers
+
+
+def test_bundled_kafka_is_kraft_with_a_pvc_and_a_headless_service():
+    _, docs = install(VALUE_SETS["everything-on"])
+    sts = one(docs, "StatefulSet", "msg-queue")
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["serviceName"] == "msg-queue-headless"
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"
+    env = env_of(sts["spec"]["template"]["spec"]["containers"][0])
+    assert env["KAFKA_PROCESS_ROLES"]["value"] == "broker,controller"
+    domain = f"msg-queue-headless.{NAMESPACE}.svc.cluster.local"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"]["value"] == ",".join(
+        f"{i}@msg-queue-{i}.{domain}:9093" for i in range(3)
+    )
+    assert len(env["CLUSTER_ID"]["value"]) == 22
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]["value"] == "3"
+    headless = one(docs, "Service", "msg-queue-headless")
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    _, defaults = install({})
+    assert env_of(pod_spec(one(defaults, "DaemonSet", "collector"))["containers"][0])["KAFKA_BROKERS"]["value"] == (
+        f"msg-queue.{NAMESPACE}.svc:9092"
+    )
+
+
+def test_streamer_data_directory_is_a_pvc_with_recreate_or_an_empty_dir():
+    _, docs = install(VALUE_SETS["everything-on"])
+    d = one(docs, "Deployment", "streamer")
+    assert d["spec"]["strategy"] == {"type": "Recreate"}
+    vols = {v["name"]: v for v in pod_spec(d)["volumes"]}
+    assert vols["data"]["persistentVolumeClaim"]["claimName"] == "streamer-data"
+    assert one(docs, "PersistentVolumeClaim", "streamer-data")["spec"]["storageClassName"] == "fast"
+    _, defaults = install({})
+    vols = {v["name"]: v for v in pod_spec(one(defaults, "Deployment", "streamer"))["volumes"]}
+    assert vols["data"] == {"name": "data", "emptyDir": {}}
+
+
+def test_probes_resources_and_disruption_budgets():
+    _, docs = install({})
+    api = pod_spec(one(docs, "Deployment", "api"))["containers"][0]
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod_spec(one(docs, "Deployment", "streamer"))["containers"][0]["readinessProbe"]["tcpSocket"]["port"] == "grpc"
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    assert set(pdbs) == {"api", "streamer", "msg-queue"}
+    assert pdbs["api"]["spec"]["minAvailable"] == 1
+    svc = one(docs, "Service", "api")
+    assert svc["spec"]["ports"][0]["port"] == 8080
+
+
+def test_service_monitor_is_optional():
+    out = chart().render(VALUE_SETS["everything-on"], name=RELEASE, namespace=NAMESPACE)
+    import yaml
+
+    sm = [d for d in yaml.safe_load_all(out["telemetry-stack/templates/servicemonitor.yaml"]) if d]
+    assert sm[0]["kind"] == "ServiceMonitor"
+    assert sm[0]["metadata"]["labels"]["release"] == "prometheus"
+    assert sm[0]["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    _, docs = install({})
+    assert by_kind(docs, "ServiceMonitor") == {}
+
+
+def test_helm_test_pod_checks_health_and_an_authenticated_request():
+    pods = hooks({})
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["args"][0]
+    assert "/healthz" in script and "X-API-Key: $API_KEY" in script and "/api/v1/gpus" in script
+    env = env_of(pod["spec"]["containers"][0])
+    assert env["API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": "api-key"}
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_notes_print_the_seed_commands_for_this_release():
+    rel, _ = install({})
+    notes = rel["notes"]
+    for line in [
+        f"kubectl describe secret {SECRET} -n {NAMESPACE}",
+        f"kubectl get secret {SECRET} -n {NAMESPACE} -o jsonpath='{{.data.api-key}}' | base64 -d",
+        f"kubectl rollout restart deployment/api -n {NAMESPACE}",
+        f"kubectl rollout restart daemonset/collector -n {NAMESPACE}",
+        f"kubectl rollout restart deployment/streamer -n {NAMESPACE}",
+        f"helm test {RELEASE} -n {NAMESPACE}",
+    ]:
+        assert line in notes, line
+
+
+# --- negative cases: each check can fail -------------------------------------------------
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("apiKey", "your-secure-api-key-here"),
+        ("serviceToken", "your-secure-service-token-here"),
+        ("apiKey", "your-secure-api-key"),
+        ("serviceToken", "new-secure-service-token"),
+    ],
+)
+def test_placeholder_secret_values_fail_the_install_with_a_clear_message(key, value):
+    with pytest.raises(helm.HelmError) as err:
+        install({"secrets": {key: value}})
+    assert f"secrets.{key} is the placeholder" in str(err.value)
+
+
+def test_short_secret_fails_the_install():
+    with pytest.raises(helm.HelmError) as err:
+        install({"secrets": {"apiKey": "hunter2"}})
+    assert "at least 16" in str(err.value)
+
+
+def test_disabled_secrets_without_an_existing_one_fail_the_install():
+    with pytest.raises(helm.HelmError) as err:
+        install({"secrets": {"enabled": False}})
+    assert "secrets.existingSecret is required" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"api": {"replicas": "two"}}, "/api/replicas"),
+        ({"colector": {}}, "colector"),
+        ({"collector": {"source": "gpu"}}, "/collector/source"),
+        ({"streamer": {"replicas": 3}}, "/streamer/replicas"),
+        ({"namePrefix": "Team A"}, "/namePrefix"),
+    ],
+)
+def test_values_that_break_the_schema_are_refused(values, message):
+    with pytest.raises(helm.HelmError) as err:
+        install(values)
+    assert message in str(err.value)
+
+
+def test_lint_reports_a_broken_template(tmp_path):
+    import shutil
+
+    broken = tmp_path / "telemetry-stack"
+    shutil.copytree(CHART, broken)
+    (broken / "templates" / "broken.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Values.nope.nope }}\n")
+    report = helm.lint(str(broken), {}, strict=True, kube_version="v1.30.0")
+    assert [m for m in report["messages"] if m["severity"] >= 3], report
