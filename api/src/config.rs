@@ -1,7 +1,6 @@
 //! Command-line flags (each with an env fallback) of the api.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use collector::config::SourceArgs;
@@ -27,9 +26,8 @@ pub struct ApiConfig {
     /// Timeout of each call to the streamer.
     #[arg(long, env = "STREAMER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub streamer_timeout: Duration,
-    /// Directory holding the mounted secret (files `api-key`, `service-token`).
-    #[arg(long, env = "SECRET_DIR")]
-    pub secret_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub secrets: common_auth::SecretArgs,
     /// The API key (prefer the env var or --secret-dir: flags show in `ps`).
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<SecretString>,

@@ -27,14 +27,7 @@ impl BatchSink for StoreSink {
     fn accept(&self, batch: TelemetryBatch) {
         self.metrics.records.fetch_add(1, Ordering::Relaxed);
         match self.store.apply(&batch) {
-            Ok(a) => {
-                self.metrics
-                    .samples_stored
-                    .fetch_add(a.inserted, Ordering::Relaxed);
-                self.metrics
-                    .samples_duplicate
-                    .fetch_add(a.duplicates, Ordering::Relaxed);
-            }
+            Ok(a) => self.metrics.applied(a),
             Err(error) => {
                 self.metrics.error("store");
                 tracing::error!(%error, "store failed");
@@ -43,14 +36,16 @@ impl BatchSink for StoreSink {
     }
 }
 
-/// Starts the source and the sampler; returns the backend the API reads and the sampler
-/// task (which stops when `shutdown` resolves).
+/// Starts the source, the sampler and the store's sweeper; returns the backend the API
+/// reads and the task running both (which ends when `shutdown` and `sweeper_shutdown`
+/// resolve: two futures of the same stop signal).
 ///
 /// # Errors
 /// [`crate::RunError`] when NVML was asked for explicitly and cannot start.
 pub fn start(
     cfg: &ApiConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    sweeper_shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(StoreBackend, tokio::task::JoinHandle<()>), crate::RunError> {
     let source = collector::open_source(&cfg.source, SourceKind::Auto)?;
     println!("GPU source: {}", source.describe());
@@ -60,13 +55,21 @@ pub fn start(
         store: store.clone(),
         metrics: metrics.clone(),
     });
-    let task = tokio::spawn(run_sampler(
+    let sampler = run_sampler(
         source,
         cfg.source.interval,
         None,
         sink,
         Arc::new(CollectorMetrics::default()),
         shutdown,
-    ));
+    );
+    let sweeper = streamer::store::run_sweeper(
+        store.clone(),
+        streamer::store::SWEEP_INTERVAL,
+        sweeper_shutdown,
+    );
+    let task = tokio::spawn(async move {
+        tokio::join!(sampler, sweeper);
+    });
     Ok((StoreBackend { store, metrics }, task))
 }

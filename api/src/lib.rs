@@ -20,7 +20,7 @@ pub mod routes;
 
 use std::sync::Arc;
 
-use common_auth::{KeyRing, SecretSpec, load_secret};
+use common_auth::{KeyRing, SecretSpec};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -77,16 +77,16 @@ pub enum KeyOrigin {
     Generated,
 }
 
-fn api_key(cfg: &ApiConfig) -> Result<(SecretString, KeyOrigin), RunError> {
-    match load_secret(
-        &SecretSpec::API_KEY,
-        cfg.api_key.as_ref(),
-        cfg.secret_dir.as_deref(),
-    ) {
+fn api_keys(cfg: &ApiConfig) -> Result<(KeyRing, KeyOrigin), RunError> {
+    match cfg.secrets.load(&SecretSpec::API_KEY, cfg.api_key.as_ref()) {
         Ok(k) => Ok((k, KeyOrigin::Configured)),
         Err(e) if cfg.embedded && matches!(e, common_auth::AuthError::Missing { .. }) => {
             let bytes: [u8; 32] = rand::random();
-            Ok((SecretString::from(hex::encode(bytes)), KeyOrigin::Generated))
+            let key = SecretString::from(hex::encode(bytes));
+            Ok((
+                KeyRing::with_policy(key, cfg.secrets.policy()),
+                KeyOrigin::Generated,
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -101,7 +101,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let (key, origin) = api_key(&cfg)?;
+    let (keys, origin) = api_keys(&cfg)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -115,22 +115,27 @@ pub async fn run(
     });
 
     let mut sampler = None;
+    // Secrets re-read from --secret-dir: the API key, and the service token for the streamer.
+    let mut watched = vec![(SecretSpec::API_KEY, keys.clone())];
     let backend: Arc<dyn TelemetryBackend> = if cfg.embedded {
-        let (b, task) = embedded::start(&cfg, stopped())?;
+        let (b, task) = embedded::start(&cfg, stopped(), stopped())?;
         sampler = Some(task);
         Arc::new(b)
     } else {
-        let token = load_secret(
-            &SecretSpec::SERVICE_TOKEN,
-            cfg.service_token.as_ref(),
-            cfg.secret_dir.as_deref(),
-        )?;
+        let tokens = cfg
+            .secrets
+            .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
+        watched.push((SecretSpec::SERVICE_TOKEN, tokens.clone()));
         Arc::new(GrpcBackend::new(
             &cfg.streamer_url,
-            KeyRing::new(token),
+            tokens,
             cfg.streamer_timeout,
         )?)
     };
+    if origin == KeyOrigin::Generated {
+        watched.clear(); // nothing on disk to follow
+    }
+    let reload = cfg.secrets.spawn_watch(watched, stopped());
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() {
         "localhost".to_string()
@@ -148,17 +153,20 @@ pub async fn run(
         }
         KeyOrigin::Generated => println!(
             "  API key (generated, none configured; set API_KEY to choose one): {}",
-            key.expose_secret()
+            keys.current().expose_secret()
         ),
     }
     let state = AppState {
         backend,
-        keys: KeyRing::new(key),
+        keys,
         metrics: Arc::default(),
     };
     serve(listener, routes::router(state), stopped()).await?;
     if let Some(t) = sampler {
         let _ = t.await;
+    }
+    if let Some(r) = reload {
+        let _ = r.await;
     }
     Ok(())
 }

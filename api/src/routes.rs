@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gpus/{uuid}/telemetry", get(telemetry))
         .route("/docs", get(docs))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(auth, require_api_key));
     let open = Router::new()
         .route("/healthz", get(healthz))
@@ -88,6 +90,13 @@ fn params(raw: Option<String>, allowed: &[&str]) -> Result<HashMap<String, Strin
     Ok(out)
 }
 
+/// The `{uuid}` path segment, checked; a segment that does not even decode is a 400 too.
+fn uuid_param(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(uuid) = p.map_err(|_| ApiError::bad("uuid", "not valid percent-encoded UTF-8"))?;
+    check_uuid(&uuid)?;
+    Ok(uuid)
+}
+
 fn check_uuid(uuid: &str) -> Result<(), ApiError> {
     let ok = !uuid.is_empty()
         && uuid.len() <= 128
@@ -105,12 +114,18 @@ fn check_uuid(uuid: &str) -> Result<(), ApiError> {
 }
 
 fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
-    let t = OffsetDateTime::parse(v, &Rfc3339).map_err(|e| {
-        ApiError::bad(
-            name,
-            format!("not an RFC 3339 time (e.g. 2026-11-27T10:00:00Z): {e}"),
-        )
-    })?;
+    // An unencoded `+` in a query string arrives as a space: `…T10:00:00 02:00`.
+    let t = OffsetDateTime::parse(v, &Rfc3339)
+        .or_else(|e| match v.contains(' ') {
+            true => OffsetDateTime::parse(&v.replace(' ', "+"), &Rfc3339),
+            false => Err(e),
+        })
+        .map_err(|e| {
+            ApiError::bad(
+                name,
+                format!("not an RFC 3339 time (e.g. 2026-11-27T10:00:00Z): {e}"),
+            )
+        })?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
         .map_err(|_| ApiError::bad(name, "out of range"))
 }
@@ -152,11 +167,11 @@ async fn list_gpus(
     security(("api_key" = []), ("bearer" = [])))]
 async fn get_gpu(
     State(st): State<AppState>,
-    Path(uuid): Path<String>,
+    uuid: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     params(q, &[])?;
-    check_uuid(&uuid)?;
+    let uuid = uuid_param(uuid)?;
     let g = st
         .backend
         .gpu(uuid.clone())
@@ -182,11 +197,11 @@ async fn get_gpu(
     security(("api_key" = []), ("bearer" = [])))]
 async fn telemetry(
     State(st): State<AppState>,
-    Path(uuid): Path<String>,
+    uuid: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let p = params(q, &["start_time", "end_time", "metrics", "limit"])?;
-    check_uuid(&uuid)?;
+    let uuid = uuid_param(uuid)?;
     let end_ms = match p.get("end_time") {
         Some(v) => parse_time("end_time", v)?,
         None => crate::now_ms(),
@@ -252,6 +267,11 @@ async fn telemetry(
 async fn not_found() -> Response {
     let body = serde_json::json!({"error": {"code": "not_found", "message": "no such route"}});
     (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "only GET is supported"}});
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
 async fn healthz() -> Response {

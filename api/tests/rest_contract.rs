@@ -216,6 +216,12 @@ async fn bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500() {
             Some("uuid"),
             "not a GPU UUID",
         ),
+        (
+            "/api/v1/gpus/%FF%FE".into(),
+            StatusCode::BAD_REQUEST,
+            Some("uuid"),
+            "UTF-8",
+        ),
     ];
     for (uri, status, parameter, message) in cases {
         let (s, body) = call(&uri, Some(KEY)).await;
@@ -238,6 +244,28 @@ async fn bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500() {
             err["message"]
         );
     }
+}
+
+#[tokio::test]
+async fn other_methods_get_a_json_405_and_an_unencoded_plus_in_a_time_is_understood() {
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/gpus")
+        .header("x-api-key", KEY)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "method_not_allowed");
+    // `+02:00` sent without encoding arrives as ` 02:00`.
+    let uri = format!(
+        "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T16:13:21+02:00&end_time=2026-09-21T16:13:23%2B02:00"
+    );
+    let (s, body) = call(&uri, Some(KEY)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["count"], 2);
 }
 
 #[tokio::test]

@@ -94,9 +94,8 @@ pub struct CollectorConfig {
     /// Serve `/metrics` and `/healthz` on this address (e.g. 0.0.0.0:9400); off when unset.
     #[arg(long, env = "COLLECTOR_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Directory holding the mounted secret (file `service-token`).
-    #[arg(long, env = "SECRET_DIR")]
-    pub secret_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub secrets: common_auth::SecretArgs,
     /// The service token (prefer the env var or --secret-dir: flags show in `ps`).
     #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
     pub service_token: Option<SecretString>,

@@ -20,7 +20,7 @@ pub mod source;
 
 use std::sync::Arc;
 
-use common_auth::{RecordSigner, SecretSpec, load_secret};
+use common_auth::SecretSpec;
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -127,11 +127,9 @@ pub async fn run(
     cfg: CollectorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunSummary, CollectorError> {
-    let token = load_secret(
-        &SecretSpec::SERVICE_TOKEN,
-        cfg.service_token.as_ref(),
-        cfg.secret_dir.as_deref(),
-    )?;
+    let tokens = cfg
+        .secrets
+        .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
     let source = open_source(&cfg.source, SourceKind::Nvml)?;
     tracing::info!(source = %source.describe(), brokers = %cfg.brokers, topic = %cfg.topic, "collector starting");
 
@@ -165,10 +163,13 @@ pub async fn run(
             },
         ));
     }
-    let sink = Arc::new(KafkaSink {
-        signer: RecordSigner::new(&token),
-        buffer: buffer.clone(),
-    });
+    let sink = Arc::new(KafkaSink::new(tokens.clone(), buffer.clone()));
+    let mut reload_stop = stop_tx.subscribe();
+    let reload = cfg
+        .secrets
+        .spawn_watch(vec![(SecretSpec::SERVICE_TOKEN, tokens)], async move {
+            let _ = reload_stop.wait_for(|s| *s).await;
+        });
 
     // Sampling stops on `shutdown` or after `rounds`; then the publisher drains.
     let sampler = sampler::run_sampler(
@@ -193,6 +194,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let left = publisher.await.unwrap_or(usize::MAX);
     topics.abort();
+    if let Some(r) = reload {
+        let _ = r.await;
+    }
     let _ = producer.flush(std::time::Duration::from_secs(1));
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     Ok(RunSummary {

@@ -172,7 +172,9 @@ impl GpuSource for NvmlSource {
         let mut samples = Vec::with_capacity(self.inventory.len());
         for i in 0..self.inventory.len() {
             let (index, uuid) = (self.inventory[i].index, self.inventory[i].uuid.clone());
-            let device = match self.nvml.device_by_index(index) {
+            // By UUID, not index: indexes can change if devices are re-enumerated, and a
+            // sample must never be stamped with another GPU's UUID.
+            let device = match self.nvml.device_by_uuid(uuid.as_str()) {
                 Ok(d) => d,
                 Err(error) => {
                     self.errors.count += 1;

@@ -59,7 +59,7 @@ pub async fn run_publisher(
                 Ok(_) => { metrics.published.fetch_add(1, Ordering::Relaxed); }
                 Err(error) => {
                     let n = metrics.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    if n.is_power_of_two() || n == 0 {
+                    if (n + 1).is_power_of_two() {
                         tracing::warn!(%error, failures = n + 1, buffered = buffer.len(), "delivery failed; will retry");
                     }
                     buffer.requeue(rec);

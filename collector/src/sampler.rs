@@ -4,8 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common_auth::RecordSigner;
+use std::sync::Mutex;
+
+use common_auth::{KeyRing, RecordSigner};
 use msg_queue_client::wire::{SignedRecord, TelemetryBatch, seal};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::MissedTickBehavior;
 
 use crate::buffer::Buffer;
@@ -21,15 +24,39 @@ pub trait BatchSink: Send + Sync {
 /// Signs batches and pushes them into the publish buffer.
 #[derive(Debug)]
 pub struct KafkaSink {
-    /// Signer with the current service token.
-    pub signer: RecordSigner,
-    /// The buffer the publisher drains.
-    pub buffer: Arc<Buffer<SignedRecord>>,
+    tokens: KeyRing,
+    // The signer for the token last used; rebuilt when the signing token changes.
+    signer: Mutex<(SecretString, RecordSigner)>,
+    buffer: Arc<Buffer<SignedRecord>>,
+}
+
+impl KafkaSink {
+    /// A sink signing with `tokens` ([`KeyRing::signing`], so a rotation reaches the
+    /// streamers before records signed with the new token do) into `buffer`.
+    pub fn new(tokens: KeyRing, buffer: Arc<Buffer<SignedRecord>>) -> Self {
+        let token = tokens.signing();
+        let signer = RecordSigner::new(&token);
+        Self {
+            tokens,
+            signer: Mutex::new((token, signer)),
+            buffer,
+        }
+    }
+
+    fn signer(&self) -> RecordSigner {
+        let token = self.tokens.signing();
+        let mut cached = self.signer.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0.expose_secret() != token.expose_secret() {
+            tracing::info!("signing with the rotated service token from now on");
+            *cached = (token.clone(), RecordSigner::new(&token));
+        }
+        cached.1.clone()
+    }
 }
 
 impl BatchSink for KafkaSink {
     fn accept(&self, batch: TelemetryBatch) {
-        if self.buffer.push(seal(&self.signer, &batch)) {
+        if self.buffer.push(seal(&self.signer(), &batch)) {
             tracing::debug!("publish buffer full; dropped the oldest record");
         }
     }

@@ -30,7 +30,8 @@ impl Interceptor for RequireServiceToken {
     }
 }
 
-/// Client side: attaches the current service token to every call.
+/// Client side: attaches the service token to every call ([`KeyRing::signing`]: after a
+/// rotation, the previous token until the signing delay has passed).
 #[derive(Debug, Clone)]
 pub struct AttachServiceToken {
     /// The ring whose current value is sent.
@@ -39,7 +40,7 @@ pub struct AttachServiceToken {
 
 impl Interceptor for AttachServiceToken {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let token = self.tokens.current();
+        let token = self.tokens.signing();
         let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose_secret()))
             .map_err(|_| Status::internal("service token is not valid ASCII metadata"))?;
         value.set_sensitive(true);

@@ -5,6 +5,33 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// How a rotation is rolled out.
+///
+/// Each pod sees a rotated Secret at its own moment (the kubelet refreshes mounted Secrets
+/// on its own schedule, up to a minute or two apart). So after seeing a new value, a ring
+/// - **accepts** both the new and the previous value for `grace`, and
+/// - keeps **sending/signing** with the previous value for `signing_delay`,
+///
+/// so that every receiver has seen the new value before any sender uses it. Keep
+/// `grace` > `signing_delay` + the longest propagation skew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    /// How long the previous value stays accepted after a rotation.
+    pub grace: Duration,
+    /// How long senders keep using the previous value after a rotation.
+    pub signing_delay: Duration,
+}
+
+impl Default for RotationPolicy {
+    /// 30 minutes of grace, 2 minutes of signing delay.
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(30 * 60),
+            signing_delay: Duration::from_secs(120),
+        }
+    }
+}
+
 /// The accepted values of one secret: the current one and, during a rotation's grace
 /// period, the previous one. Cheap to clone; clones share state, so a reload seen by one
 /// is seen by all.
@@ -16,15 +43,25 @@ pub struct KeyRing {
     inner: Arc<RwLock<Inner>>,
 }
 
+struct Previous {
+    value: SecretString,
+    digest: [u8; 32],
+    rotated_at: Instant,
+}
+
 struct Inner {
     current: SecretString,
     current_digest: [u8; 32],
-    previous: Option<(SecretString, [u8; 32], Instant)>,
+    previous: Option<Previous>,
+    policy: RotationPolicy,
+    version: u64,
 }
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing").finish_non_exhaustive()
+        f.debug_struct("KeyRing")
+            .field("version", &self.version())
+            .finish_non_exhaustive()
     }
 }
 
@@ -33,63 +70,118 @@ fn digest(v: &[u8]) -> [u8; 32] {
 }
 
 impl KeyRing {
-    /// A ring that accepts exactly `current`.
+    /// A ring that accepts exactly `current`, rotating with the default policy.
     pub fn new(current: SecretString) -> Self {
+        Self::with_policy(current, RotationPolicy::default())
+    }
+
+    /// A ring that accepts exactly `current`, rotating with `policy`.
+    pub fn with_policy(current: SecretString, policy: RotationPolicy) -> Self {
         let current_digest = digest(current.expose_secret().as_bytes());
         Self {
             inner: Arc::new(RwLock::new(Inner {
                 current,
                 current_digest,
                 previous: None,
+                policy,
+                version: 0,
             })),
         }
     }
 
-    /// Makes `next` the current value; the old one stays accepted for `grace`.
-    /// Rotating to the value already current changes nothing.
-    pub fn rotate(&self, next: SecretString, grace: Duration) {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `next` the current value. Returns whether anything changed (rotating to the
+    /// value already current changes nothing).
+    pub fn rotate(&self, next: SecretString) -> bool {
+        self.rotate_at(next, Instant::now())
+    }
+
+    /// [`KeyRing::rotate`] as of `now`.
+    pub fn rotate_at(&self, next: SecretString, now: Instant) -> bool {
         let next_digest = digest(next.expose_secret().as_bytes());
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         if bool::from(inner.current_digest.ct_eq(&next_digest)) {
-            return;
+            return false;
         }
-        let old = std::mem::replace(&mut inner.current, next);
-        let old_digest = std::mem::replace(&mut inner.current_digest, next_digest);
-        inner.previous = Some((old, old_digest, Instant::now() + grace));
+        let value = std::mem::replace(&mut inner.current, next);
+        let digest = std::mem::replace(&mut inner.current_digest, next_digest);
+        inner.previous = Some(Previous {
+            value,
+            digest,
+            rotated_at: now,
+        });
+        inner.version += 1;
+        true
     }
 
-    /// Whether `candidate` is the current value or the previous one within its grace period.
+    /// Whether `candidate` is the current value, or the previous one within its grace period.
     pub fn accepts(&self, candidate: &[u8]) -> bool {
+        self.accepts_at(candidate, Instant::now())
+    }
+
+    /// [`KeyRing::accepts`] as of `now`.
+    pub fn accepts_at(&self, candidate: &[u8], now: Instant) -> bool {
         let d = digest(candidate);
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let inner = self.read();
         let mut ok = inner.current_digest.ct_eq(&d);
-        if let Some((_, prev, until)) = &inner.previous
-            && Instant::now() < *until
+        if let Some(p) = &inner.previous
+            && now.saturating_duration_since(p.rotated_at) < inner.policy.grace
         {
-            ok |= prev.ct_eq(&d);
+            ok |= p.digest.ct_eq(&d);
         }
         ok.into()
     }
 
-    /// The current value (for signing, or for attaching to outgoing requests).
+    /// The newest value seen.
     pub fn current(&self) -> SecretString {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .current
-            .clone()
+        self.read().current.clone()
+    }
+
+    /// The value to send or sign with: the previous one during the signing delay after a
+    /// rotation (so receivers catch up first), else the current one.
+    pub fn signing(&self) -> SecretString {
+        self.signing_at(Instant::now())
+    }
+
+    /// [`KeyRing::signing`] as of `now`.
+    pub fn signing_at(&self, now: Instant) -> SecretString {
+        let inner = self.read();
+        match &inner.previous {
+            Some(p) if now.saturating_duration_since(p.rotated_at) < inner.policy.signing_delay => {
+                p.value.clone()
+            }
+            _ => inner.current.clone(),
+        }
     }
 
     /// All values accepted right now: current first, then the previous one if still in grace.
     pub fn accepted(&self) -> Vec<SecretString> {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        self.accepted_at(Instant::now())
+    }
+
+    /// [`KeyRing::accepted`] as of `now`.
+    pub fn accepted_at(&self, now: Instant) -> Vec<SecretString> {
+        let inner = self.read();
         let mut out = vec![inner.current.clone()];
-        if let Some((prev, _, until)) = &inner.previous
-            && Instant::now() < *until
+        if let Some(p) = &inner.previous
+            && now.saturating_duration_since(p.rotated_at) < inner.policy.grace
         {
-            out.push(prev.clone());
+            out.push(p.value.clone());
         }
         out
+    }
+
+    /// A number that changes on every rotation (for caches derived from the ring).
+    pub fn version(&self) -> u64 {
+        self.read().version
+    }
+
+    /// The rotation policy.
+    pub fn policy(&self) -> RotationPolicy {
+        self.read().policy
     }
 }
 
@@ -97,9 +189,18 @@ impl KeyRing {
 mod tests {
     use super::*;
 
+    fn s(v: &str) -> SecretString {
+        SecretString::from(v.to_string())
+    }
+
+    const POLICY: RotationPolicy = RotationPolicy {
+        grace: Duration::from_secs(600),
+        signing_delay: Duration::from_secs(60),
+    };
+
     #[test]
     fn accepts_current_and_rejects_others() {
-        let ring = KeyRing::new("alpha".to_string().into());
+        let ring = KeyRing::new(s("alpha"));
         assert!(ring.accepts(b"alpha"));
         assert!(!ring.accepts(b"alph"));
         assert!(!ring.accepts(b"alphaa"));
@@ -108,15 +209,47 @@ mod tests {
 
     #[test]
     fn previous_value_is_accepted_only_during_grace() {
-        let ring = KeyRing::new("old".to_string().into());
-        ring.rotate("new".to_string().into(), Duration::from_secs(3600));
-        assert!(ring.accepts(b"new"));
-        assert!(ring.accepts(b"old"));
-        assert_eq!(ring.accepted().len(), 2);
-        ring.rotate("newer".to_string().into(), Duration::ZERO);
-        assert!(ring.accepts(b"newer"));
-        assert!(!ring.accepts(b"new"));
-        assert!(!ring.accepts(b"old"));
-        assert_eq!(ring.current().expose_secret(), "newer");
+        let t0 = Instant::now();
+        let ring = KeyRing::with_policy(s("old"), POLICY);
+        assert!(ring.rotate_at(s("new"), t0));
+        assert!(ring.accepts_at(b"new", t0));
+        assert!(ring.accepts_at(b"old", t0 + Duration::from_secs(599)));
+        assert_eq!(ring.accepted_at(t0 + Duration::from_secs(599)).len(), 2);
+        assert!(!ring.accepts_at(b"old", t0 + Duration::from_secs(600)));
+        assert_eq!(ring.accepted_at(t0 + Duration::from_secs(600)).len(), 1);
+        assert!(ring.accepts_at(b"new", t0 + Duration::from_secs(6000)));
+    }
+
+    #[test]
+    fn senders_keep_the_previous_value_for_the_signing_delay() {
+        let t0 = Instant::now();
+        let ring = KeyRing::with_policy(s("old"), POLICY);
+        assert_eq!(ring.signing_at(t0).expose_secret(), "old");
+        ring.rotate_at(s("new"), t0);
+        assert_eq!(ring.current().expose_secret(), "new");
+        assert_eq!(
+            ring.signing_at(t0 + Duration::from_secs(59))
+                .expose_secret(),
+            "old"
+        );
+        assert_eq!(
+            ring.signing_at(t0 + Duration::from_secs(60))
+                .expose_secret(),
+            "new"
+        );
+    }
+
+    #[test]
+    fn rotating_to_the_same_value_changes_nothing_and_versions_count_rotations() {
+        let t0 = Instant::now();
+        let ring = KeyRing::with_policy(s("a"), POLICY);
+        assert!(!ring.rotate_at(s("a"), t0));
+        assert_eq!(ring.version(), 0);
+        ring.rotate_at(s("b"), t0);
+        ring.rotate_at(s("c"), t0 + Duration::from_secs(1));
+        assert_eq!(ring.version(), 2);
+        // Only one previous value is kept: the one rotated out last.
+        assert!(ring.accepts_at(b"b", t0 + Duration::from_secs(2)));
+        assert!(!ring.accepts_at(b"a", t0 + Duration::from_secs(2)));
     }
 }

@@ -8,7 +8,10 @@
 //!   ([`SecretSpec`], [`load_secret`]); a missing or empty secret is a one-line
 //!   [`AuthError::Missing`] naming where it looked.
 //! - [`KeyRing`]: the accepted values of one secret (current, plus the previous one during a
-//!   rotation grace period), compared in constant time.
+//!   rotation grace period), compared in constant time; [`RotationPolicy`] says how long
+//!   the previous value is accepted and how long senders keep using it.
+//! - [`reload`]: [`SecretArgs`] (the shared secret flags) and hot reload of rotated values
+//!   from the mounted secret directory.
 //! - [`signing`]: [`RecordSigner`] / [`RecordVerifier`], HMAC-SHA256 over a record's key and
 //!   value with a key id that tells a rotated token from a forged signature.
 //! - [`http`]: the axum middleware that requires the API key.
@@ -19,10 +22,12 @@
 pub mod grpc;
 pub mod http;
 mod keyring;
+pub mod reload;
 pub mod secret;
 pub mod signing;
 
-pub use keyring::KeyRing;
+pub use keyring::{KeyRing, RotationPolicy};
+pub use reload::SecretArgs;
 pub use secret::{SecretSpec, load_secret};
 pub use signing::{RecordSigner, RecordVerifier, VerifyError};
 

@@ -85,6 +85,10 @@ pub enum VerifyError {
     /// The record carries no signature or no key id.
     #[error("record is not signed")]
     Unsigned,
+    /// The key id header is not 16 lowercase hex characters (it is never echoed: it is
+    /// attacker-controlled).
+    #[error("malformed key id")]
+    MalformedKeyId,
     /// The key id is not one of the tokens this verifier holds.
     #[error("unknown key id {0}")]
     UnknownKeyId(String),
@@ -98,6 +102,7 @@ impl VerifyError {
     pub fn reason(&self) -> &'static str {
         match self {
             VerifyError::Unsigned => "unsigned",
+            VerifyError::MalformedKeyId => "malformed_key_id",
             VerifyError::UnknownKeyId(_) => "unknown_key_id",
             VerifyError::BadSignature => "bad_signature",
         }
@@ -144,11 +149,17 @@ impl RecordVerifier {
         let (Some(key_id), Some(signature)) = (key_id, signature) else {
             return Err(VerifyError::Unsigned);
         };
-        let key_id_str = String::from_utf8_lossy(key_id);
-        let Some(mac) = self.macs.get(key_id_str.as_ref()) else {
-            return Err(VerifyError::UnknownKeyId(
-                key_id_str.chars().take(64).collect(),
-            ));
+        let well_formed = key_id.len() == 16
+            && key_id
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        if !well_formed {
+            return Err(VerifyError::MalformedKeyId);
+        }
+        // Checked above: 16 ASCII hex characters, safe to log.
+        let key_id_str = String::from_utf8_lossy(key_id).into_owned();
+        let Some(mac) = self.macs.get(&key_id_str) else {
+            return Err(VerifyError::UnknownKeyId(key_id_str));
         };
         let mut mac = mac.clone();
         feed(&mut mac, key, value);
@@ -218,6 +229,17 @@ mod tests {
             v.verify(None, b"k", b"v", Some(&sig)),
             Err(VerifyError::Unsigned)
         );
+        for bad in [
+            &b"0123"[..],
+            b"0123456789ABCDEF",
+            b"0123456789abcdeg",
+            b"012345678\n9abcdef",
+        ] {
+            assert_eq!(
+                v.verify(Some(bad), b"k", b"v", Some(&sig)),
+                Err(VerifyError::MalformedKeyId)
+            );
+        }
     }
 
     #[test]

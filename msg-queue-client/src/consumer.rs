@@ -248,6 +248,29 @@ impl TelemetryConsumer {
     }
 }
 
+impl TelemetryConsumer {
+    /// Synchronous commit of `next_offsets`, limited to the partitions still assigned to
+    /// this member (a revoked partition's offsets belong to its new owner now). Used once,
+    /// on shutdown; blocks up to the client's request timeout.
+    ///
+    /// # Errors
+    /// [`QueueError::Kafka`] when the assignment cannot be read or the commit fails.
+    pub fn commit_owned(&self, next_offsets: &[(i32, i64)]) -> Result<(), QueueError> {
+        let assigned = self.inner.assignment().map_err(kafka("read assignment"))?;
+        let owned: Vec<(i32, i64)> = next_offsets
+            .iter()
+            .copied()
+            .filter(|(p, _)| {
+                assigned
+                    .elements()
+                    .iter()
+                    .any(|e| e.topic() == self.topic && e.partition() == *p)
+            })
+            .collect();
+        self.commit(&owned, true)
+    }
+}
+
 fn own(m: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
     let headers = m
         .headers()

@@ -54,6 +54,32 @@ pub enum QueueError {
     },
 }
 
+impl QueueError {
+    /// Whether retrying cannot help: the broker refuses this record or this client for good
+    /// (too large, invalid, not authorized). Everything else (timeouts, leader changes, the
+    /// broker being away) is worth retrying.
+    pub fn is_permanent(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let source = match self {
+            QueueError::Kafka { source, .. } | QueueError::Delivery { source, .. } => source,
+            QueueError::TopicCreate { .. } => return false,
+        };
+        matches!(
+            source.rdkafka_error_code(),
+            Some(
+                C::MessageSizeTooLarge
+                    | C::InvalidMessageSize
+                    | C::InvalidMessage
+                    | C::MessageBatchTooLarge
+                    | C::InvalidRecord
+                    | C::InvalidTopic
+                    | C::TopicAuthorizationFailed
+                    | C::ClusterAuthorizationFailed
+            )
+        )
+    }
+}
+
 pub(crate) fn kafka(action: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> QueueError {
     move |source| QueueError::Kafka { action, source }
 }

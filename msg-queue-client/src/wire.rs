@@ -161,6 +161,26 @@ fn validate(batch: &TelemetryBatch, key: &[u8]) -> Result<(), Reject> {
     Ok(())
 }
 
+/// Checks sample times against the reader's clock: none before the Unix epoch, none more
+/// than `max_future_ms` ahead of `now_ms`.
+///
+/// # Errors
+/// [`Reject::Invalid`] naming the first offending sample.
+pub fn check_times(batch: &TelemetryBatch, now_ms: i64, max_future_ms: i64) -> Result<(), Reject> {
+    let latest = now_ms.saturating_add(max_future_ms);
+    for s in &batch.samples {
+        if s.timestamp_ms < 0 || s.timestamp_ms > latest {
+            return Err(Reject::Invalid(format!(
+                "sample of GPU {} at {} ms is outside [0, now + {} s]",
+                s.uuid,
+                s.timestamp_ms,
+                max_future_ms / 1000
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +264,24 @@ mod tests {
         assert_eq!(
             open(&v, RecordParts::default()).unwrap_err().reason(),
             "unsigned"
+        );
+    }
+
+    #[test]
+    fn sample_times_in_the_future_or_before_1970_are_invalid() {
+        let b = batch();
+        let t = b.samples[0].timestamp_ms;
+        assert_eq!(check_times(&b, t, 0), Ok(()));
+        assert_eq!(check_times(&b, t - 1000, 1000), Ok(()));
+        assert_eq!(
+            check_times(&b, t - 1001, 1000).unwrap_err().reason(),
+            "invalid_batch"
+        );
+        let mut old = batch();
+        old.samples[0].timestamp_ms = -1;
+        assert_eq!(
+            check_times(&old, t, 0).unwrap_err().reason(),
+            "invalid_batch"
         );
     }
 

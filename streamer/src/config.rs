@@ -1,7 +1,6 @@
 //! Command-line flags (each with an env fallback) of the streamer.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -41,9 +40,8 @@ pub struct StreamerConfig {
     /// History kept per GPU by the in-memory store.
     #[arg(long, env = "STREAMER_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub retention: Duration,
-    /// Directory holding the mounted secret (file `service-token`).
-    #[arg(long, env = "SECRET_DIR")]
-    pub secret_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub secrets: common_auth::SecretArgs,
     /// The service token (prefer the env var or --secret-dir: flags show in `ps`).
     #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
     pub service_token: Option<SecretString>,

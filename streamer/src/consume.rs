@@ -23,7 +23,30 @@ pub const MAX_BATCH: usize = 2000;
 /// How long to wait for more records once one has arrived.
 pub const BATCH_LINGER: Duration = Duration::from_millis(20);
 
+/// Backoff between retries of a failed step, doubling up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Sleeps `backoff` (then doubles it); `false` when `shutdown` came first.
+async fn pause(
+    backoff: &mut Duration,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    let d = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        () = shutdown.as_mut() => false,
+    }
+}
+
 /// Runs until `shutdown` resolves; then commits once more, synchronously.
+///
+/// A fetched batch is never skipped: the consumer has already moved past it, so each step
+/// (store, dead-letter, record offsets) is retried with backoff until it succeeds or the
+/// streamer stops; a stop before the offsets are recorded means the batch is read again
+/// after the restart, which the idempotent store absorbs.
 pub async fn run_consumer(
     consumer: TelemetryConsumer,
     ingestor: Ingestor,
@@ -44,20 +67,29 @@ pub async fn run_consumer(
             Err(error) => {
                 metrics.error("consume");
                 tracing::warn!(%error, "consume error");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    () = &mut shutdown => break,
+                let mut backoff = FIRST_BACKOFF;
+                if pause(&mut backoff, &mut shutdown).await {
+                    continue;
+                }
+                break;
+            }
+        };
+
+        // 1. Store.
+        let mut backoff = FIRST_BACKOFF;
+        let ingested = loop {
+            match ingestor.process(&records) {
+                Ok(i) => break i,
+                Err(error) => {
+                    tracing::error!(%error, records = records.len(), "store failed; retrying the batch");
+                    if !pause(&mut backoff, &mut shutdown).await {
+                        break 'outer;
+                    }
                 }
             }
         };
-        let ingested = match ingestor.process(&records) {
-            Ok(i) => i,
-            Err(error) => {
-                // Not committed: the records come back after a restart or rebalance.
-                tracing::error!(%error, "store failed; batch not committed");
-                continue;
-            }
-        };
+
+        // 2. Dead-letter the rejects, each once.
         for (i, reject) in &ingested.rejected {
             let rec = &records[*i];
             tracing::warn!(
@@ -67,7 +99,7 @@ pub async fn run_consumer(
                 offset = rec.offset,
                 "record rejected; sending to dead-letter topic"
             );
-            // Retry until delivered: committing past an undelivered reject would lose it.
+            let mut backoff = FIRST_BACKOFF;
             loop {
                 match dead_letter
                     .send(rec, reject.reason(), &reject.to_string())
@@ -77,21 +109,37 @@ pub async fn run_consumer(
                         metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
+                    Err(error) if error.is_permanent() => {
+                        // Retrying cannot help and would stop all ingest behind this record:
+                        // count it, log where it was, and go on.
+                        metrics.error("dead_letter");
+                        tracing::error!(
+                            %error,
+                            partition = rec.partition,
+                            offset = rec.offset,
+                            "dead-letter topic refuses this record for good; skipped"
+                        );
+                        break;
+                    }
                     Err(error) => {
                         metrics.error("dead_letter");
                         tracing::warn!(%error, "dead-letter delivery failed; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                            () = &mut shutdown => break 'outer,
+                        if !pause(&mut backoff, &mut shutdown).await {
+                            break 'outer;
                         }
                     }
                 }
             }
         }
-        if let Err(error) = store.record_offsets(&ingested.next_offsets) {
+
+        // 3. Record the offsets in the store; then commit to the group (lag monitoring).
+        let mut backoff = FIRST_BACKOFF;
+        while let Err(error) = store.record_offsets(&ingested.next_offsets) {
             metrics.error("store");
-            tracing::error!(%error, "cannot record offsets in the store");
-            continue;
+            tracing::error!(%error, "cannot record offsets in the store; retrying");
+            if !pause(&mut backoff, &mut shutdown).await {
+                break 'outer;
+            }
         }
         if let Err(error) = consumer.commit(&ingested.next_offsets, false) {
             metrics.error("commit");
@@ -99,7 +147,10 @@ pub async fn run_consumer(
         }
         merge(&mut last_committed, &ingested.next_offsets);
     }
-    if let Err(error) = consumer.commit(&last_committed, true) {
+    // The final commit blocks on the broker: off the async workers, and only for the
+    // partitions this member still owns.
+    let final_commit = tokio::task::block_in_place(|| consumer.commit_owned(&last_committed));
+    if let Err(error) = final_commit {
         tracing::warn!(%error, "final commit failed");
     }
     tracing::info!("consumer stopped");

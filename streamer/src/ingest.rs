@@ -2,15 +2,26 @@
 //! store, so it is benchmarked on already-fetched records (our code alone).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
-use common_auth::RecordVerifier;
+use common_auth::{KeyRing, RecordVerifier};
 use msg_queue_client::consumer::ConsumedRecord;
-use msg_queue_client::wire::{Reject, open};
+use msg_queue_client::wire::{Reject, check_times, open};
 
 use crate::metrics::StreamerMetrics;
 use crate::store::{Store, StoreError};
+
+/// How far ahead of the streamer's clock a sample time may be (collector clock skew).
+/// A sample further ahead would push every real sample of its GPU out of the retention
+/// window, so its batch is rejected.
+pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// The outcome of one batch of records.
 #[derive(Debug, Default)]
@@ -25,28 +36,36 @@ pub struct Ingested {
 /// Verifies and stores records.
 #[derive(Debug, Clone)]
 pub struct Ingestor {
-    verifier: Arc<std::sync::RwLock<RecordVerifier>>,
+    tokens: KeyRing,
+    // The verifier for the tokens accepted last time, keyed by (ring version, how many
+    // tokens were accepted): rebuilt after a rotation and when a grace period ends.
+    verifier: Arc<Mutex<((u64, usize), RecordVerifier)>>,
     store: Arc<dyn Store>,
     metrics: Arc<StreamerMetrics>,
 }
 
 impl Ingestor {
-    /// An ingestor writing to `store`, accepting records signed with the verifier's tokens.
-    pub fn new(
-        verifier: RecordVerifier,
-        store: Arc<dyn Store>,
-        metrics: Arc<StreamerMetrics>,
-    ) -> Self {
+    /// An ingestor writing to `store`, accepting records signed with any token `tokens`
+    /// accepts (the current one, and the previous one during a rotation's grace period).
+    pub fn new(tokens: KeyRing, store: Arc<dyn Store>, metrics: Arc<StreamerMetrics>) -> Self {
+        let accepted = tokens.accepted();
+        let verifier = RecordVerifier::new(accepted.iter());
         Self {
-            verifier: Arc::new(std::sync::RwLock::new(verifier)),
+            verifier: Arc::new(Mutex::new(((tokens.version(), accepted.len()), verifier))),
+            tokens,
             store,
             metrics,
         }
     }
 
-    /// Replaces the verifier (after a service-token rotation).
-    pub fn set_verifier(&self, v: RecordVerifier) {
-        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = v;
+    fn verifier(&self) -> RecordVerifier {
+        let accepted = self.tokens.accepted();
+        let key = (self.tokens.version(), accepted.len());
+        let mut cached = self.verifier.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 != key {
+            *cached = (key, RecordVerifier::new(accepted.iter()));
+        }
+        cached.1.clone()
     }
 
     /// Verifies, decodes and stores `records` (in order). Rejected records are counted and
@@ -56,27 +75,21 @@ impl Ingestor {
     /// [`StoreError`] when the store fails: nothing after the failing record counts as
     /// handled, and the caller must not commit.
     pub fn process(&self, records: &[ConsumedRecord]) -> Result<Ingested, StoreError> {
-        let verifier = self
-            .verifier
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let verifier = self.verifier();
+        let now = now_ms();
         let mut out = Ingested::default();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for (i, rec) in records.iter().enumerate() {
             self.metrics.records.fetch_add(1, Ordering::Relaxed);
-            match open(&verifier, rec.parts()) {
+            let opened = open(&verifier, rec.parts())
+                .and_then(|b| check_times(&b, now, MAX_FUTURE_SKEW_MS).map(|()| b));
+            match opened {
                 Ok(batch) => {
                     let applied = self
                         .store
                         .apply(&batch)
                         .inspect_err(|_| self.metrics.error("store"))?;
-                    self.metrics
-                        .samples_stored
-                        .fetch_add(applied.inserted, Ordering::Relaxed);
-                    self.metrics
-                        .samples_duplicate
-                        .fetch_add(applied.duplicates, Ordering::Relaxed);
+                    self.metrics.applied(applied);
                 }
                 Err(reject) => {
                     self.metrics.rejected(reject.reason());

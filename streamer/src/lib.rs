@@ -18,7 +18,7 @@ pub mod store;
 use std::sync::Arc;
 
 use common_auth::grpc::RequireServiceToken;
-use common_auth::{KeyRing, RecordVerifier, SecretSpec, load_secret};
+use common_auth::{KeyRing, SecretSpec};
 use msg_queue_client::consumer::{ConsumerConfig, OffsetSource, TelemetryConsumer};
 use msg_queue_client::dead_letter::DeadLetterProducer;
 use tokio::net::TcpListener;
@@ -73,12 +73,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StreamerError> {
-    let token = load_secret(
-        &SecretSpec::SERVICE_TOKEN,
-        cfg.service_token.as_ref(),
-        cfg.secret_dir.as_deref(),
-    )?;
-    let ring = KeyRing::new(token);
+    let ring = cfg
+        .secrets
+        .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(cfg.retention));
     let metrics = Arc::new(StreamerMetrics::default());
 
@@ -95,14 +92,10 @@ pub async fn run(
     let consumer = TelemetryConsumer::new(&ccfg, Arc::new(StoreOffsets(store.clone())))?;
     let dead_letter =
         DeadLetterProducer::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.topic, &[])?;
-    let accepted = ring.accepted();
-    let ingestor = Ingestor::new(
-        RecordVerifier::new(accepted.iter()),
-        store.clone(),
-        metrics.clone(),
-    );
+    let ingestor = Ingestor::new(ring.clone(), store.clone(), metrics.clone());
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(watch::channel(false).0);
+    let stop_rx = stop_tx.subscribe();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -117,17 +110,35 @@ pub async fn run(
         metrics.clone(),
         stopped(),
     ));
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        let _ = on_signal.send(true);
     });
+    let sweeper = tokio::spawn(store::run_sweeper(
+        store.clone(),
+        store::SWEEP_INTERVAL,
+        stopped(),
+    ));
 
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "gRPC query service listening"
     );
+    let reload = cfg
+        .secrets
+        .spawn_watch(vec![(SecretSpec::SERVICE_TOKEN, ring.clone())], stopped());
     let served = serve_queries(listener, store, metrics, ring, stopped()).await;
+    if let Err(error) = &served {
+        // Without its query service the streamer is useless: stop everything, report it.
+        tracing::error!(%error, "gRPC server failed; stopping");
+        let _ = stop_tx.send(true);
+    }
     let _ = consumer_task.await;
+    let _ = sweeper.await;
+    if let Some(r) = reload {
+        let _ = r.await;
+    }
     topics.abort();
     served?;
     Ok(())

@@ -10,6 +10,8 @@ pub const RECORDS: &str = "streamer_records_total";
 pub const SAMPLES_STORED: &str = "streamer_samples_stored_total";
 /// Samples ignored because the store already had them (redeliveries).
 pub const SAMPLES_DUPLICATE: &str = "streamer_samples_duplicate_total";
+/// Samples ignored because they are older than the retention window.
+pub const SAMPLES_EXPIRED: &str = "streamer_samples_expired_total";
 /// Records rejected, by `reason`.
 pub const REJECTED: &str = "streamer_records_rejected_total";
 /// Records forwarded to the dead-letter topic.
@@ -26,6 +28,8 @@ pub struct StreamerMetrics {
     pub samples_stored: AtomicU64,
     /// See [`SAMPLES_DUPLICATE`].
     pub samples_duplicate: AtomicU64,
+    /// See [`SAMPLES_EXPIRED`].
+    pub samples_expired: AtomicU64,
     /// See [`DEAD_LETTERED`].
     pub dead_lettered: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
@@ -33,6 +37,14 @@ pub struct StreamerMetrics {
 }
 
 impl StreamerMetrics {
+    /// Counts what one [`crate::store::Store::apply`] did.
+    pub fn applied(&self, a: crate::store::Applied) {
+        self.samples_stored.fetch_add(a.inserted, Ordering::Relaxed);
+        self.samples_duplicate
+            .fetch_add(a.duplicates, Ordering::Relaxed);
+        self.samples_expired.fetch_add(a.expired, Ordering::Relaxed);
+    }
+
     /// Counts a rejected record.
     pub fn rejected(&self, reason: &'static str) {
         *self
@@ -60,6 +72,7 @@ impl StreamerMetrics {
             (RECORDS, String::new(), g(&self.records)),
             (SAMPLES_STORED, String::new(), g(&self.samples_stored)),
             (SAMPLES_DUPLICATE, String::new(), g(&self.samples_duplicate)),
+            (SAMPLES_EXPIRED, String::new(), g(&self.samples_expired)),
             (DEAD_LETTERED, String::new(), g(&self.dead_lettered)),
         ];
         for (r, v) in self

@@ -22,6 +22,8 @@ pub struct Applied {
     pub inserted: u64,
     /// Samples it already had (same GPU and time): ignored.
     pub duplicates: u64,
+    /// Samples older than the retention window: ignored.
+    pub expired: u64,
 }
 
 /// Storage errors.
@@ -69,6 +71,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Samples held.
     fn sample_count(&self) -> u64;
+
+    /// Drops what is older than the retention window as of `now_ms` (UTC ms), including
+    /// GPUs with nothing left, so memory stays flat as nodes come and go. Returns how many
+    /// samples were dropped.
+    fn sweep(&self, now_ms: i64) -> u64;
+}
+
+/// How often [`run_sweeper`] sweeps.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Calls [`Store::sweep`] every `interval` until `shutdown`.
+pub async fn run_sweeper(
+    store: std::sync::Arc<dyn Store>,
+    interval: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => break,
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let dropped = store.sweep(now);
+        if dropped > 0 {
+            tracing::debug!(dropped, "swept samples past retention");
+        }
+    }
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -80,6 +114,9 @@ impl std::fmt::Debug for dyn Store {
 #[derive(Debug)]
 struct Series {
     info: GpuInfo,
+    // Collection time of the batch `info` came from: an older, late batch never
+    // overwrites newer inventory.
+    info_at_ms: i64,
     // Samples keyed by timestamp, stored without their uuid (the series key has it).
     samples: BTreeMap<i64, GpuSample>,
 }
@@ -136,8 +173,11 @@ impl Store for MemoryStore {
         for info in &batch.gpus {
             match map.get_mut(&info.uuid) {
                 Some(s) => {
-                    if s.info != *info {
-                        s.info = info.clone();
+                    if batch.collected_at_ms >= s.info_at_ms {
+                        s.info_at_ms = batch.collected_at_ms;
+                        if s.info != *info {
+                            s.info = info.clone();
+                        }
                     }
                 }
                 None => {
@@ -145,6 +185,7 @@ impl Store for MemoryStore {
                         info.uuid.clone(),
                         Series {
                             info: info.clone(),
+                            info_at_ms: batch.collected_at_ms,
                             samples: BTreeMap::new(),
                         },
                     );
@@ -161,7 +202,7 @@ impl Store for MemoryStore {
                 .last_key_value()
                 .map_or(i64::MIN, |(k, _)| *k);
             if sample.timestamp_ms < newest.saturating_sub(retention_ms) {
-                out.duplicates += 1; // older than retention: as good as already pruned
+                out.expired += 1; // older than retention: as good as already pruned
                 continue;
             }
             if series.samples.contains_key(&sample.timestamp_ms) {
@@ -232,6 +273,20 @@ impl Store for MemoryStore {
         let map = self.series.read().unwrap_or_else(|p| p.into_inner());
         map.values().map(|s| s.samples.len() as u64).sum()
     }
+
+    fn sweep(&self, now_ms: i64) -> u64 {
+        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
+        let mut dropped = 0u64;
+        map.retain(|_, s| {
+            let keep = s.samples.split_off(&cutoff);
+            dropped += s.samples.len() as u64;
+            s.samples = keep;
+            !s.samples.is_empty()
+        });
+        dropped
+    }
 }
 
 #[cfg(test)]
@@ -269,14 +324,16 @@ mod tests {
             s.apply(&b).unwrap(),
             Applied {
                 inserted: 2,
-                duplicates: 0
+                duplicates: 0,
+                expired: 0
             }
         );
         assert_eq!(
             s.apply(&b).unwrap(),
             Applied {
                 inserted: 0,
-                duplicates: 2
+                duplicates: 2,
+                expired: 0
             }
         );
         assert_eq!(s.sample_count(), 2);
@@ -312,6 +369,44 @@ mod tests {
         assert_eq!(
             s.range("GPU-1", 0, i64::MAX, 100).unwrap().0[0].timestamp_ms,
             89_000
+        );
+    }
+
+    #[test]
+    fn sweep_drops_old_samples_and_gpus_that_went_away() {
+        let s = MemoryStore::new(Duration::from_secs(10));
+        s.apply(&batch("n", "GPU-gone", &[1_000, 2_000])).unwrap();
+        s.apply(&batch("n", "GPU-live", &[5_000, 14_000])).unwrap();
+        assert_eq!(s.sweep(15_001), 3);
+        assert!(s.gpu("GPU-gone").is_none());
+        assert_eq!(s.gpu("GPU-live").unwrap().sample_count, 1);
+        assert_eq!(s.sweep(15_001), 0);
+    }
+
+    #[test]
+    fn a_late_older_batch_does_not_overwrite_newer_inventory_and_old_samples_are_expired() {
+        let s = MemoryStore::new(Duration::from_secs(10));
+        let mut new = batch("n", "GPU-1", &[20_000]);
+        new.gpus[0].driver_version = Some("560".into());
+        s.apply(&new).unwrap();
+        let mut old = batch("n", "GPU-1", &[19_000, 1_000]);
+        old.gpus[0].driver_version = Some("550".into());
+        assert_eq!(
+            s.apply(&old).unwrap(),
+            Applied {
+                inserted: 1,
+                duplicates: 0,
+                expired: 1
+            }
+        );
+        assert_eq!(
+            s.gpu("GPU-1")
+                .unwrap()
+                .info
+                .unwrap()
+                .driver_version
+                .as_deref(),
+            Some("560")
         );
     }
 

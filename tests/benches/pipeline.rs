@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use api::backend::{GrpcBackend, StoreBackend, TelemetryBackend};
 use api::routes::{AppState, router};
 use collector::simulated::{FleetSpec, SimulatedSource};
-use common_auth::{KeyRing, RecordSigner, RecordVerifier};
+use common_auth::{KeyRing, RecordSigner};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use integration_tests::{Broker, unique};
@@ -74,7 +74,7 @@ impl OffsetSource for FromStart {
 
 fn ingestor(store: Arc<dyn Store>) -> Ingestor {
     Ingestor::new(
-        RecordVerifier::new([&token()]),
+        KeyRing::new(token()),
         store,
         Arc::new(StreamerMetrics::default()),
     )

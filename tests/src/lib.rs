@@ -441,3 +441,20 @@ pub fn spawn_collector(
         &[("SERVICE_TOKEN", n.token.clone())],
     )
 }
+
+/// The value of one series in Prometheus text, matched exactly: `name` with its labels as
+/// printed, e.g. `streamer_records_rejected_total{reason="unsigned"}`.
+pub fn metric_value(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// One `key=value` field of a summary line such as `collector stopped: rounds=3 dropped=0`.
+pub fn summary_field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use integration_tests::{Proc, bin, eventually, free_port};
+use integration_tests::{Proc, bin, eventually, free_port, metric_value, summary_field};
 
 fn counter(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    metric_value(text, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,20 +80,13 @@ async fn without_a_broker_the_collector_buffers_drops_the_oldest_and_counts() {
     collector.term();
     let summary = collector.wait_line("collector stopped:", Duration::from_secs(30));
     assert!(collector.wait_exit(Duration::from_secs(10)).success());
-    assert!(summary.contains("published=0"), "{summary}");
-    assert!(summary.contains("undelivered=10"), "{summary}");
-    let rounds: u64 = summary
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("rounds="))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let dropped: u64 = summary
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("dropped="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let field = |k| summary_field(&summary, k).unwrap_or_else(|| panic!("{k} in {summary}"));
+    assert_eq!(field("published"), 0, "{summary}");
+    assert_eq!(
+        field("undelivered"),
+        10,
+        "six buffered and four in flight: {summary}"
+    );
     // Two records per round (two nodes); all but the six buffered and four in flight were dropped.
-    assert_eq!(dropped, rounds * 2 - 10, "{summary}");
+    assert_eq!(field("dropped"), field("rounds") * 2 - 10, "{summary}");
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use common_auth::RecordSigner;
 use integration_tests::{
-    Broker, Names, eventually, free_port, get_json, spawn_api, spawn_streamer, unique,
+    Broker, Names, eventually, free_port, get_json, metric_value, spawn_api, spawn_streamer, unique,
 };
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
 use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch, header, seal};
@@ -94,7 +94,7 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
                 .text()
                 .await
                 .ok()?;
-            (gpus["count"] == 1 && text.contains("streamer_dead_lettered_total 3"))
+            (gpus["count"] == 1 && metric_value(&text, "streamer_dead_lettered_total") == Some(3))
                 .then_some((gpus, text))
         },
     )
@@ -102,10 +102,18 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
     assert_eq!(gpus["gpus"][0]["uuid"], "GPU-good");
     assert_eq!(gpus["gpus"][0]["latest"]["gpu_utilization_percent"], 42);
     for reason in ["unsigned", "unknown_key_id", "bad_signature"] {
-        let line = format!("streamer_records_rejected_total{{reason=\"{reason}\"}} 1");
-        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+        let line = format!("streamer_records_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(
+            metric_value(&metrics, &line),
+            Some(1),
+            "{line} in\n{metrics}"
+        );
     }
-    assert!(metrics.contains("streamer_records_total 4"), "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "streamer_records_total"),
+        Some(4),
+        "{metrics}"
+    );
     for uuid in ["GPU-forged-1", "GPU-forged-2"] {
         let (status, body) = get_json(
             &http,

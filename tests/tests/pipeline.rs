@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use collector::simulated::{FleetSpec, SimulatedSource};
 use integration_tests::{
-    Broker, Names, eventually, free_port, get_json, spawn_api, spawn_collector, spawn_streamer,
+    Broker, Names, eventually, free_port, get_json, metric_value, spawn_api, spawn_collector,
+    spawn_streamer,
 };
 use msg_queue_client::metric;
 use serde_json::Value;
@@ -172,6 +173,10 @@ async fn streamer_killed_mid_stream_restarts_and_each_sample_appears_exactly_onc
         .then_some(())
     })
     .await;
+    assert!(
+        matches!(collector.child.try_wait(), Ok(None)),
+        "the collector is still producing when the streamer dies"
+    );
     streamer.kill9();
     let _restarted = spawn_streamer(&broker, &n, grpc);
 
@@ -179,4 +184,19 @@ async fn streamer_killed_mid_stream_restarts_and_each_sample_appears_exactly_onc
     let list = wait_for_samples(&http, &base, &n.api_key, 16, 80).await;
     let stamps = assert_exact_samples(&http, &base, &n.api_key, &list).await;
     assert!(stamps.values().all(|s| s.len() == 80));
+    // The restarted streamer rebuilt everything from Kafka, including what the killed one
+    // had stored: it stored all 16 × 80 samples itself, each once.
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(&text, "streamer_samples_stored_total"),
+        Some(16 * 80),
+        "{text}"
+    );
 }

@@ -16,6 +16,7 @@ type Ret = c_int;
 const SUCCESS: Ret = 0;
 const INVALID_ARGUMENT: Ret = 2;
 const NOT_SUPPORTED: Ret = 3;
+const NOT_FOUND: Ret = 6;
 const INSUFFICIENT_SIZE: Ret = 7;
 const DRIVER_NOT_LOADED: Ret = 9;
 
@@ -147,6 +148,24 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: c_uint, d: *mut Device
     }
     unsafe { *d = (i as usize + 1) as Device };
     SUCCESS
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, d: *mut Device) -> Ret {
+    if uuid.is_null() {
+        return INVALID_ARGUMENT;
+    }
+    let wanted = unsafe { std::ffi::CStr::from_ptr(uuid) };
+    match GPUS
+        .iter()
+        .position(|g| g.uuid.as_bytes() == wanted.to_bytes())
+    {
+        Some(i) => {
+            unsafe { *d = (i + 1) as Device };
+            SUCCESS
+        }
+        None => NOT_FOUND,
+    }
 }
 
 #[unsafe(no_mangle)]

@@ -1,0 +1,195 @@
+//! Hot reload of rotated secrets from the mounted secret directory.
+//!
+//! Kubernetes updates a mounted Secret in place (an atomic symlink swap) when it changes;
+//! env vars keep the value the pod started with. So every service re-reads its secret files
+//! every `--secret-reload-interval` and, on a change, rotates its [`KeyRing`]: the new value
+//! is accepted at once, the previous one for the grace period, and senders switch to the
+//! new one after the signing delay (see [`crate::RotationPolicy`]). No restart is needed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::secret::read_secret_file;
+use crate::{AuthError, KeyRing, RotationPolicy, SecretSpec, load_secret};
+
+/// Flags shared by every binary: where the secret directory is and how rotation rolls out.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecretArgs {
+    /// Directory holding the mounted secret (files `api-key`, `service-token`). Read first,
+    /// and re-read for rotation.
+    #[arg(long, env = "SECRET_DIR")]
+    pub secret_dir: Option<PathBuf>,
+    /// How often to re-read the secret directory for a rotated value (0s: never).
+    #[arg(long, env = "SECRET_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub secret_reload_interval: Duration,
+    /// After a rotation, how long the previous value stays accepted.
+    #[arg(long, env = "SECRET_GRACE_PERIOD", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub secret_grace: Duration,
+    /// After a rotation, how long senders keep using the previous value (so receivers see
+    /// the new one first).
+    #[arg(long, env = "SECRET_SIGNING_DELAY", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub secret_signing_delay: Duration,
+}
+
+impl Default for SecretArgs {
+    fn default() -> Self {
+        let p = RotationPolicy::default();
+        Self {
+            secret_dir: None,
+            secret_reload_interval: Duration::from_secs(10),
+            secret_grace: p.grace,
+            secret_signing_delay: p.signing_delay,
+        }
+    }
+}
+
+impl SecretArgs {
+    /// The rotation policy these flags describe.
+    pub fn policy(&self) -> RotationPolicy {
+        RotationPolicy {
+            grace: self.secret_grace,
+            signing_delay: self.secret_signing_delay,
+        }
+    }
+
+    /// Loads `spec` (the directory first, then `direct`) into a ring with this policy.
+    ///
+    /// # Errors
+    /// See [`load_secret`].
+    pub fn load(
+        &self,
+        spec: &SecretSpec,
+        direct: Option<&SecretString>,
+    ) -> Result<KeyRing, AuthError> {
+        let v = load_secret(spec, direct, self.secret_dir.as_deref())?;
+        Ok(KeyRing::with_policy(v, self.policy()))
+    }
+
+    /// Starts re-reading the secret directory for `watched` until `shutdown`. `None` when
+    /// there is no directory or reloading is off.
+    pub fn spawn_watch(
+        &self,
+        watched: Vec<(SecretSpec, KeyRing)>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let dir = self.secret_dir.clone()?;
+        if self.secret_reload_interval.is_zero() || watched.is_empty() {
+            return None;
+        }
+        Some(tokio::spawn(watch(
+            dir,
+            watched,
+            self.secret_reload_interval,
+            shutdown,
+        )))
+    }
+}
+
+/// Re-reads each watched secret once; rotates the rings whose file changed. Returns how
+/// many rotated. A missing or empty file keeps the current value (a Secret being replaced
+/// is briefly empty); an unreadable one is logged.
+pub fn reload_once(dir: &Path, watched: &[(SecretSpec, KeyRing)]) -> usize {
+    let mut rotated = 0;
+    for (spec, ring) in watched {
+        match read_secret_file(spec, &dir.join(spec.file_name)) {
+            Ok(Some(v)) => {
+                if ring.rotate(v) {
+                    rotated += 1;
+                    let p = ring.policy();
+                    tracing::info!(
+                        secret = spec.name,
+                        version = ring.version(),
+                        grace = ?p.grace,
+                        signing_delay = ?p.signing_delay,
+                        "secret rotated: new value accepted now, previous one during the grace period"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, secret = spec.name, "cannot re-read secret"),
+        }
+    }
+    rotated
+}
+
+/// Calls [`reload_once`] every `interval` until `shutdown`.
+pub async fn watch(
+    dir: PathBuf,
+    watched: Vec<(SecretSpec, KeyRing)>,
+    interval: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => break,
+        }
+        reload_once(&dir, &watched);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn a_changed_file_rotates_the_ring_and_an_unchanged_or_missing_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api-key"), "first-key-0123456789\n").unwrap();
+        let args = SecretArgs {
+            secret_dir: Some(dir.path().to_path_buf()),
+            ..SecretArgs::default()
+        };
+        let ring = args.load(&SecretSpec::API_KEY, None).unwrap();
+        let watched = vec![(SecretSpec::API_KEY, ring.clone())];
+        assert_eq!(reload_once(dir.path(), &watched), 0);
+
+        std::fs::write(dir.path().join("api-key"), "second-key-0123456789").unwrap();
+        assert_eq!(reload_once(dir.path(), &watched), 1);
+        assert_eq!(ring.current().expose_secret(), "second-key-0123456789");
+        assert!(
+            ring.accepts(b"first-key-0123456789"),
+            "previous key in grace"
+        );
+        assert_eq!(
+            ring.signing().expose_secret(),
+            "first-key-0123456789",
+            "within signing delay"
+        );
+
+        std::fs::remove_file(dir.path().join("api-key")).unwrap();
+        assert_eq!(reload_once(dir.path(), &watched), 0);
+        assert_eq!(ring.current().expose_secret(), "second-key-0123456789");
+    }
+
+    #[test]
+    fn no_directory_or_zero_interval_means_no_watch() {
+        let ring = KeyRing::new(SecretString::from("x".to_string()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let args = SecretArgs::default();
+            assert!(
+                args.spawn_watch(vec![(SecretSpec::API_KEY, ring.clone())], async {})
+                    .is_none()
+            );
+            let args = SecretArgs {
+                secret_dir: Some("/tmp".into()),
+                secret_reload_interval: Duration::ZERO,
+                ..SecretArgs::default()
+            };
+            assert!(
+                args.spawn_watch(vec![(SecretSpec::API_KEY, ring)], async {})
+                    .is_none()
+            );
+        });
+    }
+}
