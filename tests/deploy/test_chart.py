@@ -236,8 +236,63 @@ def test_bundled_kafka_is_kraft_with_a_pvc_and_a_headless_service():
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
     _, defaults = install({})
     assert env_of(pod_spec(one(defaults, "DaemonSet", "collector"))["containers"][0])["KAFKA_BROKERS"]["value"] == (
-        f"msg-queue.{NAMESPACE}.svc:9092"
+        f"msg-queue.{NAMESPACE}.svc.cluster.local:9092"
     )
+
+
+def test_cluster_domain_is_configurable():
+    _, docs = install({"clusterDomain": "corp.example", "msgQueue": {"replicas": 3}})
+    env = env_of(pod_spec(one(docs, "StatefulSet", "msg-queue"))["containers"][0])
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"]["value"].endswith(f"msg-queue-headless.{NAMESPACE}.svc.corp.example:9093")
+    collector = env_of(pod_spec(one(docs, "DaemonSet", "collector"))["containers"][0])
+    assert collector["KAFKA_BROKERS"]["value"] == f"msg-queue.{NAMESPACE}.svc.corp.example:9092"
+
+
+@pytest.mark.parametrize(
+    "values,replication",
+    [
+        ({}, "1"),
+        ({"msgQueue": {"replicas": 3}}, "3"),
+        ({"msgQueue": {"replicas": 5}}, "3"),
+        ({"msgQueue": {"external": {"bootstrapServers": "k:9092"}}}, "3"),
+        ({"msgQueue": {"external": {"bootstrapServers": "k:9092"}}, "topics": {"replication": 1}}, "1"),
+    ],
+)
+def test_topic_replication_follows_the_brokers(values, replication):
+    _, docs = install(values)
+    for kind, name in [("Deployment", "streamer"), ("DaemonSet", "collector")]:
+        env = env_of(pod_spec(one(docs, kind, name))["containers"][0])
+        assert env["KAFKA_TOPIC_REPLICATION"]["value"] == replication
+
+
+def test_replication_below_min_insync_or_an_even_quorum_is_refused():
+    with pytest.raises(helm.HelmError) as err:
+        install({"msgQueue": {"replicas": 3}, "topics": {"replication": 1}})
+    assert "below the bundled broker's min.insync.replicas 2" in str(err.value)
+    with pytest.raises(helm.HelmError) as err:
+        install({"msgQueue": {"replicas": 2}})
+    assert "/msgQueue/replicas" in str(err.value)
+
+
+def test_pods_get_the_rotation_settings_and_the_streamer_always_recreates():
+    _, docs = install({"rotation": {"gracePeriod": "1h"}})
+    for kind, name in OUR_WORKLOADS:
+        env = env_of(pod_spec(one(docs, kind, name))["containers"][0])
+        assert env["SECRET_RELOAD_INTERVAL"]["value"] == "10s"
+        assert env["SECRET_GRACE_PERIOD"]["value"] == "1h"
+        assert env["SECRET_SIGNING_DELAY"]["value"] == "2m"
+    assert one(docs, "Deployment", "streamer")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_restricting_api_sources_still_admits_the_test_pod_and_the_scrapers():
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ingress = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+    _, docs = install({"networkPolicy": {"apiFrom": [ingress], "metricsFrom": [monitoring]}})
+    peers = one(docs, "NetworkPolicy", "api")["spec"]["ingress"][0]["from"]
+    assert ingress in peers and monitoring in peers
+    test_pod = [p for p in peers if "podSelector" in p][0]["podSelector"]["matchLabels"]
+    assert test_pod["app.kubernetes.io/component"] == "api-test"
+    assert hooks({})[0]["metadata"]["labels"]["app.kubernetes.io/component"] == "api-test"
 
 
 def test_streamer_data_directory_is_a_pvc_with_recreate_or_an_empty_dir():

@@ -48,7 +48,26 @@ helm.sh/chart: {{ include "ts.chart" .root }}
 {{- if .Values.msgQueue.external.bootstrapServers -}}
 {{- .Values.msgQueue.external.bootstrapServers -}}
 {{- else -}}
-{{- printf "%s.%s.svc:9092" (include "ts.name" (dict "root" . "component" "msg-queue")) .Release.Namespace -}}
+{{- printf "%s.%s.svc.%s:9092" (include "ts.name" (dict "root" . "component" "msg-queue")) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Replication factor of the topics: the value, or min(3, brokers) bundled, 3 external. */}}
+{{- define "ts.topicReplication" -}}
+{{- $r := int .Values.topics.replication -}}
+{{- $brokers := int .Values.msgQueue.replicas -}}
+{{- if gt $r 0 -}}
+{{- if and (include "ts.bundledKafka" .) (gt $r $brokers) -}}
+{{- fail (printf "topics.replication %d exceeds msgQueue.replicas %d" $r $brokers) -}}
+{{- end -}}
+{{- if and (include "ts.bundledKafka" .) (lt $r (min 2 $brokers | int)) -}}
+{{- fail (printf "topics.replication %d is below the bundled broker's min.insync.replicas %d: producing with acks=all would fail" $r (min 2 $brokers)) -}}
+{{- end -}}
+{{- $r -}}
+{{- else if include "ts.bundledKafka" . -}}
+{{- min 3 $brokers -}}
+{{- else -}}
+3
 {{- end -}}
 {{- end -}}
 
@@ -79,6 +98,12 @@ checksum/secret: {{ printf "%s\n%s" .Values.secrets.apiKey .Values.secrets.servi
 {{- end }}
 - name: SECRET_DIR
   value: {{ .root.Values.secrets.mountPath | quote }}
+- name: SECRET_RELOAD_INTERVAL
+  value: {{ .root.Values.rotation.reloadInterval | quote }}
+- name: SECRET_GRACE_PERIOD
+  value: {{ .root.Values.rotation.gracePeriod | quote }}
+- name: SECRET_SIGNING_DELAY
+  value: {{ .root.Values.rotation.signingDelay | quote }}
 {{- end -}}
 
 {{/* The Secret as a read-only directory holding only `keys`. */}}
