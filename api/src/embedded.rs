@@ -1,6 +1,7 @@
 //! The embedded mode: collector → in-memory store → REST API in one process, no Kafka and
 //! no gRPC hop. What `cargo run -p api -- --embedded` starts.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -48,7 +49,7 @@ pub fn start(
     sweeper_shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(StoreBackend, tokio::task::JoinHandle<()>), crate::RunError> {
     let source = collector::open_source(&cfg.source, SourceKind::Auto)?;
-    println!("GPU source: {}", source.describe());
+    let _ = writeln!(std::io::stdout(), "GPU source: {}", source.describe());
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(cfg.retention));
     let metrics = Arc::new(StreamerMetrics::default());
     let sink = Arc::new(StoreSink {

@@ -9,6 +9,7 @@
 //! - [`embedded`]: collector + store + API in one process, no Kafka.
 //! - [`run`]: what the `api` binary does.
 
+use std::io::Write as _;
 pub mod backend;
 pub mod config;
 pub mod embedded;
@@ -142,20 +143,25 @@ pub async fn run(
     } else {
         addr.ip().to_string()
     };
-    println!("api listening on {addr}");
-    println!(
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "api listening on {addr}");
+    let _ = writeln!(
+        out,
         "  try: curl -H \"X-API-Key: $API_KEY\" http://{host}:{}/api/v1/gpus",
         addr.port()
     );
-    match origin {
-        KeyOrigin::Configured => {
-            println!("  API key: from env API_KEY or --secret-dir (not shown)")
-        }
-        KeyOrigin::Generated => println!(
+    let _ = match origin {
+        KeyOrigin::Configured => writeln!(
+            out,
+            "  API key: from env API_KEY or --secret-dir (not shown)"
+        ),
+        KeyOrigin::Generated => writeln!(
+            out,
             "  API key (generated, none configured; set API_KEY to choose one): {}",
             keys.current().expose_secret()
         ),
-    }
+    };
+    drop(out);
     let state = AppState {
         backend,
         keys,

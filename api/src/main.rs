@@ -1,5 +1,6 @@
 use api::config::ApiConfig;
 use clap::Parser;
+use std::io::Write as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -13,14 +14,18 @@ async fn main() -> std::process::ExitCode {
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(error) => {
-            eprintln!("api: cannot listen on {}: {error}", cfg.listen);
+            let _ = writeln!(
+                std::io::stderr(),
+                "api: cannot listen on {}: {error}",
+                cfg.listen
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
     match api::run(cfg, listener, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("api: {error}");
+            let _ = writeln!(std::io::stderr(), "api: {error}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -16,6 +16,15 @@ pub enum SourceKind {
     Auto,
 }
 
+/// Where sampled batches go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Signed records to Kafka (the normal mode).
+    Kafka,
+    /// One JSON line per batch on stdout; no broker, no token (for checking a node).
+    Json,
+}
+
 /// Flags that choose and shape the GPU source (shared with the api's embedded mode).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceArgs {
@@ -64,6 +73,9 @@ impl SourceArgs {
 pub struct CollectorConfig {
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Where batches go: kafka, or json (print them; no broker or token needed).
+    #[arg(long, env = "COLLECTOR_OUTPUT", value_enum, default_value = "kafka")]
+    pub output: Output,
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod nvml;
+pub mod print;
 pub mod publisher;
 pub mod sampler;
 pub mod simulated;
@@ -118,6 +119,33 @@ impl std::fmt::Display for RunSummary {
     }
 }
 
+/// `--output json`: sample and print, nothing else.
+async fn print_only(
+    cfg: CollectorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<RunSummary, CollectorError> {
+    let source = open_source(&cfg.source, SourceKind::Nvml)?;
+    let metrics = Arc::new(CollectorMetrics::default());
+    sampler::run_sampler(
+        source,
+        cfg.source.interval,
+        (cfg.rounds > 0).then_some(cfg.rounds),
+        Arc::new(print::JsonSink),
+        metrics.clone(),
+        shutdown,
+    )
+    .await;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(RunSummary {
+        rounds: load(&metrics.rounds),
+        samples: load(&metrics.samples),
+        published: 0,
+        dropped: 0,
+        undelivered: 0,
+        producer_rebuilds: 0,
+    })
+}
+
 /// Runs the collector until `cfg.rounds` rounds are done or `shutdown` resolves, then
 /// delivers what is buffered (up to `cfg.drain_timeout`).
 ///
@@ -127,6 +155,9 @@ pub async fn run(
     cfg: CollectorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunSummary, CollectorError> {
+    if cfg.output == config::Output::Json {
+        return print_only(cfg, shutdown).await;
+    }
     let tokens = cfg
         .secrets
         .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;

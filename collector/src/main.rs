@@ -1,5 +1,6 @@
 use clap::Parser;
 use collector::config::CollectorConfig;
+use std::io::Write as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -13,12 +14,12 @@ async fn main() -> std::process::ExitCode {
     match collector::run(cfg, shutdown_signal()).await {
         Ok(summary) => {
             // A plain line on stdout, for operators and scripts.
-            println!("collector stopped: {summary}");
+            let _ = writeln!(std::io::stdout(), "collector stopped: {summary}");
             std::process::ExitCode::SUCCESS
         }
         Err(error) => {
             // One line, no backtrace: it names what is missing and where it looked.
-            eprintln!("collector: {error}");
+            let _ = writeln!(std::io::stderr(), "collector: {error}");
             std::process::ExitCode::FAILURE
         }
     }

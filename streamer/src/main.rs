@@ -1,4 +1,5 @@
 use clap::Parser;
+use std::io::Write as _;
 use streamer::config::StreamerConfig;
 
 #[tokio::main]
@@ -13,18 +14,22 @@ async fn main() -> std::process::ExitCode {
     let listener = match tokio::net::TcpListener::bind(cfg.grpc_addr).await {
         Ok(l) => l,
         Err(error) => {
-            eprintln!("streamer: cannot listen on {}: {error}", cfg.grpc_addr);
+            let _ = writeln!(
+                std::io::stderr(),
+                "streamer: cannot listen on {}: {error}",
+                cfg.grpc_addr
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
     if let Ok(addr) = listener.local_addr() {
         // A plain line on stdout, for scripts and tests that start it on port 0.
-        println!("streamer grpc listening on {addr}");
+        let _ = writeln!(std::io::stdout(), "streamer grpc listening on {addr}");
     }
     match streamer::run(cfg, listener, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("streamer: {error}");
+            let _ = writeln!(std::io::stderr(), "streamer: {error}");
             std::process::ExitCode::FAILURE
         }
     }
