@@ -7,7 +7,12 @@
 //! A *fatal* error (for example the broker no longer knowing the idempotent producer id after
 //! a restart: `UnknownProducerId` / `OutOfOrderSequenceNumber`) leaves a librdkafka producer
 //! unusable for good. [`TelemetryProducer`] notices it on the next failed delivery and builds
-//! a fresh producer, as Apache Kafka's documentation advises, instead of stalling.
+//! a fresh producer, as Apache Kafka's documentation advises, instead of stalling. Some
+//! brokers never say so: the producer just stops delivering (every record times out) while
+//! the broker is up. So a producer that has delivered nothing for
+//! [`ProducerConfig::stall_timeout`] is rebuilt too; a fresh one asks the broker for a new
+//! producer id. Rebuilding while the broker is really away is harmless: the new producer waits
+//! like the old one, and records that failed go back to the caller's buffer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -33,12 +38,16 @@ pub struct ProducerConfig {
     pub message_timeout: Duration,
     /// `linger.ms`: how long to wait to fill a batch.
     pub linger: Duration,
+    /// Rebuild the producer when nothing was delivered for this long while deliveries keep
+    /// timing out (a broker that forgot the idempotent producer without saying so).
+    pub stall_timeout: Duration,
     /// Extra librdkafka properties (security settings, for example).
     pub extra: Vec<(String, String)>,
 }
 
 impl ProducerConfig {
-    /// Defaults for `brokers` and `topic`: lz4, 30 s delivery timeout, 20 ms linger.
+    /// Defaults for `brokers` and `topic`: lz4, 30 s delivery timeout, 20 ms linger, rebuild
+    /// after 90 s without a delivery.
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
@@ -46,6 +55,7 @@ impl ProducerConfig {
             compression: "lz4".into(),
             message_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(20),
+            stall_timeout: Duration::from_secs(90),
             extra: Vec::new(),
         }
     }
@@ -84,6 +94,8 @@ pub struct TelemetryProducer {
     cfg: Arc<ProducerConfig>,
     current: Arc<RwLock<(u64, FutureProducer)>>,
     rebuilds: Arc<AtomicU64>,
+    // When the current producer last delivered a record, or was built.
+    last_progress: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for TelemetryProducer {
@@ -106,6 +118,7 @@ impl TelemetryProducer {
             cfg: Arc::new(cfg),
             current: Arc::new(RwLock::new((0, p))),
             rebuilds: Arc::new(AtomicU64::new(0)),
+            last_progress: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         })
     }
 
@@ -146,12 +159,16 @@ impl TelemetryProducer {
             .payload(&rec.value[..])
             .headers(headers);
         match producer.send(record, Duration::from_secs(5)).await {
-            Ok(d) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
+            Ok(d) => {
+                *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) =
+                    std::time::Instant::now();
+                Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                })
+            }
             Err((source, _msg)) => {
-                self.rebuild_if_fatal(generation, &producer);
+                self.rebuild_if_broken(generation, &producer, &source);
                 Err(QueueError::Delivery {
                     topic: self.cfg.topic.clone(),
                     source,
@@ -160,9 +177,26 @@ impl TelemetryProducer {
         }
     }
 
-    fn rebuild_if_fatal(&self, generation: u64, producer: &FutureProducer) {
-        let Some((code, reason)) = producer.client().fatal_error() else {
-            return;
+    fn rebuild_if_broken(
+        &self,
+        generation: u64,
+        producer: &FutureProducer,
+        error: &rdkafka::error::KafkaError,
+    ) {
+        let why = if let Some((code, reason)) = producer.client().fatal_error() {
+            format!("fatal error {code}: {reason}")
+        } else {
+            let stalled_for = self
+                .last_progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed();
+            let timed_out = error.rdkafka_error_code()
+                == Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut);
+            if !(timed_out && stalled_for >= self.cfg.stall_timeout) {
+                return;
+            }
+            format!("no delivery for {stalled_for:?}")
         };
         let mut g = self.current.write().unwrap_or_else(|p| p.into_inner());
         if g.0 != generation {
@@ -171,10 +205,12 @@ impl TelemetryProducer {
         match self.cfg.build() {
             Ok(fresh) => {
                 *g = (generation + 1, fresh);
+                *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) =
+                    std::time::Instant::now();
                 self.rebuilds.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%code, %reason, "producer hit a fatal error; rebuilt it");
+                tracing::warn!(why, "producer rebuilt");
             }
-            Err(error) => tracing::error!(%error, "cannot rebuild producer after fatal error"),
+            Err(error) => tracing::error!(%error, why, "cannot rebuild producer"),
         }
     }
 
