@@ -306,3 +306,46 @@ async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
     assert!(html.contains("GET /api/v1/gpus/{uuid}/telemetry"));
     assert!(html.contains("<code>power_usage_watts</code>"));
 }
+
+#[tokio::test]
+async fn with_the_streamer_down_reads_are_a_json_503_and_readyz_fails_but_healthz_holds() {
+    // A port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let backend = api::backend::GrpcBackend::new(
+        &format!("http://127.0.0.1:{port}"),
+        KeyRing::new("token-0123456789abcdef".to_string().into()),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let app = router(AppState {
+        backend: Arc::new(backend),
+        keys: KeyRing::new(KEY.to_string().into()),
+        metrics: Arc::default(),
+    });
+    let get = |uri: &str| {
+        Request::builder()
+            .uri(uri)
+            .header("x-api-key", KEY)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (uri, status) in [
+        ("/api/v1/gpus", StatusCode::SERVICE_UNAVAILABLE),
+        ("/readyz", StatusCode::SERVICE_UNAVAILABLE),
+        ("/healthz", StatusCode::OK),
+        ("/metrics", StatusCode::OK),
+    ] {
+        let resp = app.clone().oneshot(get(uri)).await.unwrap();
+        assert_eq!(resp.status(), status, "{uri}");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["code"], "unavailable", "{uri}");
+            // The cause is logged, not sent: no address or transport detail in the body.
+            assert!(!v.to_string().contains("127.0.0.1"), "{v}");
+        }
+    }
+}
