@@ -44,6 +44,21 @@ pub trait TelemetryBackend: Send + Sync + 'static {
     ) -> Result<RangeResult, BackendError>;
     /// The backend's ingest counters.
     async fn stats(&self) -> Result<Vec<Counter>, BackendError>;
+
+    /// `GET /api/v1/gpus` as JSON bytes. The default lists, then serialises; a store in this
+    /// process serialises straight from its data.
+    async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {
+        let gpus = self.list_gpus(node).await?;
+        let list: Vec<crate::model::Gpu<'_>> = gpus
+            .iter()
+            .filter_map(crate::model::Gpu::from_status)
+            .collect();
+        let body = crate::model::GpuList {
+            count: list.len(),
+            gpus: list,
+        };
+        serde_json::to_vec(&body).map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))
+    }
 }
 
 type Client = TelemetryQueryClient<InterceptedService<Channel, AttachServiceToken>>;
@@ -167,6 +182,13 @@ impl TelemetryBackend for StoreBackend {
     ) -> Result<RangeResult, BackendError> {
         let limit = (limit as usize).clamp(1, streamer::query::MAX_RANGE_SAMPLES);
         Ok(self.store.range(&uuid, start_ms, end_ms, limit))
+    }
+
+    async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {
+        let mut out = Vec::with_capacity(1 << 16);
+        crate::model::write_gpu_list(self.store.as_ref(), node.as_deref(), &mut out)
+            .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))?;
+        Ok(out)
     }
 
     async fn stats(&self) -> Result<Vec<Counter>, BackendError> {

@@ -5,6 +5,7 @@ use msg_queue_client::wire::GpuSample;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use streamer::query::proto::GpuStatus;
+use streamer::store::{GpuView, Store};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
@@ -134,6 +135,25 @@ pub struct Gpu<'a> {
 }
 
 impl<'a> Gpu<'a> {
+    /// The API view of a GPU borrowed from a store.
+    pub fn from_view(v: GpuView<'a>) -> Self {
+        let info = v.info;
+        Self {
+            uuid: &info.uuid,
+            node: &info.node,
+            index: info.index,
+            name: &info.name,
+            serial: info.serial.as_deref(),
+            pci_bus_id: info.pci_bus_id.as_deref(),
+            driver_version: info.driver_version.as_deref(),
+            cuda_driver_version: info.cuda_driver_version,
+            mig_enabled: info.mig_enabled,
+            last_seen: rfc3339_ms(v.last_seen_ms),
+            sample_count: v.sample_count,
+            latest: v.latest.map(|l| MetricValues::new(l, None)),
+        }
+    }
+
     /// The API view of a stored GPU.
     pub fn from_status(s: &'a GpuStatus) -> Option<Self> {
         let info = s.info.as_ref()?;
@@ -161,6 +181,36 @@ pub struct GpuList<'a> {
     pub gpus: Vec<Gpu<'a>>,
     /// Number of GPUs returned.
     pub count: usize,
+}
+
+/// Serialises `GET /api/v1/gpus` straight from a store, without copying the GPUs first:
+/// `{"gpus": [...], "count": n}`, the same bytes [`GpuList`] gives.
+///
+/// # Errors
+/// The serialiser's error (only possible for a failing writer).
+pub fn write_gpu_list(
+    store: &dyn Store,
+    node: Option<&str>,
+    out: &mut Vec<u8>,
+) -> serde_json::Result<()> {
+    use serde::ser::{SerializeSeq, Serializer};
+    out.extend_from_slice(b"{\"gpus\":");
+    let mut count = 0usize;
+    let mut result = Ok(());
+    {
+        let mut ser = serde_json::Serializer::new(&mut *out);
+        let mut seq = ser.serialize_seq(None)?;
+        store.visit_gpus(node, &mut |v| {
+            if result.is_ok() {
+                result = seq.serialize_element(&Gpu::from_view(v));
+                count += 1;
+            }
+        });
+        result?;
+        SerializeSeq::end(seq)?;
+    }
+    out.extend_from_slice(format!(",\"count\":{count}}}").as_bytes());
+    Ok(())
 }
 
 /// One sample of `GET /api/v1/gpus/{uuid}/telemetry`: `timestamp` plus one field per metric.
@@ -194,6 +244,36 @@ pub struct Telemetry<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_gpu_list_is_byte_for_byte_the_serialised_list() {
+        use collector::simulated::{FleetSpec, SimulatedSource};
+        use streamer::store::MemoryStore;
+        let store = MemoryStore::new(std::time::Duration::from_secs(3600));
+        let fleet = SimulatedSource::new(FleetSpec {
+            nodes: 3,
+            gpus_per_node: 4,
+            seed: 9,
+        });
+        for node in 0..3 {
+            store.apply(&fleet.batch(node, 1_790_000_000_000)).unwrap();
+        }
+        for node in [None, Some("sim-node-001"), Some("nope")] {
+            let mut streamed = Vec::new();
+            write_gpu_list(&store, node, &mut streamed).unwrap();
+            let gpus = store.list_gpus(node);
+            let list: Vec<Gpu<'_>> = gpus.iter().filter_map(Gpu::from_status).collect();
+            let reference = serde_json::to_vec(&GpuList {
+                count: list.len(),
+                gpus: list,
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(reference).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn fast_rfc3339_matches_the_time_crate() {

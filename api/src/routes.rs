@@ -147,13 +147,8 @@ async fn list_gpus(
     if node.as_deref() == Some("") {
         return Err(ApiError::bad("node", "must not be empty"));
     }
-    let gpus = st.backend.list_gpus(node).await?;
-    let list: Vec<Gpu<'_>> = gpus.iter().filter_map(Gpu::from_status).collect();
-    Ok(Json(GpuList {
-        count: list.len(),
-        gpus: list,
-    })
-    .into_response())
+    let body = st.backend.list_gpus_json(node).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// One GPU with its latest metrics.

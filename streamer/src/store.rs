@@ -15,6 +15,19 @@ use msg_queue_client::wire::{GpuInfo, GpuSample, TelemetryBatch};
 
 use crate::query::proto::GpuStatus;
 
+/// One GPU, borrowed from a store (see [`Store::visit_gpus`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GpuView<'a> {
+    /// Inventory.
+    pub info: &'a GpuInfo,
+    /// The newest sample (its `uuid` field may be empty: it is `info.uuid`).
+    pub latest: Option<&'a GpuSample>,
+    /// Time of the newest sample, UTC ms (0 when none).
+    pub last_seen_ms: i64,
+    /// Samples held.
+    pub sample_count: u64,
+}
+
 /// What [`Store::apply`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -54,6 +67,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every GPU (of `node`, if given) with its latest sample, ordered by node, then index.
     fn list_gpus(&self, node: Option<&str>) -> Vec<GpuStatus>;
+
+    /// Calls `f` for every GPU (of `node`, if given), in [`Store::list_gpus`] order, with
+    /// borrowed data: for serialising a large list without copying it first. `f` runs under
+    /// the store's read lock, so it must be quick and must not call back into the store.
+    fn visit_gpus(&self, node: Option<&str>, f: &mut dyn FnMut(GpuView<'_>)) {
+        for g in self.list_gpus(node) {
+            if let Some(info) = &g.info {
+                f(GpuView {
+                    info,
+                    latest: g.latest.as_ref(),
+                    last_seen_ms: g.last_seen_ms,
+                    sample_count: g.sample_count,
+                });
+            }
+        }
+    }
 
     /// One GPU.
     fn gpu(&self, uuid: &str) -> Option<GpuStatus>;
@@ -125,17 +154,57 @@ struct Series {
 /// per GPU (older samples are pruned as new ones arrive) so memory stays flat.
 #[derive(Debug)]
 pub struct MemoryStore {
-    series: RwLock<HashMap<String, Series>>,
+    inner: RwLock<Inner>,
     retention: Duration,
+}
+
+/// Listing order: node, then index, then uuid.
+type OrderKey = (String, u32, String);
+
+fn order_of(info: &GpuInfo) -> OrderKey {
+    (info.node.clone(), info.index, info.uuid.clone())
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    series: HashMap<String, Series>,
+    // Every series' key in listing order, kept in step with `series`, so a list needs no sort.
+    order: std::collections::BTreeSet<OrderKey>,
 }
 
 impl MemoryStore {
     /// An empty store keeping `retention` of history per GPU.
     pub fn new(retention: Duration) -> Self {
         Self {
-            series: RwLock::new(HashMap::new()),
+            inner: RwLock::new(Inner::default()),
             retention,
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The series of `node` (or all), in listing order.
+    fn ordered<'a>(
+        inner: &'a Inner,
+        node: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Series> + 'a {
+        let keys: Box<dyn Iterator<Item = &OrderKey>> = match node {
+            // Keys sort by node first: the node's GPUs are one contiguous range.
+            Some(n) => Box::new(
+                inner
+                    .order
+                    .range((n.to_string(), 0, String::new())..)
+                    .take_while(move |k| k.0 == n),
+            ),
+            None => Box::new(inner.order.iter()),
+        };
+        keys.filter_map(|k| inner.series.get(&k.2))
     }
 
     fn status(s: &Series) -> GpuStatus {
@@ -152,13 +221,6 @@ impl MemoryStore {
     }
 }
 
-/// Listing order: node, then index, then uuid.
-fn order_key(s: &GpuStatus) -> Option<(&str, u32, &str)> {
-    s.info
-        .as_ref()
-        .map(|i| (i.node.as_str(), i.index, i.uuid.as_str()))
-}
-
 fn with_uuid(s: &GpuSample, uuid: &str) -> GpuSample {
     let mut s = s.clone();
     s.uuid = uuid.to_string();
@@ -169,18 +231,26 @@ impl Store for MemoryStore {
     fn apply(&self, batch: &TelemetryBatch) -> Result<Applied, StoreError> {
         let mut out = Applied::default();
         let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-        let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.write();
+        let Inner { series: map, order } = &mut *guard;
         for info in &batch.gpus {
             match map.get_mut(&info.uuid) {
                 Some(s) => {
                     if batch.collected_at_ms >= s.info_at_ms {
                         s.info_at_ms = batch.collected_at_ms;
                         if s.info != *info {
+                            if (s.info.node.as_str(), s.info.index)
+                                != (info.node.as_str(), info.index)
+                            {
+                                order.remove(&order_of(&s.info));
+                                order.insert(order_of(info));
+                            }
                             s.info = info.clone();
                         }
                     }
                 }
                 None => {
+                    order.insert(order_of(info));
                     map.insert(
                         info.uuid.clone(),
                         Series {
@@ -235,19 +305,25 @@ impl Store for MemoryStore {
     }
 
     fn list_gpus(&self, node: Option<&str>) -> Vec<GpuStatus> {
-        let map = self.series.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<GpuStatus> = map
-            .values()
-            .filter(|s| node.is_none_or(|n| s.info.node == n))
-            .map(Self::status)
-            .collect();
-        out.sort_unstable_by(|a, b| order_key(a).cmp(&order_key(b)));
-        out
+        let inner = self.read();
+        Self::ordered(&inner, node).map(Self::status).collect()
+    }
+
+    fn visit_gpus(&self, node: Option<&str>, f: &mut dyn FnMut(GpuView<'_>)) {
+        let inner = self.read();
+        for s in Self::ordered(&inner, node) {
+            let latest = s.samples.last_key_value();
+            f(GpuView {
+                info: &s.info,
+                latest: latest.map(|(_, v)| v),
+                last_seen_ms: latest.map_or(0, |(k, _)| *k),
+                sample_count: s.samples.len() as u64,
+            });
+        }
     }
 
     fn gpu(&self, uuid: &str) -> Option<GpuStatus> {
-        let map = self.series.read().unwrap_or_else(|p| p.into_inner());
-        map.get(uuid).map(Self::status)
+        self.read().series.get(uuid).map(Self::status)
     }
 
     fn range(
@@ -257,8 +333,8 @@ impl Store for MemoryStore {
         end_ms: i64,
         limit: usize,
     ) -> Option<(Vec<GpuSample>, bool)> {
-        let map = self.series.read().unwrap_or_else(|p| p.into_inner());
-        let s = map.get(uuid)?;
+        let inner = self.read();
+        let s = inner.series.get(uuid)?;
         if start_ms >= end_ms {
             return Some((Vec::new(), false));
         }
@@ -270,20 +346,28 @@ impl Store for MemoryStore {
     }
 
     fn sample_count(&self) -> u64 {
-        let map = self.series.read().unwrap_or_else(|p| p.into_inner());
-        map.values().map(|s| s.samples.len() as u64).sum()
+        self.read()
+            .series
+            .values()
+            .map(|s| s.samples.len() as u64)
+            .sum()
     }
 
     fn sweep(&self, now_ms: i64) -> u64 {
         let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms.saturating_sub(retention_ms);
-        let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.write();
+        let Inner { series, order } = &mut *guard;
         let mut dropped = 0u64;
-        map.retain(|_, s| {
+        series.retain(|_, s| {
             let keep = s.samples.split_off(&cutoff);
             dropped += s.samples.len() as u64;
             s.samples = keep;
-            !s.samples.is_empty()
+            let live = !s.samples.is_empty();
+            if !live {
+                order.remove(&order_of(&s.info));
+            }
+            live
         });
         dropped
     }
@@ -408,6 +492,38 @@ mod tests {
                 .as_deref(),
             Some("560")
         );
+    }
+
+    #[test]
+    fn listing_order_follows_inventory_changes_and_sweeps() {
+        let s = MemoryStore::new(Duration::from_secs(10));
+        for (node, uuid, index) in [("b", "GPU-3", 0), ("a", "GPU-2", 1), ("a", "GPU-1", 0)] {
+            let mut b = batch(node, uuid, &[1_000]);
+            b.gpus[0].index = index;
+            s.apply(&b).unwrap();
+        }
+        let order = |s: &MemoryStore, node| {
+            let mut v = Vec::new();
+            s.visit_gpus(node, &mut |g| v.push(g.info.uuid.clone()));
+            v
+        };
+        assert_eq!(order(&s, None), ["GPU-1", "GPU-2", "GPU-3"]);
+        assert_eq!(order(&s, Some("a")), ["GPU-1", "GPU-2"]);
+        assert_eq!(order(&s, Some("")), Vec::<String>::new());
+        // GPU-1 moves to node c (a newer batch): it moves in the listing too.
+        let mut moved = batch("c", "GPU-1", &[2_000]);
+        moved.collected_at_ms = 2_000;
+        s.apply(&moved).unwrap();
+        assert_eq!(order(&s, None), ["GPU-2", "GPU-3", "GPU-1"]);
+        assert_eq!(
+            s.list_gpus(None)
+                .iter()
+                .map(|g| g.info.clone().unwrap().uuid)
+                .collect::<Vec<_>>(),
+            ["GPU-2", "GPU-3", "GPU-1"]
+        );
+        s.sweep(11_500);
+        assert_eq!(order(&s, None), ["GPU-1"]);
     }
 
     #[test]
