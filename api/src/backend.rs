@@ -10,7 +10,8 @@ use msg_queue_client::wire::GpuSample;
 use streamer::metrics::StreamerMetrics;
 use streamer::query::proto::telemetry_query_client::TelemetryQueryClient;
 use streamer::query::proto::{
-    Counter, GetGpuRequest, GpuStatus, ListGpusRequest, QueryRangeRequest, StatsRequest,
+    Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest, QueryRangeRequest,
+    StatsRequest, WatchLatestRequest,
 };
 use streamer::store::Store;
 use tonic::service::interceptor::InterceptedService;
@@ -63,11 +64,97 @@ pub trait TelemetryBackend: Send + Sync + 'static {
 
 type Client = TelemetryQueryClient<InterceptedService<Channel, AttachServiceToken>>;
 
-/// The streamer's gRPC query service.
+/// The streamer's gRPC query service, with a local mirror of every GPU's latest state
+/// (fed by `WatchLatest`, see [`GrpcBackend::run_mirror`]) that answers the GPU list and
+/// single-GPU reads without a round trip while it is fresh.
 #[derive(Debug, Clone)]
 pub struct GrpcBackend {
     client: Client,
     timeout: Duration,
+    mirror: Arc<LatestMirror>,
+}
+
+/// The mirror answers only while its last update is younger than this (the streamer sends
+/// one at least every second); otherwise reads go to the streamer.
+pub const MIRROR_MAX_AGE: Duration = Duration::from_secs(3);
+
+/// The api's copy of every GPU's latest state.
+#[derive(Debug, Default)]
+pub struct LatestMirror {
+    state: std::sync::RwLock<MirrorState>,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct MirrorState {
+    gpus: std::collections::HashMap<String, GpuStatus>,
+    order: std::collections::BTreeSet<(String, u32, String)>,
+    synced_at: Option<std::time::Instant>,
+}
+
+fn order_of(g: &GpuStatus) -> Option<(String, u32, String)> {
+    g.info
+        .as_ref()
+        .map(|i| (i.node.clone(), i.index, i.uuid.clone()))
+}
+
+impl LatestMirror {
+    /// Applies one update: a full snapshot replaces everything; a delta upserts.
+    pub fn apply(&self, update: LatestUpdate) {
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if update.full {
+            st.gpus.clear();
+            st.order.clear();
+        }
+        for g in update.gpus {
+            let Some(key) = order_of(&g) else { continue };
+            if let Some(old) = st.gpus.get(&key.2).and_then(order_of) {
+                st.order.remove(&old);
+            }
+            st.order.insert(key.clone());
+            st.gpus.insert(key.2, g);
+        }
+        st.synced_at = Some(std::time::Instant::now());
+    }
+
+    /// Whether the last update is younger than `max_age`.
+    pub fn is_fresh(&self, max_age: Duration) -> bool {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        st.synced_at.is_some_and(|t| t.elapsed() < max_age)
+    }
+
+    /// Reads answered from the mirror so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn hit(&self) {
+        self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn visit(&self, node: Option<&str>, f: &mut dyn FnMut(streamer::store::GpuView<'_>)) {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        for key in &st.order {
+            if node.is_some_and(|n| key.0 != n) {
+                continue;
+            }
+            let Some(g) = st.gpus.get(&key.2) else {
+                continue;
+            };
+            let Some(info) = &g.info else { continue };
+            f(streamer::store::GpuView {
+                info,
+                latest: g.latest.as_ref(),
+                last_seen_ms: g.last_seen_ms,
+                sample_count: g.sample_count,
+            });
+        }
+    }
+
+    fn get(&self, uuid: &str) -> Option<GpuStatus> {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        st.gpus.get(uuid).cloned()
+    }
 }
 
 impl GrpcBackend {
@@ -87,7 +174,62 @@ impl GrpcBackend {
         let client =
             TelemetryQueryClient::with_interceptor(channel, AttachServiceToken { tokens: token })
                 .max_decoding_message_size(streamer::MAX_MESSAGE_BYTES);
-        Ok(Self { client, timeout })
+        Ok(Self {
+            client,
+            timeout,
+            mirror: Arc::default(),
+        })
+    }
+
+    /// The mirror this backend answers from while it is fresh.
+    pub fn mirror(&self) -> &LatestMirror {
+        &self.mirror
+    }
+
+    /// Keeps the mirror current from the streamer's `WatchLatest` stream until `shutdown`,
+    /// reconnecting with backoff when the stream breaks. Spawn it beside the server.
+    pub async fn run_mirror(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            // No per-call timeout: the stream is meant to stay open.
+            let mut client = self.client.clone();
+            let call = client.watch_latest(WatchLatestRequest {});
+            let stream = tokio::select! {
+                r = call => r,
+                () = &mut shutdown => return,
+            };
+            match stream {
+                Ok(resp) => {
+                    let mut stream = resp.into_inner();
+                    loop {
+                        let msg = tokio::select! {
+                            m = stream.message() => m,
+                            () = &mut shutdown => return,
+                        };
+                        match msg {
+                            Ok(Some(update)) => {
+                                self.mirror.apply(update);
+                                backoff = Duration::from_millis(250);
+                            }
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::warn!(code = ?status.code(), message = status.message(), "latest-state stream broke; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::debug!(code = ?status.code(), "latest-state stream unavailable");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = &mut shutdown => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
     }
 
     fn req<T>(&self, t: T) -> tonic::Request<T> {
@@ -113,6 +255,10 @@ impl TelemetryBackend for GrpcBackend {
     }
 
     async fn gpu(&self, uuid: String) -> Result<Option<GpuStatus>, BackendError> {
+        if self.mirror.is_fresh(MIRROR_MAX_AGE) {
+            self.mirror.hit();
+            return Ok(self.mirror.get(&uuid));
+        }
         match self
             .client
             .clone()
@@ -152,6 +298,26 @@ impl TelemetryBackend for GrpcBackend {
         let r = self.client.clone().stats(self.req(StatsRequest {})).await;
         r.map(|r| r.into_inner().counters).map_err(unavailable)
     }
+
+    async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {
+        if self.mirror.is_fresh(MIRROR_MAX_AGE) {
+            self.mirror.hit();
+            let mut out = Vec::with_capacity(1 << 16);
+            crate::model::write_gpu_list(|f| self.mirror.visit(node.as_deref(), f), &mut out)
+                .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))?;
+            return Ok(out);
+        }
+        let gpus = self.list_gpus(node).await?;
+        let list: Vec<crate::model::Gpu<'_>> = gpus
+            .iter()
+            .filter_map(crate::model::Gpu::from_status)
+            .collect();
+        let body = crate::model::GpuList {
+            count: list.len(),
+            gpus: list,
+        };
+        serde_json::to_vec(&body).map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))
+    }
 }
 
 /// A store in this process (embedded mode).
@@ -186,7 +352,7 @@ impl TelemetryBackend for StoreBackend {
 
     async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {
         let mut out = Vec::with_capacity(1 << 16);
-        crate::model::write_gpu_list(self.store.as_ref(), node.as_deref(), &mut out)
+        crate::model::write_gpu_list(|f| self.store.visit_gpus(node.as_deref(), f), &mut out)
             .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))?;
         Ok(out)
     }

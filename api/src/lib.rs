@@ -115,7 +115,8 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let mut sampler = None;
+    // The embedded sampler or the streamer mirror: a background task run until shutdown.
+    let sampler;
     // Secrets re-read from --secret-dir: the API key, and the service token for the streamer.
     let mut watched = vec![(SecretSpec::API_KEY, keys.clone())];
     let backend: Arc<dyn TelemetryBackend> = if cfg.embedded {
@@ -127,11 +128,10 @@ pub async fn run(
             .secrets
             .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
         watched.push((SecretSpec::SERVICE_TOKEN, tokens.clone()));
-        Arc::new(GrpcBackend::new(
-            &cfg.streamer_url,
-            tokens,
-            cfg.streamer_timeout,
-        )?)
+        let grpc = GrpcBackend::new(&cfg.streamer_url, tokens, cfg.streamer_timeout)?;
+        // The GPU list and single-GPU reads come from a mirror the streamer keeps current.
+        sampler = Some(tokio::spawn(grpc.clone().run_mirror(stopped())));
+        Arc::new(grpc)
     };
     if origin == KeyOrigin::Generated {
         watched.clear(); // nothing on disk to follow

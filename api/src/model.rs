@@ -5,7 +5,7 @@ use msg_queue_client::wire::GpuSample;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use streamer::query::proto::GpuStatus;
-use streamer::store::{GpuView, Store};
+use streamer::store::GpuView;
 use time::OffsetDateTime;
 use time::macros::format_description;
 
@@ -183,14 +183,15 @@ pub struct GpuList<'a> {
     pub count: usize,
 }
 
-/// Serialises `GET /api/v1/gpus` straight from a store, without copying the GPUs first:
-/// `{"gpus": [...], "count": n}`, the same bytes [`GpuList`] gives.
+/// Serialises `GET /api/v1/gpus` straight from borrowed data, without copying the GPUs
+/// first: `visit` calls its argument for every GPU in listing order (e.g.
+/// `Store::visit_gpus`). Writes `{"gpus": [...], "count": n}`, the same bytes [`GpuList`]
+/// gives.
 ///
 /// # Errors
 /// The serialiser's error (only possible for a failing writer).
 pub fn write_gpu_list(
-    store: &dyn Store,
-    node: Option<&str>,
+    visit: impl FnOnce(&mut dyn FnMut(GpuView<'_>)),
     out: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
     use serde::ser::{SerializeSeq, Serializer};
@@ -200,7 +201,7 @@ pub fn write_gpu_list(
     {
         let mut ser = serde_json::Serializer::new(&mut *out);
         let mut seq = ser.serialize_seq(None)?;
-        store.visit_gpus(node, &mut |v| {
+        visit(&mut |v| {
             if result.is_ok() {
                 result = seq.serialize_element(&Gpu::from_view(v));
                 count += 1;
@@ -248,7 +249,7 @@ mod tests {
     #[test]
     fn streamed_gpu_list_is_byte_for_byte_the_serialised_list() {
         use collector::simulated::{FleetSpec, SimulatedSource};
-        use streamer::store::MemoryStore;
+        use streamer::store::{MemoryStore, Store};
         let store = MemoryStore::new(std::time::Duration::from_secs(3600));
         let fleet = SimulatedSource::new(FleetSpec {
             nodes: 3,
@@ -260,7 +261,7 @@ mod tests {
         }
         for node in [None, Some("sim-node-001"), Some("nope")] {
             let mut streamed = Vec::new();
-            write_gpu_list(&store, node, &mut streamed).unwrap();
+            write_gpu_list(|f| store.visit_gpus(node, f), &mut streamed).unwrap();
             let gpus = store.list_gpus(node);
             let list: Vec<Gpu<'_>> = gpus.iter().filter_map(Gpu::from_status).collect();
             let reference = serde_json::to_vec(&GpuList {

@@ -349,3 +349,101 @@ async fn with_the_streamer_down_reads_are_a_json_503_and_readyz_fails_but_health
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gpu_list_comes_from_a_mirror_the_streamer_keeps_current() {
+    use streamer::metrics::StreamerMetrics;
+    let store = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let batch = |ts: i64, util: u32| TelemetryBatch {
+        schema_version: SCHEMA_VERSION,
+        node: "node-a".into(),
+        collected_at_ms: ts,
+        gpus: vec![GpuInfo {
+            uuid: UUID.into(),
+            index: 0,
+            name: "H100".into(),
+            node: "node-a".into(),
+            ..Default::default()
+        }],
+        samples: vec![GpuSample {
+            uuid: UUID.into(),
+            timestamp_ms: ts,
+            gpu_utilization_percent: Some(util),
+            ..Default::default()
+        }],
+    };
+    store.apply(&batch(T0, 10)).unwrap();
+    let token = KeyRing::new("mirror-token-0123456789".to_string().into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(streamer::serve_queries(
+        listener,
+        store.clone(),
+        Arc::new(StreamerMetrics::default()),
+        token.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let backend =
+        api::backend::GrpcBackend::new(&format!("http://{addr}"), token, Duration::from_secs(2))
+            .unwrap();
+    tokio::spawn(backend.clone().run_mirror(std::future::pending()));
+    let app = router(AppState {
+        backend: Arc::new(backend.clone()),
+        keys: KeyRing::new(KEY.to_string().into()),
+        metrics: Arc::default(),
+    });
+    let latest_util = || {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .uri("/api/v1/gpus")
+                .header("x-api-key", KEY)
+                .body(Body::empty())
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            (
+                status,
+                v["gpus"][0]["latest"]["gpu_utilization_percent"].as_u64(),
+            )
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !backend.mirror().is_fresh(api::backend::MIRROR_MAX_AGE) {
+        assert!(std::time::Instant::now() < deadline, "mirror never synced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(latest_util().await, (StatusCode::OK, Some(10)));
+    assert!(backend.mirror().hits() >= 1, "answered from the mirror");
+
+    // A new sample reaches the mirror within a push interval or two.
+    store.apply(&batch(T0 + 1000, 77)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while latest_util().await != (StatusCode::OK, Some(77)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change never reached the mirror"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // With the streamer gone the mirror goes stale and reads fail cleanly (503), not with
+    // old data presented as current.
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while latest_util().await.0 != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stale mirror still answering"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -156,8 +156,15 @@ pub async fn serve_queries(
     tokens: KeyRing,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    // Long-lived WatchLatest streams end when shutdown begins; otherwise the graceful
+    // shutdown would wait for them forever.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
     let service = tonic::service::interceptor::InterceptedService::new(
-        TelemetryQueryServer::new(QueryService::new(store, metrics))
+        TelemetryQueryServer::new(QueryService::new(store, metrics, stopping))
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         RequireServiceToken { tokens },
     );

@@ -20,9 +20,60 @@ pub mod proto {
 
 use proto::telemetry_query_server::TelemetryQuery;
 use proto::{
-    Counter, GetGpuRequest, GpuStatus, ListGpusRequest, ListGpusResponse, QueryRangeRequest,
-    QueryRangeResponse, StatsRequest, StatsResponse,
+    Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest, ListGpusResponse,
+    QueryRangeRequest, QueryRangeResponse, StatsRequest, StatsResponse, WatchLatestRequest,
 };
+
+/// How often `WatchLatest` sends what changed.
+pub const WATCH_PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// `WatchLatest` sends an update at least this often, empty if nothing changed.
+pub const WATCH_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// `WatchLatest` sends a full snapshot this often (GPUs swept away disappear then).
+pub const WATCH_FULL_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Feeds one `WatchLatest` stream until the client goes away.
+async fn watch(
+    store: Arc<dyn Store>,
+    tx: tokio::sync::mpsc::Sender<Result<LatestUpdate, Status>>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let (gpus, mut version) = store.snapshot();
+    if tx
+        .send(Ok(LatestUpdate { full: true, gpus }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut tick = tokio::time::interval(WATCH_PUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut last_sent, mut last_full) = (tokio::time::Instant::now(), tokio::time::Instant::now());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = tx.closed() => return,
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let now = tokio::time::Instant::now();
+        let update = if now.duration_since(last_full) >= WATCH_FULL_EVERY {
+            last_full = now;
+            let (gpus, v) = store.snapshot();
+            version = v;
+            LatestUpdate { full: true, gpus }
+        } else {
+            let (gpus, v) = store.changed_since(version);
+            version = v;
+            if gpus.is_empty() && now.duration_since(last_sent) < WATCH_HEARTBEAT {
+                continue;
+            }
+            LatestUpdate { full: false, gpus }
+        };
+        if tx.send(Ok(update)).await.is_err() {
+            return;
+        }
+        last_sent = now;
+    }
+}
 
 /// Most samples one `QueryRange` returns (24 h at 1 s is 86,400).
 pub const MAX_RANGE_SAMPLES: usize = 100_000;
@@ -32,12 +83,22 @@ pub const MAX_RANGE_SAMPLES: usize = 100_000;
 pub struct QueryService {
     store: Arc<dyn Store>,
     metrics: Arc<StreamerMetrics>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl QueryService {
-    /// A service answering from `store`, reporting `metrics`.
-    pub fn new(store: Arc<dyn Store>, metrics: Arc<StreamerMetrics>) -> Self {
-        Self { store, metrics }
+    /// A service answering from `store`, reporting `metrics`. `stopping` turning true ends
+    /// every `WatchLatest` stream, so a graceful shutdown does not wait on them forever.
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<StreamerMetrics>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            store,
+            metrics,
+            stopping,
+        }
     }
 }
 
@@ -75,6 +136,20 @@ impl TelemetryQuery for QueryService {
             .range(&r.uuid, r.start_ms, r.end_ms, limit)
             .ok_or_else(|| Status::not_found(format!("unknown GPU {}", r.uuid)))?;
         Ok(Response::new(QueryRangeResponse { samples, truncated }))
+    }
+
+    type WatchLatestStream = tokio_stream::wrappers::ReceiverStream<Result<LatestUpdate, Status>>;
+
+    async fn watch_latest(
+        &self,
+        _req: Request<WatchLatestRequest>,
+    ) -> Result<Response<Self::WatchLatestStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // Owned by the stream: it ends when the client disconnects (the sender closes).
+        tokio::spawn(watch(self.store.clone(), tx, self.stopping.clone()));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {

@@ -101,6 +101,14 @@ pub trait Store: Send + Sync + 'static {
     /// Samples held.
     fn sample_count(&self) -> u64;
 
+    /// Every GPU with its latest sample, in listing order, and the store's change version
+    /// at that moment (taken together).
+    fn snapshot(&self) -> (Vec<GpuStatus>, u64);
+
+    /// The GPUs whose latest state changed after version `since` (from [`Store::snapshot`]
+    /// or an earlier call), and the current version.
+    fn changed_since(&self, since: u64) -> (Vec<GpuStatus>, u64);
+
     /// Drops what is older than the retention window as of `now_ms` (UTC ms), including
     /// GPUs with nothing left, so memory stays flat as nodes come and go. Returns how many
     /// samples were dropped.
@@ -146,6 +154,8 @@ struct Series {
     // Collection time of the batch `info` came from: an older, late batch never
     // overwrites newer inventory.
     info_at_ms: i64,
+    // Store version of the last change to `info` or the latest sample.
+    changed: u64,
     // Samples keyed by timestamp, stored without their uuid (the series key has it).
     samples: BTreeMap<i64, GpuSample>,
 }
@@ -167,6 +177,9 @@ fn order_of(info: &GpuInfo) -> OrderKey {
 
 #[derive(Debug, Default)]
 struct Inner {
+    // Bumped by every apply that changed something; each series remembers the version of
+    // its last change, so watchers get only what changed.
+    version: u64,
     series: HashMap<String, Series>,
     // Every series' key in listing order, kept in step with `series`, so a list needs no sort.
     order: std::collections::BTreeSet<OrderKey>,
@@ -232,7 +245,13 @@ impl Store for MemoryStore {
         let mut out = Applied::default();
         let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
         let mut guard = self.write();
-        let Inner { series: map, order } = &mut *guard;
+        let Inner {
+            version,
+            series: map,
+            order,
+        } = &mut *guard;
+        let v = *version + 1;
+        let mut changed = false;
         for info in &batch.gpus {
             match map.get_mut(&info.uuid) {
                 Some(s) => {
@@ -246,16 +265,20 @@ impl Store for MemoryStore {
                                 order.insert(order_of(info));
                             }
                             s.info = info.clone();
+                            s.changed = v;
+                            changed = true;
                         }
                     }
                 }
                 None => {
+                    changed = true;
                     order.insert(order_of(info));
                     map.insert(
                         info.uuid.clone(),
                         Series {
                             info: info.clone(),
                             info_at_ms: batch.collected_at_ms,
+                            changed: v,
                             samples: BTreeMap::new(),
                         },
                     );
@@ -284,6 +307,8 @@ impl Store for MemoryStore {
             series.samples.insert(sample.timestamp_ms, stored);
             out.inserted += 1;
             if sample.timestamp_ms > newest {
+                series.changed = v;
+                changed = true;
                 let cutoff = sample.timestamp_ms.saturating_sub(retention_ms);
                 while let Some((&k, _)) = series.samples.first_key_value() {
                     if k >= cutoff {
@@ -292,6 +317,9 @@ impl Store for MemoryStore {
                     series.samples.pop_first();
                 }
             }
+        }
+        if changed {
+            *version = v;
         }
         Ok(out)
     }
@@ -326,6 +354,25 @@ impl Store for MemoryStore {
         self.read().series.get(uuid).map(Self::status)
     }
 
+    fn snapshot(&self) -> (Vec<GpuStatus>, u64) {
+        let inner = self.read();
+        (
+            Self::ordered(&inner, None).map(Self::status).collect(),
+            inner.version,
+        )
+    }
+
+    fn changed_since(&self, since: u64) -> (Vec<GpuStatus>, u64) {
+        let inner = self.read();
+        let changed = inner
+            .series
+            .values()
+            .filter(|s| s.changed > since)
+            .map(Self::status)
+            .collect();
+        (changed, inner.version)
+    }
+
     fn range(
         &self,
         uuid: &str,
@@ -357,7 +404,7 @@ impl Store for MemoryStore {
         let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms.saturating_sub(retention_ms);
         let mut guard = self.write();
-        let Inner { series, order } = &mut *guard;
+        let Inner { series, order, .. } = &mut *guard;
         let mut dropped = 0u64;
         series.retain(|_, s| {
             let keep = s.samples.split_off(&cutoff);
@@ -524,6 +571,25 @@ mod tests {
         );
         s.sweep(11_500);
         assert_eq!(order(&s, None), ["GPU-1"]);
+    }
+
+    #[test]
+    fn changed_since_returns_only_what_changed_after_a_version() {
+        let s = MemoryStore::new(Duration::from_secs(3600));
+        s.apply(&batch("n", "GPU-1", &[1_000])).unwrap();
+        s.apply(&batch("n", "GPU-2", &[1_000])).unwrap();
+        let (all, v) = s.snapshot();
+        assert_eq!(all.len(), 2);
+        assert_eq!(s.changed_since(v).0.len(), 0);
+        s.apply(&batch("n", "GPU-2", &[2_000])).unwrap();
+        // A redelivery or an older sample changes nothing anyone sees.
+        s.apply(&batch("n", "GPU-1", &[1_000])).unwrap();
+        s.apply(&batch("n", "GPU-1", &[500])).unwrap();
+        let (changed, v2) = s.changed_since(v);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].latest.as_ref().unwrap().timestamp_ms, 2_000);
+        assert!(v2 > v);
+        assert_eq!(s.changed_since(v2).0.len(), 0);
     }
 
     #[test]

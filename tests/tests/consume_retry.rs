@@ -61,6 +61,12 @@ impl Store for FlakyStore {
     fn sweep(&self, now_ms: i64) -> u64 {
         self.inner.sweep(now_ms)
     }
+    fn snapshot(&self) -> (Vec<GpuStatus>, u64) {
+        self.inner.snapshot()
+    }
+    fn changed_since(&self, since: u64) -> (Vec<GpuStatus>, u64) {
+        self.inner.changed_since(since)
+    }
 }
 
 struct FromStart(Arc<FlakyStore>);

@@ -118,7 +118,7 @@ async fn every_simulated_sample_reaches_the_api_with_exactly_its_values() {
     let broker = Broker::start();
     let n = Names::fresh("exact");
     let grpc = free_port();
-    let _streamer = spawn_streamer(&broker, &n, grpc);
+    let mut streamer = spawn_streamer(&broker, &n, grpc);
     let (_api, base) = spawn_api(&n, grpc);
     let mut collector = spawn_collector(&broker, &n, SPEC, "100ms", 20);
     assert!(
@@ -151,6 +151,11 @@ async fn every_simulated_sample_reaches_the_api_with_exactly_its_values() {
             .iter()
             .all(|g| g["node"] == "sim-node-001")
     );
+
+    // SIGTERM: the streamer stops promptly and cleanly, even with the api's latest-state
+    // stream open (it is ended, not waited on).
+    streamer.term();
+    assert!(streamer.wait_exit(Duration::from_secs(15)).success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
