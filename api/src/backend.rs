@@ -166,6 +166,9 @@ impl GrpcBackend {
         let channel = Channel::from_shared(url.to_string())
             .map_err(|e| BackendError::Unavailable(format!("invalid streamer URL {url}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(streamer::H2_STREAM_WINDOW)
             .initial_connection_window_size(streamer::H2_CONNECTION_WINDOW)
             .http2_adaptive_window(true)
@@ -203,9 +206,15 @@ impl GrpcBackend {
                 Ok(resp) => {
                     let mut stream = resp.into_inner();
                     loop {
+                        // The streamer sends at least once a second: silence means a dead
+                        // connection, even if TCP has not noticed.
                         let msg = tokio::select! {
-                            m = stream.message() => m,
+                            m = tokio::time::timeout(MIRROR_MAX_AGE, stream.message()) => m,
                             () = &mut shutdown => return,
+                        };
+                        let Ok(msg) = msg else {
+                            tracing::warn!("latest-state stream silent; reconnecting");
+                            break;
                         };
                         match msg {
                             Ok(Some(update)) => {

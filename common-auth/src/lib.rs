@@ -43,6 +43,9 @@ pub enum AuthError {
         /// Where it was looked for, e.g. `env API_KEY is unset; /etc/x/api-key: not found`.
         looked: String,
     },
+    /// The secret settings contradict each other.
+    #[error("{0}")]
+    Config(String),
     /// The secret file exists but could not be read.
     #[error("cannot read {name} from {path}: {source}")]
     Read {

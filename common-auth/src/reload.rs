@@ -63,6 +63,12 @@ impl SecretArgs {
         spec: &SecretSpec,
         direct: Option<&SecretString>,
     ) -> Result<KeyRing, AuthError> {
+        if self.secret_grace <= self.secret_signing_delay {
+            return Err(AuthError::Config(format!(
+                "--secret-grace ({:?}) must be longer than --secret-signing-delay ({:?}): senders would keep a token receivers no longer accept",
+                self.secret_grace, self.secret_signing_delay
+            )));
+        }
         let v = load_secret(spec, direct, self.secret_dir.as_deref())?;
         Ok(KeyRing::with_policy(v, self.policy()))
     }
@@ -166,6 +172,26 @@ mod tests {
         std::fs::remove_file(dir.path().join("api-key")).unwrap();
         assert_eq!(reload_once(dir.path(), &watched), 0);
         assert_eq!(ring.current().expose_secret(), "second-key-0123456789");
+    }
+
+    #[test]
+    fn a_grace_period_not_longer_than_the_signing_delay_is_refused() {
+        let args = SecretArgs {
+            secret_grace: Duration::from_secs(60),
+            secret_signing_delay: Duration::from_secs(120),
+            ..SecretArgs::default()
+        };
+        let err = args
+            .load(
+                &SecretSpec::API_KEY,
+                Some(&SecretString::from("k".to_string())),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--secret-grace (60s) must be longer"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -55,9 +55,10 @@ pub enum QueueError {
 }
 
 impl QueueError {
-    /// Whether retrying cannot help: the broker refuses this record or this client for good
-    /// (too large, invalid, not authorized). Everything else (timeouts, leader changes, the
-    /// broker being away) is worth retrying.
+    /// Whether retrying cannot help: the broker refuses this *record* for good (too large,
+    /// invalid). Everything else is worth retrying: timeouts, leader changes, the broker being
+    /// away, and authorization errors too, which an operator can fix (skipping records
+    /// because of a wrong ACL would lose them).
     pub fn is_permanent(&self) -> bool {
         use rdkafka::types::RDKafkaErrorCode as C;
         let source = match self {
@@ -72,9 +73,6 @@ impl QueueError {
                     | C::InvalidMessage
                     | C::MessageBatchTooLarge
                     | C::InvalidRecord
-                    | C::InvalidTopic
-                    | C::TopicAuthorizationFailed
-                    | C::ClusterAuthorizationFailed
             )
         )
     }

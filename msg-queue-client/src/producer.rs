@@ -9,8 +9,8 @@
 //! unusable for good. [`TelemetryProducer`] notices it on the next failed delivery and builds
 //! a fresh producer, as Apache Kafka's documentation advises, instead of stalling. Some
 //! brokers never say so: the producer just stops delivering (every record times out) while
-//! the broker is up. So a producer that has delivered nothing for
-//! [`ProducerConfig::stall_timeout`] is rebuilt too; a fresh one asks the broker for a new
+//! the broker is up. So a producer whose deliveries have been failing for
+//! [`ProducerConfig::stall_timeout`] with no success in between is rebuilt too; a fresh one asks the broker for a new
 //! producer id. Rebuilding while the broker is really away is harmless: the new producer waits
 //! like the old one, and records that failed go back to the caller's buffer.
 
@@ -38,8 +38,8 @@ pub struct ProducerConfig {
     pub message_timeout: Duration,
     /// `linger.ms`: how long to wait to fill a batch.
     pub linger: Duration,
-    /// Rebuild the producer when nothing was delivered for this long while deliveries keep
-    /// timing out (a broker that forgot the idempotent producer without saying so).
+    /// Rebuild the producer when deliveries have been timing out for this long with no
+    /// success in between (a broker that forgot the idempotent producer without saying so).
     pub stall_timeout: Duration,
     /// Extra librdkafka properties (security settings, for example).
     pub extra: Vec<(String, String)>,
@@ -94,8 +94,9 @@ pub struct TelemetryProducer {
     cfg: Arc<ProducerConfig>,
     current: Arc<RwLock<(u64, FutureProducer)>>,
     rebuilds: Arc<AtomicU64>,
-    // When the current producer last delivered a record, or was built.
-    last_progress: Arc<std::sync::Mutex<std::time::Instant>>,
+    // Since when deliveries have been failing without a success in between (None: the
+    // last one succeeded).
+    failing_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for TelemetryProducer {
@@ -118,7 +119,7 @@ impl TelemetryProducer {
             cfg: Arc::new(cfg),
             current: Arc::new(RwLock::new((0, p))),
             rebuilds: Arc::new(AtomicU64::new(0)),
-            last_progress: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            failing_since: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -160,8 +161,7 @@ impl TelemetryProducer {
             .headers(headers);
         match producer.send(record, Duration::from_secs(5)).await {
             Ok(d) => {
-                *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) =
-                    std::time::Instant::now();
+                *self.failing_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(Delivered {
                     partition: d.partition,
                     offset: d.offset,
@@ -187,9 +187,10 @@ impl TelemetryProducer {
             format!("fatal error {code}: {reason}")
         } else {
             let stalled_for = self
-                .last_progress
+                .failing_since
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(std::time::Instant::now)
                 .elapsed();
             let timed_out = error.rdkafka_error_code()
                 == Some(rdkafka::types::RDKafkaErrorCode::MessageTimedOut);
@@ -204,11 +205,15 @@ impl TelemetryProducer {
         }
         match self.cfg.build() {
             Ok(fresh) => {
-                *g = (generation + 1, fresh);
-                *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) =
-                    std::time::Instant::now();
+                let old = std::mem::replace(&mut *g, (generation + 1, fresh)).1;
+                // Give the new producer a full stall window before judging it.
+                *self.failing_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.rebuilds.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(why, "producer rebuilt");
+                // Dropping a librdkafka client joins its threads: not on an async worker.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn_blocking(move || drop(old));
+                }
             }
             Err(error) => tracing::error!(%error, why, "cannot rebuild producer"),
         }

@@ -57,18 +57,21 @@ pub async fn run_consumer(
 ) {
     tokio::pin!(shutdown);
     let mut last_committed: Vec<(i32, i64)> = Vec::new();
+    let mut consume_backoff = FIRST_BACKOFF;
     'outer: loop {
         let records = tokio::select! {
             r = consumer.recv_batch(MAX_BATCH, BATCH_LINGER) => r,
             () = &mut shutdown => break,
         };
         let records = match records {
-            Ok(r) => r,
+            Ok(r) => {
+                consume_backoff = FIRST_BACKOFF;
+                r
+            }
             Err(error) => {
                 metrics.error("consume");
                 tracing::warn!(%error, "consume error");
-                let mut backoff = FIRST_BACKOFF;
-                if pause(&mut backoff, &mut shutdown).await {
+                if pause(&mut consume_backoff, &mut shutdown).await {
                     continue;
                 }
                 break;
@@ -149,9 +152,12 @@ pub async fn run_consumer(
     }
     // The final commit blocks on the broker: off the async workers, and only for the
     // partitions this member still owns.
-    let final_commit = tokio::task::block_in_place(|| consumer.commit_owned(&last_committed));
-    if let Err(error) = final_commit {
-        tracing::warn!(%error, "final commit failed");
+    let final_commit =
+        tokio::task::spawn_blocking(move || consumer.commit_owned(&last_committed)).await;
+    match final_commit {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "final commit failed"),
+        Err(error) => tracing::warn!(%error, "final commit task failed"),
     }
     tracing::info!("consumer stopped");
 }

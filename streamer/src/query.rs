@@ -68,8 +68,10 @@ async fn watch(
             }
             LatestUpdate { full: false, gpus }
         };
-        if tx.send(Ok(update)).await.is_err() {
-            return;
+        // A client that stops reading must not hold up shutdown.
+        tokio::select! {
+            r = tx.send(Ok(update)) => if r.is_err() { return },
+            _ = stopping.wait_for(|s| *s) => return,
         }
         last_sent = now;
     }

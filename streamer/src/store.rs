@@ -306,9 +306,10 @@ impl Store for MemoryStore {
             stored.uuid = String::new();
             series.samples.insert(sample.timestamp_ms, stored);
             out.inserted += 1;
+            // Any insert changes what watchers see (at least the sample count).
+            series.changed = v;
+            changed = true;
             if sample.timestamp_ms > newest {
-                series.changed = v;
-                changed = true;
                 let cutoff = sample.timestamp_ms.saturating_sub(retention_ms);
                 while let Some((&k, _)) = series.samples.first_key_value() {
                     if k >= cutoff {
@@ -404,10 +405,18 @@ impl Store for MemoryStore {
         let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms.saturating_sub(retention_ms);
         let mut guard = self.write();
-        let Inner { series, order, .. } = &mut *guard;
+        let Inner {
+            version,
+            series,
+            order,
+        } = &mut *guard;
+        let v = *version + 1;
         let mut dropped = 0u64;
         series.retain(|_, s| {
             let keep = s.samples.split_off(&cutoff);
+            if !s.samples.is_empty() {
+                s.changed = v;
+            }
             dropped += s.samples.len() as u64;
             s.samples = keep;
             let live = !s.samples.is_empty();
@@ -416,6 +425,9 @@ impl Store for MemoryStore {
             }
             live
         });
+        if dropped > 0 {
+            *version = v;
+        }
         dropped
     }
 }
@@ -582,14 +594,21 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(s.changed_since(v).0.len(), 0);
         s.apply(&batch("n", "GPU-2", &[2_000])).unwrap();
-        // A redelivery or an older sample changes nothing anyone sees.
+        // A redelivery changes nothing anyone sees.
         s.apply(&batch("n", "GPU-1", &[1_000])).unwrap();
-        s.apply(&batch("n", "GPU-1", &[500])).unwrap();
         let (changed, v2) = s.changed_since(v);
         assert_eq!(changed.len(), 1);
         assert_eq!(changed[0].latest.as_ref().unwrap().timestamp_ms, 2_000);
         assert!(v2 > v);
         assert_eq!(s.changed_since(v2).0.len(), 0);
+        // A late, older sample changes the count (not the latest): watchers get it too.
+        s.apply(&batch("n", "GPU-1", &[500])).unwrap();
+        let (changed, v3) = s.changed_since(v2);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].sample_count, 2);
+        // So does a sweep.
+        s.sweep(3_600_000 + 1_001);
+        assert_eq!(s.changed_since(v3).0.len(), 1);
     }
 
     #[test]
