@@ -53,6 +53,8 @@ struct Inner {
     current: SecretString,
     current_digest: [u8; 32],
     previous: Option<Previous>,
+    // Retired values: accepted for verifying old records only (see `verifying`).
+    retired: Vec<SecretString>,
     policy: RotationPolicy,
     version: u64,
 }
@@ -83,6 +85,7 @@ impl KeyRing {
                 current,
                 current_digest,
                 previous: None,
+                retired: Vec::new(),
                 policy,
                 version: 0,
             })),
@@ -174,6 +177,39 @@ impl KeyRing {
         out
     }
 
+    /// Replaces the retired values (accepted only by [`KeyRing::verifying`]). Returns whether
+    /// they changed.
+    pub fn set_retired(&self, retired: Vec<SecretString>) -> bool {
+        let digests = |v: &[SecretString]| -> Vec<[u8; 32]> {
+            v.iter()
+                .map(|s| digest(s.expose_secret().as_bytes()))
+                .collect()
+        };
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if digests(&inner.retired) == digests(&retired) {
+            return false;
+        }
+        inner.retired = retired;
+        inner.version += 1;
+        true
+    }
+
+    /// Every value a record signature may have been made with, and the ring's version, read
+    /// together: [`KeyRing::accepted`] plus the retired values. For verifying records that
+    /// may be replayed from Kafka long after a rotation; never for authenticating calls.
+    pub fn verifying(&self) -> (u64, Vec<SecretString>) {
+        let now = Instant::now();
+        let inner = self.read();
+        let mut out = vec![inner.current.clone()];
+        if let Some(p) = &inner.previous
+            && now.saturating_duration_since(p.rotated_at) < inner.policy.grace
+        {
+            out.push(p.value.clone());
+        }
+        out.extend(inner.retired.iter().cloned());
+        (inner.version, out)
+    }
+
     /// A number that changes on every rotation (for caches derived from the ring).
     pub fn version(&self) -> u64 {
         self.read().version
@@ -237,6 +273,25 @@ mod tests {
                 .expose_secret(),
             "new"
         );
+    }
+
+    #[test]
+    fn retired_values_verify_records_but_never_authenticate() {
+        let ring = KeyRing::with_policy(s("new"), POLICY);
+        assert!(ring.set_retired(vec![s("old-1"), s("old-2")]));
+        assert!(!ring.set_retired(vec![s("old-1"), s("old-2")]));
+        let (v, verifying) = ring.verifying();
+        assert_eq!(v, 1);
+        let values: Vec<_> = verifying
+            .iter()
+            .map(|t| t.expose_secret().to_string())
+            .collect();
+        assert_eq!(values, ["new", "old-1", "old-2"]);
+        assert!(
+            !ring.accepts(b"old-1"),
+            "a retired token is not a credential"
+        );
+        assert_eq!(ring.accepted().len(), 1);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::secret::read_secret_file;
+use crate::secret::{read_retired_file, read_secret_file};
 use crate::{AuthError, KeyRing, RotationPolicy, SecretSpec, load_secret};
 
 /// Flags shared by every binary: where the secret directory is and how rotation rolls out.
@@ -73,6 +73,18 @@ impl SecretArgs {
         Ok(KeyRing::with_policy(v, self.policy()))
     }
 
+    /// Loads the retired values of `spec` (e.g. [`SecretSpec::SERVICE_TOKEN_PREVIOUS`]) from
+    /// the secret directory into `ring`; nothing when there is no directory or no file.
+    ///
+    /// # Errors
+    /// [`AuthError::Read`] when the file exists but cannot be read.
+    pub fn load_retired(&self, spec: &SecretSpec, ring: &KeyRing) -> Result<(), AuthError> {
+        if let Some(dir) = &self.secret_dir {
+            ring.set_retired(read_retired_file(spec, &dir.join(spec.file_name))?);
+        }
+        Ok(())
+    }
+
     /// Starts re-reading the secret directory for `watched` until `shutdown`. `None` when
     /// there is no directory or reloading is off.
     pub fn spawn_watch(
@@ -99,6 +111,19 @@ impl SecretArgs {
 pub fn reload_once(dir: &Path, watched: &[(SecretSpec, KeyRing)]) -> usize {
     let mut rotated = 0;
     for (spec, ring) in watched {
+        if spec.retired {
+            match read_retired_file(spec, &dir.join(spec.file_name)) {
+                Ok(list) => {
+                    let n = list.len();
+                    if ring.set_retired(list) {
+                        rotated += 1;
+                        tracing::info!(secret = spec.name, count = n, "retired values reloaded");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, secret = spec.name, "cannot re-read secret"),
+            }
+            continue;
+        }
         match read_secret_file(spec, &dir.join(spec.file_name)) {
             Ok(Some(v)) => {
                 if ring.rotate(v) {
@@ -191,6 +216,41 @@ mod tests {
             err.to_string()
                 .starts_with("--secret-grace (60s) must be longer"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn retired_tokens_are_loaded_and_reloaded_one_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("service-token"), "token-now-0123456789").unwrap();
+        let args = SecretArgs {
+            secret_dir: Some(dir.path().to_path_buf()),
+            ..SecretArgs::default()
+        };
+        let ring = args.load(&SecretSpec::SERVICE_TOKEN, None).unwrap();
+        args.load_retired(&SecretSpec::SERVICE_TOKEN_PREVIOUS, &ring)
+            .unwrap();
+        assert_eq!(ring.verifying().1.len(), 1, "no file: nothing retired");
+        std::fs::write(
+            dir.path().join("service-token-previous"),
+            "old-a\n\n  old-b  \n",
+        )
+        .unwrap();
+        let watched = vec![(SecretSpec::SERVICE_TOKEN_PREVIOUS, ring.clone())];
+        assert_eq!(reload_once(dir.path(), &watched), 1);
+        let values: Vec<String> = ring
+            .verifying()
+            .1
+            .iter()
+            .map(|t| t.expose_secret().to_string())
+            .collect();
+        assert_eq!(values, ["token-now-0123456789", "old-a", "old-b"]);
+        std::fs::remove_file(dir.path().join("service-token-previous")).unwrap();
+        assert_eq!(reload_once(dir.path(), &watched), 1);
+        assert_eq!(
+            ring.verifying().1.len(),
+            1,
+            "file removed: retired values dropped"
         );
     }
 

@@ -22,6 +22,9 @@ pub struct SecretSpec {
     pub env_var: &'static str,
     /// File name inside the secret directory, e.g. `api-key`.
     pub file_name: &'static str,
+    /// A list of retired values (one per line), accepted only to verify old records; see
+    /// [`SecretSpec::SERVICE_TOKEN_PREVIOUS`].
+    pub retired: bool,
 }
 
 impl SecretSpec {
@@ -30,13 +33,49 @@ impl SecretSpec {
         name: "API key",
         env_var: "API_KEY",
         file_name: "api-key",
+        retired: false,
     };
     /// The internal service token: env `SERVICE_TOKEN`, file `service-token`.
     pub const SERVICE_TOKEN: SecretSpec = SecretSpec {
         name: "service token",
         env_var: "SERVICE_TOKEN",
         file_name: "service-token",
+        retired: false,
     };
+    /// Retired service tokens, one per line (optional file `service-token-previous`). The
+    /// streamer rebuilds its store from Kafka, so after a restart it must still verify
+    /// records signed before the last rotations: keep each retired token here for the
+    /// topic's retention. Used for record verification only, never to sign or call.
+    pub const SERVICE_TOKEN_PREVIOUS: SecretSpec = SecretSpec {
+        name: "retired service tokens",
+        env_var: "SERVICE_TOKEN_PREVIOUS",
+        file_name: "service-token-previous",
+        retired: true,
+    };
+}
+
+/// Reads a list of retired values, one per line; an absent file is an empty list.
+///
+/// # Errors
+/// [`AuthError::Read`] when the file exists but cannot be read.
+pub(crate) fn read_retired_file(
+    spec: &SecretSpec,
+    path: &Path,
+) -> Result<Vec<SecretString>, AuthError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| SecretString::from(l.to_string()))
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(AuthError::Read {
+            name: spec.name,
+            path: PathBuf::from(path),
+            source,
+        }),
+    }
 }
 
 /// Loads one secret: the file `spec.file_name` in `dir` when it exists and is non-empty

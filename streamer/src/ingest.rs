@@ -45,13 +45,15 @@ pub struct Ingestor {
 }
 
 impl Ingestor {
-    /// An ingestor writing to `store`, accepting records signed with any token `tokens`
-    /// accepts (the current one, and the previous one during a rotation's grace period).
+    /// An ingestor writing to `store`, accepting records signed with any token of
+    /// [`KeyRing::verifying`]: the current one, the previous one during a rotation's grace
+    /// period, and the retired ones (`service-token-previous`) for records replayed long
+    /// after a rotation.
     pub fn new(tokens: KeyRing, store: Arc<dyn Store>, metrics: Arc<StreamerMetrics>) -> Self {
-        let accepted = tokens.accepted();
-        let verifier = RecordVerifier::new(accepted.iter());
+        let (version, verifying) = tokens.verifying();
+        let verifier = RecordVerifier::new(verifying.iter());
         Self {
-            verifier: Arc::new(Mutex::new(((tokens.version(), accepted.len()), verifier))),
+            verifier: Arc::new(Mutex::new(((version, verifying.len()), verifier))),
             tokens,
             store,
             metrics,
@@ -59,11 +61,13 @@ impl Ingestor {
     }
 
     fn verifier(&self) -> RecordVerifier {
-        let accepted = self.tokens.accepted();
-        let key = (self.tokens.version(), accepted.len());
+        // Version and values read together: a rotation between two reads could otherwise
+        // pair a new key with old values and keep them.
+        let (version, verifying) = self.tokens.verifying();
+        let key = (version, verifying.len());
         let mut cached = self.verifier.lock().unwrap_or_else(|p| p.into_inner());
         if cached.0 != key {
-            *cached = (key, RecordVerifier::new(accepted.iter()));
+            *cached = (key, RecordVerifier::new(verifying.iter()));
         }
         cached.1.clone()
     }

@@ -76,6 +76,8 @@ pub async fn run(
     let ring = cfg
         .secrets
         .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
+    cfg.secrets
+        .load_retired(&SecretSpec::SERVICE_TOKEN_PREVIOUS, &ring)?;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(cfg.retention));
     let metrics = Arc::new(StreamerMetrics::default());
 
@@ -125,9 +127,13 @@ pub async fn run(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "gRPC query service listening"
     );
-    let reload = cfg
-        .secrets
-        .spawn_watch(vec![(SecretSpec::SERVICE_TOKEN, ring.clone())], stopped());
+    let reload = cfg.secrets.spawn_watch(
+        vec![
+            (SecretSpec::SERVICE_TOKEN, ring.clone()),
+            (SecretSpec::SERVICE_TOKEN_PREVIOUS, ring.clone()),
+        ],
+        stopped(),
+    );
     let served = serve_queries(listener, store, metrics, ring, stopped()).await;
     if let Err(error) = &served {
         // Without its query service the streamer is useless: stop everything, report it.

@@ -56,6 +56,14 @@ def test_seed_option_1_secret_has_the_contract_name_keys_and_base64_values():
     assert s["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
+def test_retired_service_tokens_go_into_service_token_previous():
+    _, docs = install({"secrets": {"previousServiceTokens": [STRONG_TOKEN[::-1], STRONG_API_KEY]}})
+    data = one(docs, "Secret", SECRET)["data"]
+    assert base64.b64decode(data["service-token-previous"]).decode() == f"{STRONG_TOKEN[::-1]}\n{STRONG_API_KEY}"
+    _, docs = install({})
+    assert "service-token-previous" not in one(docs, "Secret", SECRET)["data"]
+
+
 def test_generated_secrets_are_strong_and_the_checksum_does_not_change_between_renders():
     _, first = install({})
     _, second = install({})
@@ -88,7 +96,7 @@ def test_seed_option_2_uses_the_existing_secret_everywhere_and_creates_none():
     assert role["rules"][0]["resourceNames"] == ["my-existing-secret"]
     for kind, name in OUR_WORKLOADS:
         spec = pod_spec(one(docs, kind, name))
-        assert spec["volumes"][0]["secret"]["secretName"] == "my-existing-secret"
+        assert {s["secret"]["name"] for s in spec["volumes"][0]["projected"]["sources"]} == {"my-existing-secret"}
         for e in spec["containers"][0]["env"]:
             if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]:
                 assert e["valueFrom"]["secretKeyRef"]["name"] == "my-existing-secret"
@@ -119,8 +127,19 @@ def test_pods_get_env_vars_and_the_mounted_secret_with_only_the_keys_they_need()
             var = key.upper().replace("-", "_")
             assert env[var]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": key}
         assert env["SECRET_DIR"]["value"] == "/etc/telemetry/secrets"
-        items = {i["key"] for i in spec["volumes"][0]["secret"]["items"]}
-        assert items == need[name]
+        sources = spec["volumes"][0]["projected"]["sources"]
+        assert spec["volumes"][0]["projected"]["defaultMode"] == 0o440
+        assert {i["key"] for i in sources[0]["secret"]["items"]} == need[name]
+        assert "optional" not in sources[0]["secret"]
+        optional = [s["secret"] for s in sources[1:]]
+        if name == "streamer":
+            # Retired tokens, if the Secret has them: to verify records replayed from Kafka.
+            assert optional == [
+                {"name": SECRET, "optional": True,
+                 "items": [{"key": "service-token-previous", "path": "service-token-previous"}]}
+            ]
+        else:
+            assert optional == []
         mount = spec["containers"][0]["volumeMounts"][0]
         assert mount == {"name": "auth", "mountPath": "/etc/telemetry/secrets", "readOnly": True}
 

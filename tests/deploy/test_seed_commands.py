@@ -132,8 +132,9 @@ def check(cmd, body, option1, option2):
 def uses_it(docs, name, keys):
     for kind, wl in [("Deployment", "api"), ("Deployment", "streamer"), ("DaemonSet", "collector")]:
         spec = pod_spec(one(docs, kind, wl))
-        assert spec["volumes"][0]["secret"]["secretName"] == name
-        assert {i["key"] for i in spec["volumes"][0]["secret"]["items"]} <= set(keys)
+        required = spec["volumes"][0]["projected"]["sources"][0]["secret"]
+        assert required["name"] == name
+        assert {i["key"] for i in required["items"]} <= set(keys)
     assert one(docs, "Role", "secret-reader")["rules"][0]["resourceNames"] == [name]
 
 

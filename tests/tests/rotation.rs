@@ -218,3 +218,140 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
         "{summary}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_streamer_still_verifies_records_signed_before_a_rotation_with_the_retired_token()
+ {
+    use common_auth::RecordSigner;
+    use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
+    use msg_queue_client::wire::seal;
+
+    let secrets = tempfile::tempdir().unwrap();
+    let dir = secrets.path().to_str().unwrap().to_string();
+    let (old, new, key) = (
+        "service-token-old-0123456789",
+        "service-token-new-0123456789",
+        "api-key-0123456789abcdef",
+    );
+    write_atomically(secrets.path(), "service-token", new);
+    write_atomically(secrets.path(), "api-key", key);
+    let broker = Broker::start();
+    let topic = unique("retired");
+    msg_queue_client::topic::ensure_topic(&broker.addr, &topic, 2, 1)
+        .await
+        .unwrap();
+    // Five records signed before the rotation, still in Kafka.
+    let fleet = collector::simulated::SimulatedSource::new(collector::simulated::FleetSpec {
+        nodes: 1,
+        gpus_per_node: 2,
+        seed: 3,
+    });
+    let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &topic)).unwrap();
+    let signer = RecordSigner::new(&secrecy::SecretString::from(old.to_string()));
+    let t0 = collector::sampler::now_ms() - 60_000;
+    for i in 0..5 {
+        producer
+            .send(&seal(&signer, &fleet.batch(0, t0 + i * 1000)))
+            .await
+            .unwrap();
+    }
+
+    let grpc = free_port();
+    let streamer_args = |group: &str| {
+        args(&[
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--brokers",
+            &broker.addr,
+            "--topic",
+            &topic,
+            "--dead-letter-topic",
+            &format!("{topic}-dlq"),
+            "--group-id",
+            group,
+            "--partitions",
+            "2",
+            "--secret-dir",
+            &dir,
+        ])
+    };
+    let mut api = Proc::spawn(
+        "api",
+        &bin("api"),
+        &args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--streamer-url",
+            &format!("http://127.0.0.1:{grpc}"),
+            "--secret-dir",
+            &dir,
+        ]),
+        &[],
+    );
+    let line = api.wait_line("api listening on ", Duration::from_secs(20));
+    let base = format!(
+        "http://{}",
+        line.trim_start_matches("api listening on ").trim()
+    );
+    let http = reqwest::Client::new();
+    let metrics = || {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            http.get(format!("{base}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
+        }
+    };
+
+    // Without the retired token, the restarted streamer cannot verify them.
+    let mut first = Proc::spawn(
+        "streamer",
+        &bin("streamer"),
+        &streamer_args(&unique("g1")),
+        &[],
+    );
+    first.wait_line("streamer grpc listening on", Duration::from_secs(20));
+    eventually(Duration::from_secs(60), "old records rejected", || async {
+        let text = metrics().await?;
+        (integration_tests::metric_value(
+            &text,
+            "streamer_records_rejected_total{reason=\"unknown_key_id\"}",
+        ) == Some(5))
+        .then_some(())
+    })
+    .await;
+    first.kill9();
+
+    // With it (file service-token-previous), every old record is stored again.
+    write_atomically(
+        secrets.path(),
+        "service-token-previous",
+        &format!("{old}\n"),
+    );
+    let mut second = Proc::spawn(
+        "streamer",
+        &bin("streamer"),
+        &streamer_args(&unique("g2")),
+        &[],
+    );
+    second.wait_line("streamer grpc listening on", Duration::from_secs(20));
+    let text = eventually(Duration::from_secs(60), "old records stored", || async {
+        let text = metrics().await?;
+        (integration_tests::metric_value(&text, "streamer_samples_stored_total") == Some(10))
+            .then_some(text)
+    })
+    .await;
+    assert!(!text.contains("streamer_records_rejected_total"), "{text}");
+    // The api's mirror follows the new streamer within a reconnect.
+    eventually(
+        Duration::from_secs(30),
+        "the api shows the rebuilt history",
+        || async { (sample_count(&http, &base, key).await == Some(5)).then_some(()) },
+    )
+    .await;
+}

@@ -107,15 +107,31 @@ checksum/secret: {{ printf "%s\n%s" .Values.secrets.apiKey .Values.secrets.servi
 {{- end -}}
 
 {{/* The Secret as a read-only directory holding only `keys`. */}}
+{{/*
+The Secret as a read-only directory holding only `keys`, plus `optionalKeys` when the Secret
+has them (a projected volume, so both land in one directory).
+*/}}
 {{- define "ts.secretVolume" -}}
 - name: auth
-  secret:
-    secretName: {{ include "ts.secretName" .root }}
+  projected:
     defaultMode: 0440
-    items:
+    sources:
+      - secret:
+          name: {{ include "ts.secretName" .root }}
+          items:
 {{- range .keys }}
-      - key: {{ . }}
-        path: {{ . }}
+            - key: {{ . }}
+              path: {{ . }}
+{{- end }}
+{{- if .optionalKeys }}
+      - secret:
+          name: {{ include "ts.secretName" .root }}
+          optional: true
+          items:
+{{- range .optionalKeys }}
+            - key: {{ . }}
+              path: {{ . }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
