@@ -447,3 +447,50 @@ async fn the_gpu_list_comes_from_a_mirror_the_streamer_keeps_current() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_latest_state_stream_ends_when_its_token_is_rotated_out() {
+    use common_auth::RotationPolicy;
+    use streamer::metrics::StreamerMetrics;
+    let store = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let server_tokens = KeyRing::with_policy(
+        "old-token-0123456789abcdef".to_string().into(),
+        RotationPolicy {
+            grace: Duration::from_millis(300),
+            signing_delay: Duration::from_millis(100),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(streamer::serve_queries(
+        listener,
+        store,
+        Arc::new(StreamerMetrics::default()),
+        server_tokens.clone(),
+        std::future::pending(),
+    ));
+    // The client keeps the old token (as a pod that never saw the rotation would).
+    let backend = api::backend::GrpcBackend::new(
+        &format!("http://{addr}"),
+        KeyRing::new("old-token-0123456789abcdef".to_string().into()),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    tokio::spawn(backend.clone().run_mirror(std::future::pending()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !backend.mirror().is_fresh(Duration::from_millis(1500)) {
+        assert!(std::time::Instant::now() < deadline, "mirror never synced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server_tokens.rotate("new-token-0123456789abcdef".to_string().into());
+    // Past the grace period the stream is cut and cannot be reopened with the old token:
+    // the mirror stops being refreshed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backend.mirror().is_fresh(Duration::from_millis(1500)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream kept running on a rotated-out token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -170,8 +170,10 @@ pub async fn serve_queries(
         let _ = stopping_tx.send(true);
     };
     let service = tonic::service::interceptor::InterceptedService::new(
-        TelemetryQueryServer::new(QueryService::new(store, metrics, stopping))
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        TelemetryQueryServer::new(
+            QueryService::new(store, metrics, stopping).with_tokens(tokens.clone()),
+        )
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
         RequireServiceToken { tokens },
     );
     tonic::transport::Server::builder()

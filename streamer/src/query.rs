@@ -36,6 +36,7 @@ async fn watch(
     store: Arc<dyn Store>,
     tx: tokio::sync::mpsc::Sender<Result<LatestUpdate, Status>>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
+    auth: Option<(common_auth::KeyRing, Vec<u8>)>,
 ) {
     let (gpus, mut version) = store.snapshot();
     if tx
@@ -53,6 +54,14 @@ async fn watch(
             _ = tick.tick() => {}
             () = tx.closed() => return,
             _ = stopping.wait_for(|s| *s) => return,
+        }
+        if let Some((ring, token)) = &auth
+            && !ring.accepts(token)
+        {
+            let _ = tx
+                .send(Err(Status::unauthenticated("service token rotated out")))
+                .await;
+            return;
         }
         let now = tokio::time::Instant::now();
         let update = if now.duration_since(last_full) >= WATCH_FULL_EVERY {
@@ -86,6 +95,7 @@ pub struct QueryService {
     store: Arc<dyn Store>,
     metrics: Arc<StreamerMetrics>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    tokens: Option<common_auth::KeyRing>,
 }
 
 impl QueryService {
@@ -100,7 +110,15 @@ impl QueryService {
             store,
             metrics,
             stopping,
+            tokens: None,
         }
+    }
+
+    /// Re-checks the token of every open `WatchLatest` stream against `tokens`, ending the
+    /// stream (UNAUTHENTICATED) once its token is no longer accepted.
+    pub fn with_tokens(mut self, tokens: common_auth::KeyRing) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 }
 
@@ -144,11 +162,20 @@ impl TelemetryQuery for QueryService {
 
     async fn watch_latest(
         &self,
-        _req: Request<WatchLatestRequest>,
+        req: Request<WatchLatestRequest>,
     ) -> Result<Response<Self::WatchLatestStream>, Status> {
+        // The interceptor checked the token when the stream opened; a long-lived stream is
+        // re-checked as it goes, so a rotated-out token stops receiving data.
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let auth = self.tokens.clone().map(|ring| (ring, presented));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         // Owned by the stream: it ends when the client disconnects (the sender closes).
-        tokio::spawn(watch(self.store.clone(), tx, self.stopping.clone()));
+        tokio::spawn(watch(self.store.clone(), tx, self.stopping.clone(), auth));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
