@@ -13,22 +13,42 @@ use time::macros::format_description;
 /// `2026-11-27T19:29:30.123Z`. Hand-rolled (a response can hold 100,000 timestamps);
 /// years outside 0000–9999 fall back to the `time` crate.
 pub fn rfc3339_ms(ms: i64) -> String {
-    use std::fmt::Write;
+    let mut out = Vec::with_capacity(24);
+    write_rfc3339_ms(ms, &mut out);
+    String::from_utf8(out).unwrap_or_else(|_| "invalid-time".into())
+}
+
+/// [`rfc3339_ms`] appended to `out`.
+pub fn write_rfc3339_ms(ms: i64, out: &mut Vec<u8>) {
     let days = ms.div_euclid(86_400_000);
     let in_day = ms.rem_euclid(86_400_000);
     let (y, m, d) = civil_from_days(days);
     if !(0..=9999).contains(&y) {
-        return rfc3339_ms_slow(ms);
+        out.extend_from_slice(rfc3339_ms_slow(ms).as_bytes());
+        return;
     }
     let (h, rest) = (in_day / 3_600_000, in_day % 3_600_000);
     let (min, rest) = (rest / 60_000, rest % 60_000);
     let (sec, milli) = (rest / 1000, rest % 1000);
-    let mut out = String::with_capacity(24);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{sec:02}.{milli:03}Z"
-    );
-    out
+    let digits = |out: &mut Vec<u8>, v: i64, width: u32| {
+        for p in (0..width).rev() {
+            out.push(b'0' + ((v / 10_i64.pow(p)) % 10) as u8);
+        }
+    };
+    digits(out, y, 4);
+    out.push(b'-');
+    digits(out, i64::from(m), 2);
+    out.push(b'-');
+    digits(out, i64::from(d), 2);
+    out.push(b'T');
+    digits(out, h, 2);
+    out.push(b':');
+    digits(out, min, 2);
+    out.push(b':');
+    digits(out, sec, 2);
+    out.push(b'.');
+    digits(out, milli, 3);
+    out.push(b'Z');
 }
 
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
@@ -214,6 +234,78 @@ pub fn write_gpu_list(
     Ok(())
 }
 
+/// A metric value in the API's number format (see [`MetricValues`]) appended to `out`.
+fn write_number(v: f64, out: &mut Vec<u8>) {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
+    } else if v.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        out.push(b'0');
+    }
+}
+
+/// Writes `GET /api/v1/gpus/{uuid}/telemetry`'s body, byte for byte what serialising
+/// [`Telemetry`] gives, without serde's generic machinery: a 24 h answer holds 86,400
+/// samples of a dozen small fields each, and the generic path spends most of its time there.
+pub fn write_telemetry(
+    uuid: &str,
+    start_ms: i64,
+    end_ms: i64,
+    samples: &[GpuSample],
+    only: Option<&[&'static MetricDef]>,
+    truncated: bool,
+    out: &mut Vec<u8>,
+) {
+    out.reserve(samples.len() * 330 + 256);
+    out.extend_from_slice(b"{\"uuid\":");
+    // The uuid was validated (letters, digits, '-', '_', '.'), but escape it anyway.
+    let _ = serde_json::to_writer(&mut *out, uuid);
+    out.extend_from_slice(b",\"start_time\":\"");
+    write_rfc3339_ms(start_ms, out);
+    out.extend_from_slice(b"\",\"end_time\":\"");
+    write_rfc3339_ms(end_ms, out);
+    out.extend_from_slice(b"\",\"samples\":[");
+    let defs: &[&MetricDef] = match only {
+        Some(d) => d,
+        None => &[],
+    };
+    for (i, s) in samples.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        write_rfc3339_ms(s.timestamp_ms, out);
+        out.push(b'"');
+        let mut entry = |name: &str, v: f64| {
+            // Metric names are static snake_case ASCII: nothing to escape.
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            write_number(v, out);
+        };
+        if only.is_some() {
+            for d in defs {
+                if let Some(v) = d.value(s) {
+                    entry(d.name, v);
+                }
+            }
+        } else {
+            for (name, v) in metric::values(s) {
+                entry(name, v);
+            }
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"count\":");
+    out.extend_from_slice(itoa::Buffer::new().format(samples.len()).as_bytes());
+    out.extend_from_slice(if truncated {
+        b",\"truncated\":true}"
+    } else {
+        b",\"truncated\":false}"
+    });
+}
+
 /// One sample of `GET /api/v1/gpus/{uuid}/telemetry`: `timestamp` plus one field per metric.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Sample<'a> {
@@ -273,6 +365,56 @@ mod tests {
                 String::from_utf8(streamed).unwrap(),
                 String::from_utf8(reference).unwrap()
             );
+        }
+    }
+
+    #[test]
+    fn hand_written_telemetry_is_byte_for_byte_the_serialised_struct() {
+        let samples: Vec<GpuSample> = (0..50)
+            .map(|i| GpuSample {
+                uuid: String::new(),
+                timestamp_ms: 1_790_000_000_000 + i * 1001,
+                gpu_utilization_percent: Some((i % 101) as u32),
+                memory_used_bytes: (i % 3 != 0).then_some(85_899_345_920 - i as u64),
+                power_usage_milliwatts: Some(312_500 + i as u32 * 7),
+                energy_consumed_millijoules: Some(68_532_952_693_123 + i as u64),
+                temperature_celsius: (i % 5 != 0).then_some(54),
+                ..Default::default()
+            })
+            .collect();
+        let subset = [
+            metric::find("power_usage_watts").unwrap(),
+            metric::find("gpu_utilization_percent").unwrap(),
+        ];
+        for only in [None, Some(&subset[..])] {
+            for truncated in [false, true] {
+                let reference = serde_json::to_string(&Telemetry {
+                    uuid: "GPU-x",
+                    start_time: rfc3339_ms(1_790_000_000_000),
+                    end_time: rfc3339_ms(1_790_000_100_000),
+                    samples: samples
+                        .iter()
+                        .map(|s| Sample {
+                            timestamp: rfc3339_ms(s.timestamp_ms),
+                            values: MetricValues::new(s, only),
+                        })
+                        .collect(),
+                    count: samples.len(),
+                    truncated,
+                })
+                .unwrap();
+                let mut fast = Vec::new();
+                write_telemetry(
+                    "GPU-x",
+                    1_790_000_000_000,
+                    1_790_000_100_000,
+                    &samples,
+                    only,
+                    truncated,
+                    &mut fast,
+                );
+                assert_eq!(String::from_utf8(fast).unwrap(), reference);
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::backend::TelemetryBackend;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ApiMetrics;
-use crate::model::{Gpu, GpuList, MetricValues, Sample, Telemetry, rfc3339_ms};
+use crate::model::{Gpu, GpuList, Telemetry};
 
 /// Default window of a telemetry query without `start_time`: the last hour.
 pub const DEFAULT_WINDOW_MS: i64 = 3_600_000;
@@ -241,22 +241,17 @@ async fn telemetry(
         .range(uuid.clone(), start_ms, end_ms, limit)
         .await?
         .ok_or_else(|| ApiError::UnknownGpu(uuid.clone()))?;
-    let out: Vec<Sample<'_>> = samples
-        .iter()
-        .map(|s| Sample {
-            timestamp: rfc3339_ms(s.timestamp_ms),
-            values: MetricValues::new(s, only.as_deref()),
-        })
-        .collect();
-    Ok(Json(Telemetry {
-        uuid: &uuid,
-        start_time: rfc3339_ms(start_ms),
-        end_time: rfc3339_ms(end_ms),
-        count: out.len(),
-        samples: out,
+    let mut body = Vec::new();
+    crate::model::write_telemetry(
+        &uuid,
+        start_ms,
+        end_ms,
+        &samples,
+        only.as_deref(),
         truncated,
-    })
-    .into_response())
+        &mut body,
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn not_found() -> Response {
