@@ -317,9 +317,29 @@ async fn main() {
     }
     let uuid = SimulatedSource::info(src.spec(), 0, 0).uuid;
     let day = serve_api(Arc::new(StoreBackend {
-        store: one,
+        store: one.clone(),
         metrics: Arc::default(),
     }))
+    .await;
+    // The deployed shape: the api asks the streamer for the range over gRPC.
+    let day_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let day_addr = day_l.local_addr().unwrap();
+    let day_ring = KeyRing::new(token());
+    tokio::spawn(streamer::serve_queries(
+        day_l,
+        one,
+        Arc::new(StreamerMetrics::default()),
+        day_ring.clone(),
+        std::future::pending(),
+    ));
+    let day_grpc = serve_api(Arc::new(
+        GrpcBackend::new(
+            &format!("http://{day_addr}"),
+            day_ring,
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    ))
     .await;
     let url = format!(
         "{day}/api/v1/gpus/{uuid}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-23T00:00:00Z&limit=100000"
@@ -327,5 +347,10 @@ async fn main() {
     let (p50, p99, bytes) = latency(&client, &url, 30).await;
     println!(
         "GET telemetry, 24 h of one GPU at 1 s (86,400 samples), embedded: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 30 requests)"
+    );
+    let url = url.replace(&day, &day_grpc);
+    let (p50, p99, _) = latency(&client, &url, 30).await;
+    println!(
+        "GET telemetry, 24 h of one GPU at 1 s, api → gRPC → streamer: p50 {p50:.1} ms, p99 {p99:.1} ms (30 requests)"
     );
 }
