@@ -50,15 +50,8 @@ pub trait TelemetryBackend: Send + Sync + 'static {
     /// process serialises straight from its data.
     async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {
         let gpus = self.list_gpus(node).await?;
-        let list: Vec<crate::model::Gpu<'_>> = gpus
-            .iter()
-            .filter_map(crate::model::Gpu::from_status)
-            .collect();
-        let body = crate::model::GpuList {
-            count: list.len(),
-            gpus: list,
-        };
-        serde_json::to_vec(&body).map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))
+        crate::model::gpu_list_json(&gpus)
+            .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))
     }
 }
 
@@ -317,15 +310,8 @@ impl TelemetryBackend for GrpcBackend {
             return Ok(out);
         }
         let gpus = self.list_gpus(node).await?;
-        let list: Vec<crate::model::Gpu<'_>> = gpus
-            .iter()
-            .filter_map(crate::model::Gpu::from_status)
-            .collect();
-        let body = crate::model::GpuList {
-            count: list.len(),
-            gpus: list,
-        };
-        serde_json::to_vec(&body).map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))
+        crate::model::gpu_list_json(&gpus)
+            .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))
     }
 }
 
@@ -367,15 +353,6 @@ impl TelemetryBackend for StoreBackend {
     }
 
     async fn stats(&self) -> Result<Vec<Counter>, BackendError> {
-        Ok(self
-            .metrics
-            .snapshot()
-            .into_iter()
-            .map(|(name, labels, value)| Counter {
-                name: name.to_string(),
-                labels,
-                value,
-            })
-            .collect())
+        Ok(streamer::query::counters(&self.metrics))
     }
 }

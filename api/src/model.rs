@@ -176,21 +176,12 @@ impl<'a> Gpu<'a> {
 
     /// The API view of a stored GPU.
     pub fn from_status(s: &'a GpuStatus) -> Option<Self> {
-        let info = s.info.as_ref()?;
-        Some(Self {
-            uuid: &info.uuid,
-            node: &info.node,
-            index: info.index,
-            name: &info.name,
-            serial: info.serial.as_deref(),
-            pci_bus_id: info.pci_bus_id.as_deref(),
-            driver_version: info.driver_version.as_deref(),
-            cuda_driver_version: info.cuda_driver_version,
-            mig_enabled: info.mig_enabled,
-            last_seen: rfc3339_ms(s.last_seen_ms),
+        Some(Self::from_view(GpuView {
+            info: s.info.as_ref()?,
+            latest: s.latest.as_ref(),
+            last_seen_ms: s.last_seen_ms,
             sample_count: s.sample_count,
-            latest: s.latest.as_ref().map(|l| MetricValues::new(l, None)),
-        })
+        }))
     }
 }
 
@@ -201,6 +192,18 @@ pub struct GpuList<'a> {
     pub gpus: Vec<Gpu<'a>>,
     /// Number of GPUs returned.
     pub count: usize,
+}
+
+/// Serialises `GET /api/v1/gpus` from GPUs a backend returned.
+///
+/// # Errors
+/// The serialiser's error.
+pub fn gpu_list_json(gpus: &[GpuStatus]) -> serde_json::Result<Vec<u8>> {
+    let list: Vec<Gpu<'_>> = gpus.iter().filter_map(Gpu::from_status).collect();
+    serde_json::to_vec(&GpuList {
+        count: list.len(),
+        gpus: list,
+    })
 }
 
 /// Serialises `GET /api/v1/gpus` straight from borrowed data, without copying the GPUs

@@ -86,6 +86,19 @@ async fn watch(
     }
 }
 
+/// The ingest counters as the `Stats` call returns them.
+pub fn counters(metrics: &StreamerMetrics) -> Vec<Counter> {
+    metrics
+        .snapshot()
+        .into_iter()
+        .map(|(name, labels, value)| Counter {
+            name: name.to_string(),
+            labels,
+            value,
+        })
+        .collect()
+}
+
 /// Most samples one `QueryRange` returns (24 h at 1 s is 86,400).
 pub const MAX_RANGE_SAMPLES: usize = 100_000;
 
@@ -182,16 +195,8 @@ impl TelemetryQuery for QueryService {
     }
 
     async fn stats(&self, _req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
-        let counters = self
-            .metrics
-            .snapshot()
-            .into_iter()
-            .map(|(name, labels, value)| Counter {
-                name: name.to_string(),
-                labels,
-                value,
-            })
-            .collect();
-        Ok(Response::new(StatsResponse { counters }))
+        Ok(Response::new(StatsResponse {
+            counters: counters(&self.metrics),
+        }))
     }
 }
