@@ -110,6 +110,14 @@ impl LatestMirror {
         st.synced_at = Some(std::time::Instant::now());
     }
 
+    /// Forgets when the last update came: reads go to the streamer until the next one.
+    pub fn mark_stale(&self) {
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .synced_at = None;
+    }
+
     /// Whether the last update is younger than `max_age`.
     pub fn is_fresh(&self, max_age: Duration) -> bool {
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());
@@ -226,6 +234,8 @@ impl GrpcBackend {
                     tracing::debug!(code = ?status.code(), "latest-state stream unavailable");
                 }
             }
+            // No stream, no mirror: read through to the streamer until it is back.
+            self.mirror.mark_stale();
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = &mut shutdown => return,

@@ -112,7 +112,14 @@ pub fn reload_once(dir: &Path, watched: &[(SecretSpec, KeyRing)]) -> usize {
     let mut rotated = 0;
     for (spec, ring) in watched {
         if spec.retired {
-            match read_retired_file(spec, &dir.join(spec.file_name)) {
+            let path = dir.join(spec.file_name);
+            // A file that vanished (a Secret being replaced) keeps the list: dropping retired
+            // tokens mid-replay would dead-letter records for good. An emptied file clears it;
+            // a removed key takes effect at the next restart.
+            if !path.exists() {
+                continue;
+            }
+            match read_retired_file(spec, &path) {
                 Ok(list) => {
                     let n = list.len();
                     if ring.set_retired(list) {
@@ -246,11 +253,18 @@ mod tests {
             .collect();
         assert_eq!(values, ["token-now-0123456789", "old-a", "old-b"]);
         std::fs::remove_file(dir.path().join("service-token-previous")).unwrap();
+        assert_eq!(reload_once(dir.path(), &watched), 0);
+        assert_eq!(
+            ring.verifying().1.len(),
+            3,
+            "file gone for a moment: list kept"
+        );
+        std::fs::write(dir.path().join("service-token-previous"), "").unwrap();
         assert_eq!(reload_once(dir.path(), &watched), 1);
         assert_eq!(
             ring.verifying().1.len(),
             1,
-            "file removed: retired values dropped"
+            "file emptied: retired values dropped"
         );
     }
 

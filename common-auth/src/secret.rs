@@ -42,10 +42,12 @@ impl SecretSpec {
         file_name: "service-token",
         retired: false,
     };
-    /// Retired service tokens, one per line (optional file `service-token-previous`). The
-    /// streamer rebuilds its store from Kafka, so after a restart it must still verify
-    /// records signed before the last rotations: keep each retired token here for the
-    /// topic's retention. Used for record verification only, never to sign or call.
+    /// Retired service tokens, one per line (optional file `service-token-previous` in the
+    /// secret directory; there is no env var for it). The streamer rebuilds its store from
+    /// Kafka, so after a restart it must still verify records signed before the last
+    /// rotations: keep each retired token here for the topic's retention. Used for record
+    /// verification only, never to sign or call. Never keep a *leaked* token here: records
+    /// signed with it are accepted.
     pub const SERVICE_TOKEN_PREVIOUS: SecretSpec = SecretSpec {
         name: "retired service tokens",
         env_var: "SERVICE_TOKEN_PREVIOUS",

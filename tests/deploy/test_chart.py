@@ -430,3 +430,40 @@ def test_lint_reports_a_broken_template(tmp_path):
     (broken / "templates" / "broken.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Values.nope.nope }}\n")
     report = helm.lint(str(broken), {}, strict=True, kube_version="v1.30.0")
     assert [m for m in report["messages"] if m["severity"] >= 3], report
+
+
+def test_upgrades_keep_existing_values_and_retire_a_replaced_token(tmp_path):
+    """`lookup` finds nothing offline; this renders a copy of the chart whose lookup returns a
+    Secret as a cluster would, to check what an upgrade keeps."""
+    import shutil
+
+    copy = tmp_path / "telemetry-stack"
+    shutil.copytree(CHART, copy)
+    secret = copy / "templates" / "secret.yaml"
+    existing = (
+        '(dict "data" (dict "api-key" (b64enc "existing-api-key-0123456789") '
+        '"service-token" (b64enc "existing-token-0123456789") '
+        '"service-token-previous" (b64enc "older-token-0123456789")))'
+    )
+    text = secret.read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in text
+    secret.write_text(text.replace('lookup "v1" "Secret" .Release.Namespace $name', existing))
+
+    def rendered(values):
+        out = helm.Chart.load(str(copy)).render(values, name=RELEASE, namespace=NAMESPACE)
+        import yaml
+
+        doc = yaml.safe_load(out["telemetry-stack/templates/secret.yaml"])
+        return {k: base64.b64decode(v).decode() for k, v in doc["data"].items()}
+
+    # A plain upgrade keeps everything as it is.
+    assert rendered({}) == {
+        "api-key": "existing-api-key-0123456789",
+        "service-token": "existing-token-0123456789",
+        "service-token-previous": "older-token-0123456789",
+    }
+    # Rotating the token through values retires the replaced one, newest first.
+    data = rendered({"secrets": {"serviceToken": STRONG_TOKEN}})
+    assert data["service-token"] == STRONG_TOKEN
+    assert data["service-token-previous"] == "existing-token-0123456789\nolder-token-0123456789"
+    assert data["api-key"] == "existing-api-key-0123456789"
