@@ -296,9 +296,13 @@ async fn main() {
     )
     .unwrap();
     tokio::spawn(mirrored.clone().run_mirror(std::future::pending()));
-    while !mirrored.mirror().is_fresh(Duration::from_secs(3)) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    integration_tests::eventually(Duration::from_secs(30), "mirror synced", || async {
+        mirrored
+            .mirror()
+            .is_fresh(Duration::from_secs(3))
+            .then_some(())
+    })
+    .await;
     let via_grpc = serve_api(Arc::new(mirrored.clone())).await;
     let (p50, p99, _) = latency(&client, &format!("{via_grpc}/api/v1/gpus"), 200).await;
     println!(

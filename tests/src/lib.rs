@@ -47,6 +47,22 @@ where
     }
 }
 
+/// Blocking twin of [`eventually`] for code that is not async: polls `f` until it returns
+/// `Some`, or returns `None` once `timeout` has passed. The one place that pauses between
+/// polls, so callers never sleep themselves.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The directory holding the workspace's built binaries (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -177,18 +193,9 @@ impl Proc {
 
     /// Waits for exit up to `timeout`; returns the exit status.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = &mut self.child;
+        poll_until(timeout, || child.try_wait().ok().flatten())
+            .unwrap_or_else(|| panic!("{} did not exit within {timeout:?}", self.name))
     }
 }
 
@@ -268,23 +275,23 @@ impl Broker {
             storage.to_string(),
         ];
         let mut proc = Proc::spawn_in("tansu", &tansu_bin(), &args, &[], cwd.as_deref());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        // Listening, or exited (the port was taken between probe and bind: try another).
+        let listening = poll_until(Duration::from_secs(10), || {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Broker {
-                    proc,
-                    addr: format!("127.0.0.1:{port}"),
-                    port,
-                    storage: storage.to_string(),
-                    cwd,
-                });
+                Some(true)
+            } else if let Ok(Some(_)) = proc.child.try_wait() {
+                Some(false)
+            } else {
+                None
             }
-            if let Ok(Some(_)) = proc.child.try_wait() {
-                return None; // port taken between probe and bind: try another
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        });
+        listening.unwrap_or(false).then(|| Broker {
+            proc,
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            storage: storage.to_string(),
+            cwd,
+        })
     }
 
     /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
@@ -411,7 +418,19 @@ pub fn spawn_collector(
     interval: &str,
     rounds: u64,
 ) -> Proc {
-    let args: Vec<String> = [
+    spawn_collector_with(broker, n, spec, interval, rounds, &[])
+}
+
+/// [`spawn_collector`] with `extra` flags (e.g. `--metrics-addr`).
+pub fn spawn_collector_with(
+    broker: &Broker,
+    n: &Names,
+    spec: collector::simulated::FleetSpec,
+    interval: &str,
+    rounds: u64,
+    extra: &[&str],
+) -> Proc {
+    let mut args: Vec<String> = [
         "--source",
         "simulated",
         "--sim-nodes",
@@ -434,6 +453,7 @@ pub fn spawn_collector(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
     Proc::spawn(
         "collector",
         &bin("collector"),

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use collector::simulated::FleetSpec;
 use integration_tests::{
-    Broker, Names, eventually, free_port, get_json, spawn_api, spawn_collector, spawn_streamer,
+    Broker, Names, eventually, free_port, get_json, metric_value, spawn_api, spawn_collector_with,
+    spawn_streamer,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -24,7 +25,16 @@ async fn broker_killed_and_restarted_loses_no_sample() {
         gpus_per_node: 2,
         seed: 11,
     };
-    let mut collector = spawn_collector(&broker, &n, spec, "100ms", 0);
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let mut collector = spawn_collector_with(
+        &broker,
+        &n,
+        spec,
+        "100ms",
+        0,
+        &["--metrics-addr", &metrics_addr],
+    );
     let http = reqwest::Client::new();
     let count = |min: u64| {
         let http = http.clone();
@@ -39,8 +49,22 @@ async fn broker_killed_and_restarted_loses_no_sample() {
     eventually(Duration::from_secs(60), "samples flowing", || count(5)).await;
 
     broker.proc.kill9();
-    // The collector keeps sampling while the broker is down.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The collector keeps sampling while the broker is down: ten more rounds, none delivered.
+    let rounds = || {
+        let http = http.clone();
+        let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+        async move {
+            let text = http.get(&url).send().await.ok()?.text().await.ok()?;
+            metric_value(&text, "collector_rounds_total")
+        }
+    };
+    let at_kill = eventually(Duration::from_secs(10), "collector metrics", rounds).await;
+    eventually(
+        Duration::from_secs(30),
+        "ten rounds sampled without a broker",
+        || async { rounds().await.filter(|r| *r >= at_kill + 10) },
+    )
+    .await;
     broker.restart();
     let before = eventually(Duration::from_secs(60), "samples flowing again", || {
         count(1)
