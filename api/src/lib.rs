@@ -116,12 +116,12 @@ pub async fn run(
     });
 
     // The embedded sampler or the streamer mirror: a background task run until shutdown.
-    let sampler;
+    let background;
     // Secrets re-read from --secret-dir: the API key, and the service token for the streamer.
     let mut watched = vec![(SecretSpec::API_KEY, keys.clone())];
     let backend: Arc<dyn TelemetryBackend> = if cfg.embedded {
         let (b, task) = embedded::start(&cfg, stopped(), stopped())?;
-        sampler = Some(task);
+        background = Some(task);
         Arc::new(b)
     } else {
         let tokens = cfg
@@ -130,7 +130,7 @@ pub async fn run(
         watched.push((SecretSpec::SERVICE_TOKEN, tokens.clone()));
         let grpc = GrpcBackend::new(&cfg.streamer_url, tokens, cfg.streamer_timeout)?;
         // The GPU list and single-GPU reads come from a mirror the streamer keeps current.
-        sampler = Some(tokio::spawn(grpc.clone().run_mirror(stopped())));
+        background = Some(tokio::spawn(grpc.clone().run_mirror(stopped())));
         Arc::new(grpc)
     };
     if origin == KeyOrigin::Generated {
@@ -168,7 +168,7 @@ pub async fn run(
         metrics: Arc::default(),
     };
     serve(listener, routes::router(state), stopped()).await?;
-    if let Some(t) = sampler {
+    if let Some(t) = background {
         let _ = t.await;
     }
     if let Some(r) = reload {

@@ -104,6 +104,21 @@ pub struct RunSummary {
     pub producer_rebuilds: u64,
 }
 
+impl RunSummary {
+    /// What the sampler and publisher counted; the buffer and producer figures are zero.
+    fn counted(metrics: &CollectorMetrics) -> Self {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Self {
+            rounds: load(&metrics.rounds),
+            samples: load(&metrics.samples),
+            published: load(&metrics.published),
+            dropped: 0,
+            undelivered: 0,
+            producer_rebuilds: 0,
+        }
+    }
+}
+
 impl std::fmt::Display for RunSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -135,15 +150,7 @@ async fn print_only(
         shutdown,
     )
     .await;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(RunSummary {
-        rounds: load(&metrics.rounds),
-        samples: load(&metrics.samples),
-        published: 0,
-        dropped: 0,
-        undelivered: 0,
-        producer_rebuilds: 0,
-    })
+    Ok(RunSummary::counted(&metrics))
 }
 
 /// Runs the collector until `cfg.rounds` rounds are done or `shutdown` resolves, then
@@ -229,13 +236,10 @@ pub async fn run(
         let _ = r.await;
     }
     let _ = producer.flush(std::time::Duration::from_secs(1));
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     Ok(RunSummary {
-        rounds: load(&metrics.rounds),
-        samples: load(&metrics.samples),
-        published: load(&metrics.published),
         dropped: buffer.dropped(),
         undelivered: left as u64,
         producer_rebuilds: producer.rebuilds(),
+        ..RunSummary::counted(&metrics)
     })
 }

@@ -54,8 +54,10 @@ pub enum StreamerError {
     Grpc(#[from] tonic::transport::Error),
 }
 
-/// Adapts a [`Store`] to the consumer's [`OffsetSource`].
-struct StoreOffsets(Arc<dyn Store>);
+/// Adapts a [`Store`] to the consumer's [`OffsetSource`]: partitions resume where the store
+/// says ([`Store::resume_offset`]).
+#[derive(Debug)]
+pub struct StoreOffsets(pub Arc<dyn Store>);
 
 impl OffsetSource for StoreOffsets {
     fn resume_offset(&self, _topic: &str, partition: i32) -> Option<i64> {

@@ -22,7 +22,7 @@ use common_auth::{KeyRing, RecordSigner};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use integration_tests::{Broker, unique};
-use msg_queue_client::consumer::{ConsumedRecord, ConsumerConfig, OffsetSource, TelemetryConsumer};
+use msg_queue_client::consumer::{ConsumedRecord, ConsumerConfig, TelemetryConsumer};
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
 use msg_queue_client::wire::{SignedRecord, header, seal};
 use secrecy::SecretString;
@@ -65,13 +65,6 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-struct FromStart;
-impl OffsetSource for FromStart {
-    fn resume_offset(&self, _: &str, _: i32) -> Option<i64> {
-        None
-    }
-}
-
 fn ingestor(store: Arc<dyn Store>) -> Ingestor {
     Ingestor::new(
         KeyRing::new(token()),
@@ -89,7 +82,7 @@ async fn end_to_end(broker: &Broker, recs: &[SignedRecord]) -> f64 {
     let ing = ingestor(store.clone());
     let consumer = TelemetryConsumer::new(
         &ConsumerConfig::new(&broker.addr, unique("g"), &topic),
-        Arc::new(FromStart),
+        Arc::new(streamer::StoreOffsets(store.clone())),
     )
     .unwrap();
     let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &topic)).unwrap();

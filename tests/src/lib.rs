@@ -11,6 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// Command-line arguments as owned strings.
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -303,6 +308,11 @@ impl Broker {
     }
 }
 
+/// The body of an unauthenticated GET (e.g. `/metrics`), `None` when the request fails.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> Option<String> {
+    client.get(url).send().await.ok()?.text().await.ok()
+}
+
 /// A minimal HTTP GET with an optional API key; returns (status, parsed JSON body).
 pub async fn get_json(
     client: &reqwest::Client,
@@ -353,7 +363,25 @@ impl Names {
 
 /// Starts the streamer binary with gRPC on `127.0.0.1:grpc_port`; returns once it listens.
 pub fn spawn_streamer(broker: &Broker, n: &Names, grpc_port: u16) -> Proc {
-    let args: Vec<String> = [
+    spawn_streamer_with(
+        broker,
+        n,
+        grpc_port,
+        &[],
+        &[("SERVICE_TOKEN", n.token.clone())],
+    )
+}
+
+/// [`spawn_streamer`] with `extra` flags and `envs` (e.g. a secret directory instead of env
+/// secrets).
+pub fn spawn_streamer_with(
+    broker: &Broker,
+    n: &Names,
+    grpc_port: u16,
+    extra: &[&str],
+    envs: &[(&str, String)],
+) -> Proc {
+    let mut args = args(&[
         "--grpc-addr",
         &format!("127.0.0.1:{grpc_port}"),
         "--brokers",
@@ -368,40 +396,36 @@ pub fn spawn_streamer(broker: &Broker, n: &Names, grpc_port: u16) -> Proc {
         "4",
         "--session-timeout",
         "6s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut p = Proc::spawn(
-        "streamer",
-        &bin("streamer"),
-        &args,
-        &[("SERVICE_TOKEN", n.token.clone())],
-    );
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut p = Proc::spawn("streamer", &bin("streamer"), &args, envs);
     p.wait_line("streamer grpc listening on", Duration::from_secs(20));
     p
 }
 
 /// Starts the api binary against the streamer on `grpc_port`; returns it and its base URL.
 pub fn spawn_api(n: &Names, grpc_port: u16) -> (Proc, String) {
-    let args: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--streamer-url",
-        &format!("http://127.0.0.1:{grpc_port}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut p = Proc::spawn(
-        "api",
-        &bin("api"),
-        &args,
+    spawn_api_with(
+        grpc_port,
+        &[],
         &[
             ("API_KEY", n.api_key.clone()),
             ("SERVICE_TOKEN", n.token.clone()),
         ],
-    );
+    )
+}
+
+/// Starts the api binary against the streamer on `grpc_port` with `extra` flags and `envs`
+/// (e.g. a secret directory instead of env secrets); returns it and its base URL.
+pub fn spawn_api_with(grpc_port: u16, extra: &[&str], envs: &[(&str, String)]) -> (Proc, String) {
+    let mut args = args(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--streamer-url",
+        &format!("http://127.0.0.1:{grpc_port}"),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut p = Proc::spawn("api", &bin("api"), &args, envs);
     let line = p.wait_line("api listening on ", Duration::from_secs(20));
     let addr = line
         .trim_start_matches("api listening on ")
@@ -430,7 +454,7 @@ pub fn spawn_collector_with(
     rounds: u64,
     extra: &[&str],
 ) -> Proc {
-    let mut args: Vec<String> = [
+    let mut args = args(&[
         "--source",
         "simulated",
         "--sim-nodes",
@@ -449,10 +473,7 @@ pub fn spawn_collector_with(
         &n.topic,
         "--partitions",
         "4",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     Proc::spawn(
         "collector",

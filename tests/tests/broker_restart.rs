@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use collector::simulated::FleetSpec;
 use integration_tests::{
-    Broker, Names, eventually, free_port, get_json, metric_value, spawn_api, spawn_collector_with,
-    spawn_streamer,
+    Broker, Names, eventually, free_port, get_json, get_text, metric_value, spawn_api,
+    spawn_collector_with, spawn_streamer, summary_field,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -54,7 +54,7 @@ async fn broker_killed_and_restarted_loses_no_sample() {
         let http = http.clone();
         let url = format!("http://127.0.0.1:{metrics_port}/metrics");
         async move {
-            let text = http.get(&url).send().await.ok()?.text().await.ok()?;
+            let text = get_text(&http, &url).await?;
             metric_value(&text, "collector_rounds_total")
         }
     };
@@ -81,14 +81,7 @@ async fn broker_killed_and_restarted_loses_no_sample() {
         collector.wait_exit(Duration::from_secs(30)).success(),
         "collector drains and exits 0 on SIGTERM"
     );
-    let field = |name: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = |k| summary_field(&summary, k).unwrap_or_else(|| panic!("{k} in {summary}"));
     assert_eq!(
         (field("dropped"), field("undelivered")),
         (0, 0),

@@ -3,17 +3,15 @@
 
 use std::time::Duration;
 
-use integration_tests::{Proc, bin, eventually, free_port, metric_value, summary_field};
-
-fn counter(text: &str, name: &str) -> Option<u64> {
-    metric_value(text, name)
-}
+use integration_tests::{
+    Proc, args, bin, eventually, free_port, get_text, metric_value, summary_field,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_broker_the_collector_buffers_drops_the_oldest_and_counts() {
     let port = free_port();
     let dead_broker = format!("127.0.0.1:{}", free_port());
-    let args: Vec<String> = [
+    let args = args(&[
         "--source",
         "simulated",
         "--sim-nodes",
@@ -30,10 +28,7 @@ async fn without_a_broker_the_collector_buffers_drops_the_oldest_and_counts() {
         "500ms",
         "--metrics-addr",
         &format!("127.0.0.1:{port}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let mut collector = Proc::spawn(
         "collector",
         &bin("collector"),
@@ -46,23 +41,23 @@ async fn without_a_broker_the_collector_buffers_drops_the_oldest_and_counts() {
         Duration::from_secs(30),
         "records dropped while the broker is away",
         || async {
-            let text = http.get(&url).send().await.ok()?.text().await.ok()?;
-            (counter(&text, "collector_records_dropped_total")? >= 10).then_some(text)
+            let text = get_text(&http, &url).await?;
+            (metric_value(&text, "collector_records_dropped_total")? >= 10).then_some(text)
         },
     )
     .await;
     assert_eq!(
-        counter(&text, "collector_buffered_records"),
+        metric_value(&text, "collector_buffered_records"),
         Some(6),
         "{text}"
     );
     assert_eq!(
-        counter(&text, "collector_in_flight_records"),
+        metric_value(&text, "collector_in_flight_records"),
         Some(4),
         "{text}"
     );
     assert_eq!(
-        counter(&text, "collector_records_published_total"),
+        metric_value(&text, "collector_records_published_total"),
         Some(0),
         "{text}"
     );

@@ -13,6 +13,7 @@ use msg_queue_client::dead_letter::DeadLetterProducer;
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
 use msg_queue_client::wire::{GpuSample, TelemetryBatch, seal};
 use secrecy::SecretString;
+use streamer::StoreOffsets;
 use streamer::ingest::Ingestor;
 use streamer::metrics::StreamerMetrics;
 use streamer::query::proto::GpuStatus;
@@ -69,13 +70,6 @@ impl Store for FlakyStore {
     }
 }
 
-struct FromStart(Arc<FlakyStore>);
-impl msg_queue_client::consumer::OffsetSource for FromStart {
-    fn resume_offset(&self, _: &str, p: i32) -> Option<i64> {
-        self.0.resume_offset(p)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_failures_are_retried_and_no_sample_is_skipped_or_doubled() {
     let broker = Broker::start();
@@ -94,7 +88,7 @@ async fn store_failures_are_retried_and_no_sample_is_skipped_or_doubled() {
     let metrics = Arc::new(StreamerMetrics::default());
     let consumer = TelemetryConsumer::new(
         &ConsumerConfig::new(&broker.addr, unique("g"), &topic),
-        Arc::new(FromStart(store.clone())),
+        Arc::new(StoreOffsets(store.clone())),
     )
     .unwrap();
     let dead_letter = DeadLetterProducer::new(&broker.addr, &dlq, &topic, &[]).unwrap();

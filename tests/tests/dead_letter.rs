@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use common_auth::RecordSigner;
 use integration_tests::{
-    Broker, Names, eventually, free_port, get_json, metric_value, spawn_api, spawn_streamer, unique,
+    Broker, Names, eventually, free_port, get_json, get_text, metric_value, spawn_api,
+    spawn_streamer, unique,
 };
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
 use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch, header, seal};
@@ -86,14 +87,7 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
         "good record stored and rejects counted",
         || async {
             let (_, gpus) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
-            let text = http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = get_text(&http, &format!("{base}/metrics")).await?;
             (gpus["count"] == 1 && metric_value(&text, "streamer_dead_lettered_total") == Some(3))
                 .then_some((gpus, text))
         },

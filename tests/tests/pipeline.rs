@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use collector::simulated::{FleetSpec, SimulatedSource};
 use integration_tests::{
-    Broker, Names, eventually, free_port, get_json, metric_value, spawn_api, spawn_collector,
-    spawn_streamer,
+    Broker, Names, eventually, free_port, get_json, get_text, metric_value, spawn_api,
+    spawn_collector, spawn_streamer,
 };
 use msg_queue_client::metric;
 use serde_json::Value;
@@ -191,14 +191,7 @@ async fn streamer_killed_mid_stream_restarts_and_each_sample_appears_exactly_onc
     assert!(stamps.values().all(|s| s.len() == 80));
     // The restarted streamer rebuilt everything from Kafka, including what the killed one
     // had stored: it stored all 16 × 80 samples itself, each once.
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http, &format!("{base}/metrics")).await.unwrap();
     assert_eq!(
         metric_value(&text, "streamer_samples_stored_total"),
         Some(16 * 80),

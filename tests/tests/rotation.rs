@@ -4,17 +4,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use integration_tests::{Broker, Proc, bin, eventually, free_port, unique};
+use integration_tests::{
+    Broker, Names, Proc, args, bin, eventually, free_port, get_text, spawn_api_with,
+    spawn_streamer_with, unique,
+};
 
 fn write_atomically(dir: &Path, name: &str, value: &str) {
     // As the kubelet does: write aside, then swap in one rename.
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, value).unwrap();
     std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 async fn status(http: &reqwest::Client, url: &str, key: &str) -> u16 {
@@ -65,56 +64,10 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
     ];
 
     let broker = Broker::start();
-    let (topic, dlq, group) = (
-        unique("rot-telemetry"),
-        unique("rot-dlq"),
-        unique("rot-group"),
-    );
+    let n = Names::fresh("rot");
     let grpc = free_port();
-    let mut streamer = Proc::spawn(
-        "streamer",
-        &bin("streamer"),
-        &[
-            args(&[
-                "--grpc-addr",
-                &format!("127.0.0.1:{grpc}"),
-                "--brokers",
-                &broker.addr,
-                "--topic",
-                &topic,
-                "--dead-letter-topic",
-                &dlq,
-                "--group-id",
-                &group,
-                "--partitions",
-                "2",
-            ]),
-            args(&rotation),
-        ]
-        .concat(),
-        &[],
-    );
-    streamer.wait_line("streamer grpc listening on", Duration::from_secs(20));
-    let mut api = Proc::spawn(
-        "api",
-        &bin("api"),
-        &[
-            args(&[
-                "--listen",
-                "127.0.0.1:0",
-                "--streamer-url",
-                &format!("http://127.0.0.1:{grpc}"),
-            ]),
-            args(&rotation),
-        ]
-        .concat(),
-        &[],
-    );
-    let line = api.wait_line("api listening on ", Duration::from_secs(20));
-    let base = format!(
-        "http://{}",
-        line.trim_start_matches("api listening on ").trim()
-    );
+    let _streamer = spawn_streamer_with(&broker, &n, grpc, &rotation, &[]);
+    let (_api, base) = spawn_api_with(grpc, &rotation, &[]);
     let mut collector = Proc::spawn(
         "collector",
         &bin("collector"),
@@ -129,7 +82,7 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
                 "--brokers",
                 &broker.addr,
                 "--topic",
-                &topic,
+                &n.topic,
                 "--partitions",
                 "2",
             ]),
@@ -201,14 +154,7 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
         0,
         "requests failed during the rotation"
     );
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &format!("{base}/metrics")).await.unwrap();
     assert!(
         !metrics.contains("streamer_records_rejected_total"),
         "{metrics}"
@@ -247,7 +193,8 @@ async fn a_restarted_streamer_still_verifies_records_signed_before_a_rotation_wi
     write_atomically(secrets.path(), "service-token", new);
     write_atomically(secrets.path(), "api-key", key);
     let broker = Broker::start();
-    let topic = unique("retired");
+    let n = Names::fresh("retired");
+    let topic = n.topic.clone();
     msg_queue_client::topic::ensure_topic(&broker.addr, &topic, 2, 1)
         .await
         .unwrap();
@@ -268,65 +215,16 @@ async fn a_restarted_streamer_still_verifies_records_signed_before_a_rotation_wi
     }
 
     let grpc = free_port();
-    let streamer_args = |group: &str| {
-        args(&[
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc}"),
-            "--brokers",
-            &broker.addr,
-            "--topic",
-            &topic,
-            "--dead-letter-topic",
-            &format!("{topic}-dlq"),
-            "--group-id",
-            group,
-            "--partitions",
-            "2",
-            "--secret-dir",
-            &dir,
-        ])
-    };
-    let mut api = Proc::spawn(
-        "api",
-        &bin("api"),
-        &args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--streamer-url",
-            &format!("http://127.0.0.1:{grpc}"),
-            "--secret-dir",
-            &dir,
-        ]),
-        &[],
-    );
-    let line = api.wait_line("api listening on ", Duration::from_secs(20));
-    let base = format!(
-        "http://{}",
-        line.trim_start_matches("api listening on ").trim()
-    );
+    let (_api, base) = spawn_api_with(grpc, &["--secret-dir", &dir], &[]);
     let http = reqwest::Client::new();
     let metrics = || {
         let http = http.clone();
         let base = base.clone();
-        async move {
-            http.get(format!("{base}/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()
-        }
+        async move { get_text(&http, &format!("{base}/metrics")).await }
     };
 
     // Without the retired token, the restarted streamer cannot verify them.
-    let mut first = Proc::spawn(
-        "streamer",
-        &bin("streamer"),
-        &streamer_args(&unique("g1")),
-        &[],
-    );
-    first.wait_line("streamer grpc listening on", Duration::from_secs(20));
+    let mut first = spawn_streamer_with(&broker, &n, grpc, &["--secret-dir", &dir], &[]);
     eventually(Duration::from_secs(60), "old records rejected", || async {
         let text = metrics().await?;
         (integration_tests::metric_value(
@@ -344,13 +242,12 @@ async fn a_restarted_streamer_still_verifies_records_signed_before_a_rotation_wi
         "service-token-previous",
         &format!("{old}\n"),
     );
-    let mut second = Proc::spawn(
-        "streamer",
-        &bin("streamer"),
-        &streamer_args(&unique("g2")),
-        &[],
-    );
-    second.wait_line("streamer grpc listening on", Duration::from_secs(20));
+    // A new group: the killed member would otherwise hold up the join until its session ends.
+    let n2 = Names {
+        group: unique("retired-group-2"),
+        ..n.clone()
+    };
+    let _second = spawn_streamer_with(&broker, &n2, grpc, &["--secret-dir", &dir], &[]);
     let text = eventually(Duration::from_secs(60), "old records stored", || async {
         let text = metrics().await?;
         (integration_tests::metric_value(&text, "streamer_samples_stored_total") == Some(10))
