@@ -6,7 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".telemetry.v1", "::msg_queue_client::wire::proto")
         .compile_with_config(
             config,
-            &["proto/query.proto"],
+            &["proto/query.proto", "proto/storage.proto"],
             &["proto", "../msg-queue-client/proto"],
         )?;
     Ok(())

@@ -13,7 +13,8 @@ use streamer::query::proto::{
     Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest, QueryRangeRequest,
     StatsRequest, WatchLatestRequest,
 };
-use streamer::store::Store;
+use streamer::query::{samples, state, status};
+use streamer::store::{LatestIndex, Store};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -71,57 +72,35 @@ pub struct GrpcBackend {
 /// one at least every second); otherwise reads go to the streamer.
 pub const MIRROR_MAX_AGE: Duration = Duration::from_secs(3);
 
-/// The api's copy of every GPU's latest state.
+/// The api's copy of every GPU's latest state: the same [`LatestIndex`] the streamer
+/// keeps, fed by its `WatchLatest` stream.
 #[derive(Debug, Default)]
 pub struct LatestMirror {
-    state: std::sync::RwLock<MirrorState>,
+    index: LatestIndex,
+    synced_at: std::sync::RwLock<Option<std::time::Instant>>,
     hits: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Debug, Default)]
-struct MirrorState {
-    gpus: std::collections::HashMap<String, GpuStatus>,
-    order: std::collections::BTreeSet<(String, u32, String)>,
-    synced_at: Option<std::time::Instant>,
-}
-
-fn order_of(g: &GpuStatus) -> Option<(String, u32, String)> {
-    g.info
-        .as_ref()
-        .map(|i| (i.node.clone(), i.index, i.uuid.clone()))
 }
 
 impl LatestMirror {
     /// Applies one update: a full snapshot replaces everything; a delta upserts.
     pub fn apply(&self, update: LatestUpdate) {
-        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if update.full {
-            st.gpus.clear();
-            st.order.clear();
-        }
-        for g in update.gpus {
-            let Some(key) = order_of(&g) else { continue };
-            if let Some(old) = st.gpus.get(&key.2).and_then(order_of) {
-                st.order.remove(&old);
-            }
-            st.order.insert(key.clone());
-            st.gpus.insert(key.2, g);
-        }
-        st.synced_at = Some(std::time::Instant::now());
+        let gpus = update.gpus.into_iter().filter_map(state).collect();
+        self.index.replace(update.full, gpus);
+        *self.synced_at.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
     }
 
     /// Forgets when the last update came: reads go to the streamer until the next one.
     pub fn mark_stale(&self) {
-        self.state
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .synced_at = None;
+        *self.synced_at.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Whether the last update is younger than `max_age`.
     pub fn is_fresh(&self, max_age: Duration) -> bool {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-        st.synced_at.is_some_and(|t| t.elapsed() < max_age)
+        self.synced_at
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < max_age)
     }
 
     /// Reads answered from the mirror so far.
@@ -131,30 +110,6 @@ impl LatestMirror {
 
     fn hit(&self) {
         self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn visit(&self, node: Option<&str>, f: &mut dyn FnMut(streamer::store::GpuView<'_>)) {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-        for key in &st.order {
-            if node.is_some_and(|n| key.0 != n) {
-                continue;
-            }
-            let Some(g) = st.gpus.get(&key.2) else {
-                continue;
-            };
-            let Some(info) = &g.info else { continue };
-            f(streamer::store::GpuView {
-                info,
-                latest: g.latest.as_ref(),
-                last_seen_ms: g.last_seen_ms,
-                sample_count: g.sample_count,
-            });
-        }
-    }
-
-    fn get(&self, uuid: &str) -> Option<GpuStatus> {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-        st.gpus.get(uuid).cloned()
     }
 }
 
@@ -269,7 +224,7 @@ impl TelemetryBackend for GrpcBackend {
     async fn gpu(&self, uuid: String) -> Result<Option<GpuStatus>, BackendError> {
         if self.mirror.is_fresh(MIRROR_MAX_AGE) {
             self.mirror.hit();
-            return Ok(self.mirror.get(&uuid));
+            return Ok(self.mirror.index.get(&uuid).map(status));
         }
         match self
             .client
@@ -315,7 +270,7 @@ impl TelemetryBackend for GrpcBackend {
         if self.mirror.is_fresh(MIRROR_MAX_AGE) {
             self.mirror.hit();
             let mut out = Vec::with_capacity(1 << 16);
-            crate::model::write_gpu_list(|f| self.mirror.visit(node.as_deref(), f), &mut out)
+            crate::model::write_gpu_list(|f| self.mirror.index.visit(node.as_deref(), f), &mut out)
                 .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))?;
             return Ok(out);
         }
@@ -329,7 +284,7 @@ impl TelemetryBackend for GrpcBackend {
 #[derive(Debug, Clone)]
 pub struct StoreBackend {
     /// The store.
-    pub store: Arc<dyn Store>,
+    pub store: Arc<Store>,
     /// Its ingest counters.
     pub metrics: Arc<StreamerMetrics>,
 }
@@ -337,11 +292,12 @@ pub struct StoreBackend {
 #[tonic::async_trait]
 impl TelemetryBackend for StoreBackend {
     async fn list_gpus(&self, node: Option<String>) -> Result<Vec<GpuStatus>, BackendError> {
-        Ok(self.store.list_gpus(node.as_deref()))
+        let gpus = self.store.latest().list(node.as_deref());
+        Ok(gpus.into_iter().map(status).collect())
     }
 
     async fn gpu(&self, uuid: String) -> Result<Option<GpuStatus>, BackendError> {
-        Ok(self.store.gpu(&uuid))
+        Ok(self.store.latest().get(&uuid).map(status))
     }
 
     async fn range(
@@ -352,12 +308,21 @@ impl TelemetryBackend for StoreBackend {
         limit: u32,
     ) -> Result<RangeResult, BackendError> {
         let limit = (limit as usize).clamp(1, streamer::query::MAX_RANGE_SAMPLES);
-        Ok(self.store.range(&uuid, start_ms, end_ms, limit))
+        let store = self.store.clone();
+        let found =
+            tokio::task::spawn_blocking(move || store.range(&uuid, start_ms, end_ms, limit))
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("range task: {e}")))?
+                .map_err(|e| {
+                    self.metrics.error("store");
+                    BackendError::Unavailable(format!("store read: {e}"))
+                })?;
+        Ok(found.map(|(readings, truncated)| (samples(&readings), truncated)))
     }
 
     async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {
         let mut out = Vec::with_capacity(1 << 16);
-        crate::model::write_gpu_list(|f| self.store.visit_gpus(node.as_deref(), f), &mut out)
+        crate::model::write_gpu_list(|f| self.store.latest().visit(node.as_deref(), f), &mut out)
             .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))?;
         Ok(out)
     }

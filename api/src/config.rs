@@ -17,7 +17,7 @@ pub struct ApiConfig {
     /// Address to listen on.
     #[arg(long, env = "API_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Run collector + in-memory store + API in this process, without Kafka or a streamer.
+    /// Run collector + durable store + API in this process, without Kafka or a streamer.
     #[arg(long, env = "API_EMBEDDED")]
     pub embedded: bool,
     /// The streamer's gRPC URL (not used with --embedded).
@@ -34,10 +34,33 @@ pub struct ApiConfig {
     /// The service token for the streamer (not used with --embedded).
     #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
     pub service_token: Option<SecretString>,
-    /// Embedded mode: history kept per GPU in memory.
-    #[arg(long, env = "STREAMER_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    /// Embedded mode: directory of the durable store (created if missing).
+    #[arg(long, env = "API_DATA_DIR", default_value = "data")]
+    pub data_dir: std::path::PathBuf,
+    /// Embedded mode: raw samples kept (by age).
+    #[arg(long, env = "STREAMER_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
+    /// Embedded mode: also drop the oldest samples while stored chunks exceed this many
+    /// bytes (0: no limit).
+    #[arg(long, env = "STREAMER_RETENTION_BYTES", default_value_t = 0)]
+    pub retention_bytes: u64,
+    /// Embedded mode: how often buffered samples are compressed to disk (every sample is
+    /// in the fsynced write-ahead log before that).
+    #[arg(long, env = "STREAMER_FLUSH_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
     /// Embedded mode: the GPU source (default auto: NVML if present, else simulated).
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+impl ApiConfig {
+    /// The embedded store's settings: these flags, with the write-ahead log on.
+    pub fn disk_config(&self) -> streamer::store::DiskConfig {
+        let mut d = streamer::store::DiskConfig::new(&self.data_dir);
+        d.retention = self.retention;
+        d.retention_bytes = self.retention_bytes;
+        d.flush_interval = self.flush_interval;
+        d.write_ahead = true;
+        d
+    }
 }

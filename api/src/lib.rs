@@ -44,6 +44,9 @@ pub enum RunError {
     /// The streamer URL is invalid.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
+    /// The embedded store cannot open.
+    #[error(transparent)]
+    Store(#[from] streamer::store::StoreError),
     /// Serving failed.
     #[error("server failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -120,7 +123,20 @@ pub async fn run(
     // Secrets re-read from --secret-dir: the API key, and the service token for the streamer.
     let mut watched = vec![(SecretSpec::API_KEY, keys.clone())];
     let backend: Arc<dyn TelemetryBackend> = if cfg.embedded {
-        let (b, task) = embedded::start(&cfg, stopped(), stopped())?;
+        let dir = cfg.data_dir.clone();
+        let disk = cfg.disk_config();
+        let store = tokio::task::spawn_blocking(move || streamer::store::Store::open_disk(disk))
+            .await
+            .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
+        let store = Arc::new(store);
+        let _ = writeln!(
+            std::io::stdout(),
+            "data directory: {} ({} GPUs, {} samples kept from earlier runs)",
+            std::path::absolute(&dir).unwrap_or(dir).display(),
+            store.latest().len(),
+            store.latest().sample_count()
+        );
+        let (b, task) = embedded::start(&cfg, store, stopped())?;
         background = Some(task);
         Arc::new(b)
     } else {

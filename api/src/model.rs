@@ -344,8 +344,9 @@ mod tests {
     #[test]
     fn streamed_gpu_list_is_byte_for_byte_the_serialised_list() {
         use collector::simulated::{FleetSpec, SimulatedSource};
-        use streamer::store::{MemoryStore, Store};
-        let store = MemoryStore::new(std::time::Duration::from_secs(3600));
+        use streamer::store::{DiskConfig, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_disk(DiskConfig::new(dir.path())).unwrap();
         let fleet = SimulatedSource::new(FleetSpec {
             nodes: 3,
             gpus_per_node: 4,
@@ -356,8 +357,13 @@ mod tests {
         }
         for node in [None, Some("sim-node-001"), Some("nope")] {
             let mut streamed = Vec::new();
-            write_gpu_list(|f| store.visit_gpus(node, f), &mut streamed).unwrap();
-            let gpus = store.list_gpus(node);
+            write_gpu_list(|f| store.latest().visit(node, f), &mut streamed).unwrap();
+            let gpus: Vec<_> = store
+                .latest()
+                .list(node)
+                .into_iter()
+                .map(streamer::query::status)
+                .collect();
             let list: Vec<Gpu<'_>> = gpus.iter().filter_map(Gpu::from_status).collect();
             let reference = serde_json::to_vec(&GpuList {
                 count: list.len(),

@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use common_auth::KeyRing;
 use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 use serde_json::Value;
-use streamer::store::{MemoryStore, Store};
+use streamer::store::{DiskConfig, Store};
 use tower::ServiceExt;
 
 const KEY: &str = "test-api-key";
@@ -19,7 +19,9 @@ const UUID: &str = "GPU-aaaaaaaa-0000-0000-0000-000000000001";
 const T0: i64 = 1_790_000_000_000; // 2026-09-21T14:13:20Z
 
 fn app() -> axum::Router {
-    let store = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    // The directory may go once the store is open (Linux keeps the open file).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
     let batch = TelemetryBatch {
         schema_version: SCHEMA_VERSION,
         node: "node-a".into(),

@@ -85,7 +85,7 @@ impl ConsumerContext for AssignContext {
                     .collect();
                 for (topic, partition) in assigned {
                     let offset = match self.offsets.resume_offset(&topic, partition) {
-                        Some(o) => Offset::Offset(o),
+                        Some(o) => checked_resume(base, &topic, partition, o),
                         None => Offset::Beginning,
                     };
                     tracing::info!(topic, partition, ?offset, "partition assigned");
@@ -107,6 +107,51 @@ impl ConsumerContext for AssignContext {
                 tracing::error!(error = ?other, "rebalance error");
                 let _ = base.unassign();
             }
+        }
+    }
+}
+
+/// How long an assignment waits for a partition's watermarks.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where to resume `partition` given the store's `stored` offset: there, unless the broker
+/// no longer has it. A stored offset past the broker's log end means the topic was
+/// recreated or the broker replaced (its log starts again); one before the log start means
+/// retention deleted records never stored. Either way the broker's log is read from its
+/// start — every stored sample is kept, and idempotence on (GPU, time) absorbs re-reads.
+fn checked_resume<C: ConsumerContext>(
+    base: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    stored: i64,
+) -> Offset {
+    match base.fetch_watermarks(topic, partition, WATERMARK_TIMEOUT) {
+        Ok((_, high)) if stored > high => {
+            tracing::warn!(
+                topic,
+                partition,
+                stored_offset = stored,
+                log_end = high,
+                "the broker no longer has the stored offset (topic recreated or broker \
+                 replaced); keeping the stored history and reading the partition from its start"
+            );
+            Offset::Beginning
+        }
+        Ok((low, _)) if stored < low => {
+            tracing::warn!(
+                topic,
+                partition,
+                stored_offset = stored,
+                log_start = low,
+                "records after the stored offset were deleted by the broker's retention before \
+                 they were stored; reading from the log start"
+            );
+            Offset::Beginning
+        }
+        Ok(_) => Offset::Offset(stored),
+        Err(error) => {
+            tracing::warn!(%error, topic, partition, "cannot read watermarks; resuming at the stored offset");
+            Offset::Offset(stored)
         }
     }
 }

@@ -37,12 +37,42 @@ pub struct StreamerConfig {
     /// Consumer session timeout: how soon a dead streamer's partitions move to another.
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_timeout: Duration,
-    /// History kept per GPU by the in-memory store.
-    #[arg(long, env = "STREAMER_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    /// Directory of the durable store (created if missing; one streamer per directory).
+    #[arg(long, env = "STREAMER_DATA_DIR", default_value = "data")]
+    pub data_dir: std::path::PathBuf,
+    /// Raw samples kept (by age).
+    #[arg(long, env = "STREAMER_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
+    /// Also drop the oldest samples while stored chunks exceed this many bytes (0: no
+    /// limit; e.g. 80% of the volume).
+    #[arg(long, env = "STREAMER_RETENTION_BYTES", default_value_t = 0)]
+    pub retention_bytes: u64,
+    /// How often buffered samples are written to disk. A kill re-reads at most this much
+    /// from Kafka, so keep it well under the topic's retention.
+    #[arg(long, env = "STREAMER_FLUSH_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
+    /// Flush sooner when this many samples wait in memory (bounds memory).
+    #[arg(
+        long,
+        env = "STREAMER_MAX_BUFFERED_SAMPLES",
+        default_value_t = 2_000_000
+    )]
+    pub max_buffered_samples: usize,
     #[command(flatten)]
     pub secrets: common_auth::SecretArgs,
     /// The service token (prefer the env var or --secret-dir: flags show in `ps`).
     #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
     pub service_token: Option<SecretString>,
+}
+
+impl StreamerConfig {
+    /// The store settings these flags give.
+    pub fn disk_config(&self) -> crate::store::DiskConfig {
+        let mut d = crate::store::DiskConfig::new(&self.data_dir);
+        d.retention = self.retention;
+        d.retention_bytes = self.retention_bytes;
+        d.flush_interval = self.flush_interval;
+        d.max_open_samples = self.max_buffered_samples;
+        d
+    }
 }

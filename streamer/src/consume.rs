@@ -50,7 +50,7 @@ async fn pause(
 pub async fn run_consumer(
     consumer: TelemetryConsumer,
     ingestor: Ingestor,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     dead_letter: DeadLetterProducer,
     metrics: Arc<StreamerMetrics>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -78,17 +78,24 @@ pub async fn run_consumer(
             }
         };
 
-        // 1. Store.
+        // 1. Store (on a blocking thread: the store writes to disk).
+        let records = Arc::new(records);
         let mut backoff = FIRST_BACKOFF;
         let ingested = loop {
-            match ingestor.process(&records) {
-                Ok(i) => break i,
-                Err(error) => {
+            let (ing, recs) = (ingestor.clone(), records.clone());
+            let done = tokio::task::spawn_blocking(move || ing.process(&recs)).await;
+            match done {
+                Ok(Ok(i)) => break i,
+                Ok(Err(error)) => {
                     tracing::error!(%error, records = records.len(), "store failed; retrying the batch");
-                    if !pause(&mut backoff, &mut shutdown).await {
-                        break 'outer;
-                    }
                 }
+                Err(error) => {
+                    metrics.error("store");
+                    tracing::error!(%error, "store task failed; retrying the batch");
+                }
+            }
+            if !pause(&mut backoff, &mut shutdown).await {
+                break 'outer;
             }
         };
 
@@ -135,9 +142,10 @@ pub async fn run_consumer(
             }
         }
 
-        // 3. Record the offsets in the store; then commit to the group (lag monitoring).
+        // 3. Cover the offsets in the store (durable with its next flush, together with
+        //    the samples); then commit to the group (lag monitoring).
         let mut backoff = FIRST_BACKOFF;
-        while let Err(error) = store.record_offsets(&ingested.next_offsets) {
+        while let Err(error) = store.cover(&ingested.next_offsets) {
             metrics.error("store");
             tracing::error!(%error, "cannot record offsets in the store; retrying");
             if !pause(&mut backoff, &mut shutdown).await {

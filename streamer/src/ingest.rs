@@ -40,7 +40,7 @@ pub struct Ingestor {
     // The verifier for the tokens accepted last time, keyed by (ring version, how many
     // tokens were accepted): rebuilt after a rotation and when a grace period ends.
     verifier: Arc<Mutex<((u64, usize), RecordVerifier)>>,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     metrics: Arc<StreamerMetrics>,
 }
 
@@ -49,7 +49,7 @@ impl Ingestor {
     /// [`KeyRing::verifying`]: the current one, the previous one during a rotation's grace
     /// period, and the retired ones (`service-token-previous`) for records replayed long
     /// after a rotation.
-    pub fn new(tokens: KeyRing, store: Arc<dyn Store>, metrics: Arc<StreamerMetrics>) -> Self {
+    pub fn new(tokens: KeyRing, store: Arc<Store>, metrics: Arc<StreamerMetrics>) -> Self {
         let (version, verifying) = tokens.verifying();
         let verifier = RecordVerifier::new(verifying.iter());
         Self {

@@ -1,7 +1,9 @@
 //! The streamer: consumes telemetry from Kafka, verifies and stores it, answers queries.
 //!
-//! - [`store::Store`]: the storage seam ([`store::MemoryStore`] here), idempotent on
-//!   (GPU, sample time) and owner of the consumer's resume offsets.
+//! - [`store::Store`]: a durable [`store::History`] ([`store::DiskHistory`]: compressed
+//!   chunks on disk, offsets in the same transaction) and the in-memory
+//!   [`store::LatestIndex`]; idempotent on (GPU, sample time) and owner of the consumer's
+//!   resume offsets.
 //! - [`ingest::Ingestor`]: verify → decode → store for a batch of fetched records.
 //! - [`consume::run_consumer`]: the loop that fetches, ingests, dead-letters rejects, then
 //!   commits.
@@ -29,7 +31,7 @@ use crate::ingest::Ingestor;
 use crate::metrics::StreamerMetrics;
 use crate::query::QueryService;
 use crate::query::proto::telemetry_query_server::TelemetryQueryServer;
-use crate::store::{MemoryStore, Store};
+use crate::store::Store;
 
 /// Largest gRPC message either side sends (a 10,000-GPU list is ≈ 3 MB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -57,7 +59,7 @@ pub enum StreamerError {
 /// Adapts a [`Store`] to the consumer's [`OffsetSource`]: partitions resume where the store
 /// says ([`Store::resume_offset`]).
 #[derive(Debug)]
-pub struct StoreOffsets(pub Arc<dyn Store>);
+pub struct StoreOffsets(pub Arc<Store>);
 
 impl OffsetSource for StoreOffsets {
     fn resume_offset(&self, _topic: &str, partition: i32) -> Option<i64> {
@@ -65,13 +67,16 @@ impl OffsetSource for StoreOffsets {
     }
 }
 
-/// Runs the streamer: gRPC on `listener`, consuming until `shutdown` resolves. On shutdown
-/// the gRPC server stops accepting, the consumer finishes its batch and commits once more.
+/// Runs the streamer over `store` (opened by the caller, see
+/// [`StreamerConfig::disk_config`]): gRPC on `listener`, consuming until `shutdown`
+/// resolves. On shutdown the gRPC server stops accepting, the consumer finishes its batch,
+/// the store flushes and the consumer commits once more.
 ///
 /// # Errors
 /// [`StreamerError`] when the secret, Kafka clients or the gRPC server cannot start.
 pub async fn run(
     cfg: StreamerConfig,
+    store: Arc<Store>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StreamerError> {
@@ -80,7 +85,6 @@ pub async fn run(
         .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
     cfg.secrets
         .load_retired(&SecretSpec::SERVICE_TOKEN_PREVIOUS, &ring)?;
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(cfg.retention));
     let metrics = Arc::new(StreamerMetrics::default());
 
     // In the background: the query service comes up even while the broker is away.
@@ -119,7 +123,7 @@ pub async fn run(
         shutdown.await;
         let _ = on_signal.send(true);
     });
-    let sweeper = tokio::spawn(store::run_sweeper(
+    let maintenance = tokio::spawn(store::run_maintenance(
         store.clone(),
         store::SWEEP_INTERVAL,
         stopped(),
@@ -143,7 +147,8 @@ pub async fn run(
         let _ = stop_tx.send(true);
     }
     let _ = consumer_task.await;
-    let _ = sweeper.await;
+    // After the consumer: the final flush covers its last batch.
+    let _ = maintenance.await;
     if let Some(r) = reload {
         let _ = r.await;
     }
@@ -159,7 +164,7 @@ pub async fn run(
 /// The transport's error when serving fails.
 pub async fn serve_queries(
     listener: TcpListener,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     metrics: Arc<StreamerMetrics>,
     tokens: KeyRing,
     shutdown: impl std::future::Future<Output = ()>,

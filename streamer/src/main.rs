@@ -11,6 +11,13 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cfg = StreamerConfig::parse();
+    let store = match streamer::store::Store::open_disk(cfg.disk_config()) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "streamer: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(cfg.grpc_addr).await {
         Ok(l) => l,
         Err(error) => {
@@ -26,7 +33,7 @@ async fn main() -> std::process::ExitCode {
         // A plain line on stdout, for scripts and tests that start it on port 0.
         let _ = writeln!(std::io::stdout(), "streamer grpc listening on {addr}");
     }
-    match streamer::run(cfg, listener, shutdown_signal()).await {
+    match streamer::run(cfg, store, listener, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "streamer: {error}");

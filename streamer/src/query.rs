@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::StreamerMetrics;
-use crate::store::Store;
+use crate::store::{GpuState, Reading, Store};
 
 /// Generated types and client/server of `telemetry.query.v1`.
 #[allow(
@@ -33,12 +33,13 @@ pub const WATCH_FULL_EVERY: std::time::Duration = std::time::Duration::from_secs
 
 /// Feeds one `WatchLatest` stream until the client goes away.
 async fn watch(
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     tx: tokio::sync::mpsc::Sender<Result<LatestUpdate, Status>>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
     auth: Option<(common_auth::KeyRing, Vec<u8>)>,
 ) {
-    let (gpus, mut version) = store.snapshot();
+    let (gpus, mut version) = store.latest().snapshot();
+    let gpus = statuses(gpus);
     if tx
         .send(Ok(LatestUpdate { full: true, gpus }))
         .await
@@ -66,16 +67,22 @@ async fn watch(
         let now = tokio::time::Instant::now();
         let update = if now.duration_since(last_full) >= WATCH_FULL_EVERY {
             last_full = now;
-            let (gpus, v) = store.snapshot();
+            let (gpus, v) = store.latest().snapshot();
             version = v;
-            LatestUpdate { full: true, gpus }
+            LatestUpdate {
+                full: true,
+                gpus: statuses(gpus),
+            }
         } else {
-            let (gpus, v) = store.changed_since(version);
+            let (gpus, v) = store.latest().changed_since(version);
             version = v;
             if gpus.is_empty() && now.duration_since(last_sent) < WATCH_HEARTBEAT {
                 continue;
             }
-            LatestUpdate { full: false, gpus }
+            LatestUpdate {
+                full: false,
+                gpus: statuses(gpus),
+            }
         };
         // A client that stops reading must not hold up shutdown.
         tokio::select! {
@@ -84,6 +91,35 @@ async fn watch(
         }
         last_sent = now;
     }
+}
+
+/// The gRPC form of a GPU's latest state.
+pub fn status(g: GpuState) -> GpuStatus {
+    GpuStatus {
+        info: Some(g.info),
+        last_seen_ms: g.last_seen_ms,
+        latest: g.latest,
+        sample_count: g.sample_count,
+    }
+}
+
+fn statuses(gs: Vec<GpuState>) -> Vec<GpuStatus> {
+    gs.into_iter().map(status).collect()
+}
+
+/// A GPU's latest state from its gRPC form (`None` without inventory).
+pub fn state(g: GpuStatus) -> Option<GpuState> {
+    Some(GpuState {
+        info: g.info?,
+        latest: g.latest,
+        last_seen_ms: g.last_seen_ms,
+        sample_count: g.sample_count,
+    })
+}
+
+/// The wire samples of `readings` (uuid empty: a range is of one GPU).
+pub fn samples(readings: &[Reading]) -> Vec<msg_queue_client::wire::GpuSample> {
+    readings.iter().map(Reading::to_wire).collect()
 }
 
 /// The ingest counters as the `Stats` call returns them.
@@ -105,7 +141,7 @@ pub const MAX_RANGE_SAMPLES: usize = 100_000;
 /// The service implementation.
 #[derive(Debug, Clone)]
 pub struct QueryService {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     metrics: Arc<StreamerMetrics>,
     stopping: tokio::sync::watch::Receiver<bool>,
     tokens: Option<common_auth::KeyRing>,
@@ -115,7 +151,7 @@ impl QueryService {
     /// A service answering from `store`, reporting `metrics`. `stopping` turning true ends
     /// every `WatchLatest` stream, so a graceful shutdown does not wait on them forever.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         metrics: Arc<StreamerMetrics>,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
@@ -143,15 +179,16 @@ impl TelemetryQuery for QueryService {
     ) -> Result<Response<ListGpusResponse>, Status> {
         let node = req.into_inner().node;
         Ok(Response::new(ListGpusResponse {
-            gpus: self.store.list_gpus(node.as_deref()),
+            gpus: statuses(self.store.latest().list(node.as_deref())),
         }))
     }
 
     async fn get_gpu(&self, req: Request<GetGpuRequest>) -> Result<Response<GpuStatus>, Status> {
         let uuid = req.into_inner().uuid;
         self.store
-            .gpu(&uuid)
-            .map(Response::new)
+            .latest()
+            .get(&uuid)
+            .map(|g| Response::new(status(g)))
             .ok_or_else(|| Status::not_found(format!("unknown GPU {uuid}")))
     }
 
@@ -164,11 +201,23 @@ impl TelemetryQuery for QueryService {
             0 => MAX_RANGE_SAMPLES,
             n => (n as usize).min(MAX_RANGE_SAMPLES),
         };
-        let (samples, truncated) = self
-            .store
-            .range(&r.uuid, r.start_ms, r.end_ms, limit)
-            .ok_or_else(|| Status::not_found(format!("unknown GPU {}", r.uuid)))?;
-        Ok(Response::new(QueryRangeResponse { samples, truncated }))
+        let store = self.store.clone();
+        let uuid = r.uuid.clone();
+        let found =
+            tokio::task::spawn_blocking(move || store.range(&uuid, r.start_ms, r.end_ms, limit))
+                .await
+                .map_err(|e| Status::internal(format!("range task failed: {e}")))?
+                .map_err(|error| {
+                    self.metrics.error("store");
+                    tracing::error!(%error, "range query failed");
+                    Status::internal("store read failed")
+                })?;
+        let (readings, truncated) =
+            found.ok_or_else(|| Status::not_found(format!("unknown GPU {}", r.uuid)))?;
+        Ok(Response::new(QueryRangeResponse {
+            samples: samples(&readings),
+            truncated,
+        }))
     }
 
     type WatchLatestStream = tokio_stream::wrappers::ReceiverStream<Result<LatestUpdate, Status>>;

@@ -28,7 +28,7 @@ use msg_queue_client::wire::{SignedRecord, header, seal};
 use secrecy::SecretString;
 use streamer::ingest::Ingestor;
 use streamer::metrics::StreamerMetrics;
-use streamer::store::{MemoryStore, Store};
+use streamer::store::{DiskConfig, Store};
 
 const NODES: u32 = 1250; // × 8 GPUs = 10,000 GPUs
 const ROUNDS: i64 = 30; // × 10,000 = 300,000 samples
@@ -65,7 +65,14 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn ingestor(store: Arc<dyn Store>) -> Ingestor {
+/// A store in a fresh temporary directory (removed when the store is dropped... or at
+/// exit: Linux keeps the open database file).
+fn temp_store() -> Arc<Store> {
+    let dir = tempfile::tempdir().unwrap();
+    Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap())
+}
+
+fn ingestor(store: Arc<Store>) -> Ingestor {
     Ingestor::new(
         KeyRing::new(token()),
         store,
@@ -78,7 +85,7 @@ async fn end_to_end(broker: &Broker, recs: &[SignedRecord]) -> f64 {
     msg_queue_client::topic::ensure_topic(&broker.addr, &topic, 12, 1)
         .await
         .unwrap();
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let store = temp_store();
     let ing = ingestor(store.clone());
     let consumer = TelemetryConsumer::new(
         &ConsumerConfig::new(&broker.addr, unique("g"), &topic),
@@ -105,7 +112,7 @@ async fn end_to_end(broker: &Broker, recs: &[SignedRecord]) -> f64 {
         }
         start.elapsed()
     });
-    while store.sample_count() < total {
+    while store.latest().sample_count() < total {
         let batch = tokio::time::timeout(
             Duration::from_secs(60),
             consumer.recv_batch(2000, Duration::from_millis(5)),
@@ -187,14 +194,14 @@ async fn main() {
     let f = fetched(&recs);
     let mut rates = Vec::new();
     for _ in 0..5 {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+        let store = temp_store();
         let ing = ingestor(store.clone());
         let t = Instant::now();
         for chunk in f.chunks(2000) {
             ing.process(chunk).unwrap();
         }
         rates.push(f.len() as f64 * 8.0 / t.elapsed().as_secs_f64());
-        assert_eq!(store.sample_count(), f.len() as u64 * 8);
+        assert_eq!(store.latest().sample_count(), f.len() as u64 * 8);
     }
     println!(
         "streamer ingest (verify+decode+store, fetched records): median {:.0} samples/s over 5 runs",
@@ -215,7 +222,7 @@ async fn main() {
     drop(broker);
 
     // 3. GET /api/v1/gpus with 10,000 GPUs.
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let store = temp_store();
     let ing = ingestor(store.clone());
     for chunk in f.chunks(2000) {
         ing.process(chunk).unwrap();
@@ -258,12 +265,17 @@ async fn main() {
     let mut local = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
-        let n = store.list_gpus(None).len();
+        let n = store.latest().list(None).len();
         assert_eq!(n, 10_000);
         local.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let resp = streamer::query::proto::ListGpusResponse {
-        gpus: store.list_gpus(None),
+        gpus: store
+            .latest()
+            .list(None)
+            .into_iter()
+            .map(streamer::query::status)
+            .collect(),
     };
     let t = Instant::now();
     let bytes = prost::Message::encode_to_vec(&resp);
@@ -303,7 +315,7 @@ async fn main() {
     );
 
     // 4. 24 h of one GPU at 1 s.
-    let one: Arc<dyn Store> = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let one = temp_store();
     let src = SimulatedSource::new(FleetSpec {
         nodes: 1,
         gpus_per_node: 1,
@@ -311,6 +323,10 @@ async fn main() {
     });
     for s in 0..86_400 {
         one.apply(&src.batch(0, T0 + s * 1000)).unwrap();
+        // As the streamer does by default: a chunk every 10 minutes.
+        if s % 600 == 599 {
+            one.flush().unwrap();
+        }
     }
     let uuid = SimulatedSource::info(src.spec(), 0, 0).uuid;
     let day = serve_api(Arc::new(StoreBackend {

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// Command-line arguments as owned strings.
@@ -346,6 +346,8 @@ pub struct Names {
     pub token: String,
     /// API key.
     pub api_key: String,
+    /// The streamer's data directory (removed when the last clone is dropped).
+    pub data_dir: Arc<tempfile::TempDir>,
 }
 
 impl Names {
@@ -357,6 +359,7 @@ impl Names {
             group: unique(&format!("{test}-group")),
             token: format!("service-token-{}", unique("t")),
             api_key: format!("api-key-{}", unique("k")),
+            data_dir: Arc::new(tempfile::tempdir().expect("temporary data directory")),
         }
     }
 }
@@ -396,6 +399,8 @@ pub fn spawn_streamer_with(
         "4",
         "--session-timeout",
         "6s",
+        "--data-dir",
+        &n.data_dir.path().display().to_string(),
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut p = Proc::spawn("streamer", &bin("streamer"), &args, envs);

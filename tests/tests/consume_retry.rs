@@ -11,17 +11,18 @@ use integration_tests::{Broker, eventually, unique};
 use msg_queue_client::consumer::{ConsumerConfig, TelemetryConsumer};
 use msg_queue_client::dead_letter::DeadLetterProducer;
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
-use msg_queue_client::wire::{GpuSample, TelemetryBatch, seal};
+use msg_queue_client::wire::{TelemetryBatch, seal};
 use secrecy::SecretString;
 use streamer::StoreOffsets;
 use streamer::ingest::Ingestor;
 use streamer::metrics::StreamerMetrics;
-use streamer::query::proto::GpuStatus;
-use streamer::store::{Applied, MemoryStore, Store, StoreError};
+use streamer::store::{
+    Applied, DiskConfig, DiskHistory, History, Reading, SeriesState, Store, StoreError, Swept,
+};
 
-/// A store whose first `apply` and `record_offsets` calls fail.
-struct FlakyStore {
-    inner: MemoryStore,
+/// A history whose first `apply` and `cover` calls fail.
+struct FlakyHistory {
+    inner: DiskHistory,
     apply_failures: AtomicU32,
     offset_failures: AtomicU32,
 }
@@ -31,42 +32,42 @@ fn fail_once_more(n: &AtomicU32) -> bool {
         .is_ok()
 }
 
-impl Store for FlakyStore {
-    fn apply(&self, batch: &TelemetryBatch) -> Result<Applied, StoreError> {
+impl History for FlakyHistory {
+    fn apply(&self, batch: &TelemetryBatch) -> Result<(Applied, Vec<bool>), StoreError> {
         if fail_once_more(&self.apply_failures) {
-            return Err(StoreError::Io("disk on fire (test)".into()));
+            return Err(StoreError::Other("disk on fire (test)".into()));
         }
         self.inner.apply(batch)
+    }
+    fn cover(&self, next: &[(i32, i64)]) -> Result<(), StoreError> {
+        if fail_once_more(&self.offset_failures) {
+            return Err(StoreError::Other("fsync failed (test)".into()));
+        }
+        self.inner.cover(next)
     }
     fn resume_offset(&self, p: i32) -> Option<i64> {
         self.inner.resume_offset(p)
     }
-    fn record_offsets(&self, next: &[(i32, i64)]) -> Result<(), StoreError> {
-        if fail_once_more(&self.offset_failures) {
-            return Err(StoreError::Io("fsync failed (test)".into()));
-        }
-        self.inner.record_offsets(next)
-    }
-    fn list_gpus(&self, node: Option<&str>) -> Vec<GpuStatus> {
-        self.inner.list_gpus(node)
-    }
-    fn gpu(&self, uuid: &str) -> Option<GpuStatus> {
-        self.inner.gpu(uuid)
-    }
-    fn range(&self, uuid: &str, s: i64, e: i64, l: usize) -> Option<(Vec<GpuSample>, bool)> {
+    fn range(
+        &self,
+        uuid: &str,
+        s: i64,
+        e: i64,
+        l: usize,
+    ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
         self.inner.range(uuid, s, e, l)
     }
-    fn sample_count(&self) -> u64 {
-        self.inner.sample_count()
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
     }
-    fn sweep(&self, now_ms: i64) -> u64 {
+    fn flush_due(&self) -> bool {
+        self.inner.flush_due()
+    }
+    fn sweep(&self, now_ms: i64) -> Result<Swept, StoreError> {
         self.inner.sweep(now_ms)
     }
-    fn snapshot(&self) -> (Vec<GpuStatus>, u64) {
-        self.inner.snapshot()
-    }
-    fn changed_since(&self, since: u64) -> (Vec<GpuStatus>, u64) {
-        self.inner.changed_since(since)
+    fn series(&self) -> Result<Vec<SeriesState>, StoreError> {
+        self.inner.series()
     }
 }
 
@@ -80,11 +81,13 @@ async fn store_failures_are_retried_and_no_sample_is_skipped_or_doubled() {
             .unwrap();
     }
     let token = SecretString::from("flaky-token-0123456789".to_string());
-    let store = Arc::new(FlakyStore {
-        inner: MemoryStore::new(Duration::from_secs(86_400 * 365 * 10)),
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Arc::new(FlakyHistory {
+        inner: DiskHistory::open(DiskConfig::new(dir.path())).unwrap(),
         apply_failures: AtomicU32::new(3),
         offset_failures: AtomicU32::new(2),
     });
+    let store = Arc::new(Store::open(flaky.clone()).unwrap());
     let metrics = Arc::new(StreamerMetrics::default());
     let consumer = TelemetryConsumer::new(
         &ConsumerConfig::new(&broker.addr, unique("g"), &topic),
@@ -126,16 +129,16 @@ async fn store_failures_are_retried_and_no_sample_is_skipped_or_doubled() {
     eventually(
         Duration::from_secs(60),
         "every sample stored despite the failures",
-        || async { (store.sample_count() == 3 * 4 * 10).then_some(()) },
+        || async { (store.latest().sample_count() == 3 * 4 * 10).then_some(()) },
     )
     .await;
     assert_eq!(
-        store.apply_failures.load(Ordering::SeqCst),
+        flaky.apply_failures.load(Ordering::SeqCst),
         0,
         "the store did fail"
     );
     assert_eq!(
-        store.offset_failures.load(Ordering::SeqCst),
+        flaky.offset_failures.load(Ordering::SeqCst),
         0,
         "offset recording did fail"
     );
@@ -151,7 +154,7 @@ async fn store_failures_are_retried_and_no_sample_is_skipped_or_doubled() {
         get("streamer_errors_total", "error_type=\"store\""),
         Some(5)
     );
-    for g in store.list_gpus(None) {
+    for g in store.latest().list(None) {
         assert_eq!(g.sample_count, 10);
     }
     let _ = stop_tx.send(());

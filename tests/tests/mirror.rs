@@ -11,7 +11,7 @@ use common_auth::KeyRing;
 use integration_tests::eventually;
 use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 use serde_json::Value;
-use streamer::store::{MemoryStore, Store};
+use streamer::store::{DiskConfig, Store};
 use tower::ServiceExt;
 
 const KEY: &str = "test-api-key";
@@ -21,7 +21,8 @@ const T0: i64 = 1_790_000_000_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gpu_list_comes_from_a_mirror_the_streamer_keeps_current() {
     use streamer::metrics::StreamerMetrics;
-    let store = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
     let batch = |ts: i64, util: u32| TelemetryBatch {
         schema_version: SCHEMA_VERSION,
         node: "node-a".into(),
@@ -118,7 +119,8 @@ async fn the_gpu_list_comes_from_a_mirror_the_streamer_keeps_current() {
 async fn an_open_latest_state_stream_ends_when_its_token_is_rotated_out() {
     use common_auth::RotationPolicy;
     use streamer::metrics::StreamerMetrics;
-    let store = Arc::new(MemoryStore::new(Duration::from_secs(86_400)));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
     let server_tokens = KeyRing::with_policy(
         "old-token-0123456789abcdef".to_string().into(),
         RotationPolicy {

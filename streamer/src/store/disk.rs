@@ -1,0 +1,979 @@
+//! [`DiskHistory`]: the durable history in a data directory.
+//!
+//! - `history.redb` (an embedded ACID key-value store) holds, per GPU ("series"), sealed
+//!   chunks of compressed readings ([`super::chunk`]), keyed `(series id, first time)`;
+//!   an expiry index `(last time, series id, first time)` for retention sweeps; one
+//!   record per GPU (inventory, count, newest sample); and the Kafka offsets the data
+//!   covers — all written in one transaction per flush.
+//! - New readings wait in per-GPU open buffers in memory until the next flush (every
+//!   `flush_interval`, or sooner when `max_open_samples` are waiting). They are covered by
+//!   the Kafka log: an offset becomes durable only in the flush that makes its samples
+//!   durable, so after a kill -9 the consumer re-reads exactly what was lost. The embedded
+//!   mode has no Kafka: there, each batch is first appended to a write-ahead log
+//!   (`wal.log`, fsynced) that the flush empties.
+//! - Idempotence on (GPU, time): a reading already buffered is a duplicate; one at or
+//!   before the newest sealed time is looked up in its chunk. Late readings are merged
+//!   with the chunks they overlap at flush, so chunks of a GPU never overlap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use msg_queue_client::wire::{GpuInfo, TelemetryBatch};
+use prost::Message as _;
+use redb::{Database, ReadTransaction, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+
+use super::chunk;
+use super::history::{Applied, History, SeriesState, StoreError, Swept};
+use super::reading::Reading;
+use super::wal::Wal;
+
+/// Generated storage records.
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    missing_debug_implementations
+)]
+mod proto {
+    include!(concat!(env!("OUT_DIR"), "/telemetry.storage.v1.rs"));
+}
+
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const OFFSETS: TableDefinition<'_, i32, i64> = TableDefinition::new("offsets");
+const SERIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("series");
+/// `(series, first ms)` → `last ms (i64 LE) | count (u32 LE) | chunk`.
+const CHUNKS: TableDefinition<'_, (u32, i64), &[u8]> = TableDefinition::new("chunks");
+/// `(last ms, series, first ms)` → stored bytes of that chunk.
+const EXPIRY: TableDefinition<'_, (i64, u32, i64), u64> = TableDefinition::new("expiry");
+
+const NEXT_ID: &str = "next_series_id";
+const STORED_BYTES: &str = "stored_bytes";
+const HEADER: usize = 12;
+
+/// Page cache of the database: enough for the B-tree's inner pages; chunks are read once
+/// per query and decoded, so a large cache would only grow the RSS.
+const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Settings of a [`DiskHistory`].
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// The data directory (created if missing).
+    pub dir: PathBuf,
+    /// Raw readings older than this (behind the newest of their GPU, or behind the clock
+    /// at a sweep) are dropped.
+    pub retention: Duration,
+    /// Also drop the oldest chunks while the stored chunk bytes exceed this (0: no limit).
+    pub retention_bytes: u64,
+    /// Flush open buffers at least this often.
+    pub flush_interval: Duration,
+    /// Flush sooner when this many readings wait in memory.
+    pub max_open_samples: usize,
+    /// Write every batch ahead to `wal.log` (the embedded mode, which has no Kafka).
+    pub write_ahead: bool,
+}
+
+impl DiskConfig {
+    /// Defaults for `dir`: 7 days, no byte limit, flush every 10 min or at 2 M readings,
+    /// no write-ahead log.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            retention: Duration::from_secs(7 * 86_400),
+            retention_bytes: 0,
+            flush_interval: Duration::from_secs(600),
+            max_open_samples: 2_000_000,
+            write_ahead: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Series {
+    id: u32,
+    info: GpuInfo,
+    info_at_ms: i64,
+    // Inventory changed since the last flush.
+    dirty: bool,
+    // Readings held: on disk and open.
+    count: u64,
+    // Newest time on disk.
+    sealed_end: Option<i64>,
+    // Newest reading on disk.
+    disk_latest: Option<Reading>,
+    open: BTreeMap<i64, Reading>,
+    // Some open reading is at or before `sealed_end`: merge with the chunks at flush.
+    late: bool,
+}
+
+impl Series {
+    fn newest(&self) -> Option<i64> {
+        let open = self.open.last_key_value().map(|(k, _)| *k);
+        open.max(self.sealed_end)
+    }
+
+    fn latest(&self) -> Option<Reading> {
+        let open = self.open.last_key_value().map(|(_, r)| *r);
+        match (open, self.disk_latest) {
+            (Some(o), Some(d)) => Some(if o.ts_ms >= d.ts_ms { o } else { d }),
+            (o, d) => o.or(d),
+        }
+    }
+
+    fn record(&self, sealed_end: Option<i64>, disk_latest: Option<Reading>, count: u64) -> Vec<u8> {
+        proto::SeriesRecord {
+            id: self.id,
+            info: Some(self.info.clone()),
+            info_at_ms: self.info_at_ms,
+            sample_count: count,
+            sealed_end_ms: sealed_end,
+            latest: disk_latest.map(|r| r.to_wire()),
+        }
+        .encode_to_vec()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    series: HashMap<String, Series>,
+    next_id: u32,
+    // Covered in memory; durable with the next flush.
+    pending: BTreeMap<i32, i64>,
+    offsets_dirty: bool,
+    durable: BTreeMap<i32, i64>,
+    open_samples: usize,
+    last_flush: Instant,
+    stored_bytes: u64,
+    wal: Option<Wal>,
+}
+
+/// The durable history (see the module docs).
+#[derive(Debug)]
+pub struct DiskHistory {
+    db: Database,
+    cfg: DiskConfig,
+    state: Mutex<State>,
+}
+
+fn split(value: &[u8]) -> Result<(i64, u32, &[u8]), StoreError> {
+    if value.len() < HEADER {
+        return Err(StoreError::Other(
+            "stored chunk shorter than its header".into(),
+        ));
+    }
+    let end = i64::from_le_bytes(value[0..8].try_into().unwrap_or_default());
+    let count = u32::from_le_bytes(value[8..12].try_into().unwrap_or_default());
+    Ok((end, count, &value[HEADER..]))
+}
+
+fn corrupt(series: u32) -> impl FnOnce(chunk::ChunkError) -> StoreError {
+    move |source| StoreError::Corrupt { series, source }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl DiskHistory {
+    /// Opens (or creates) the history in `cfg.dir`; with `write_ahead`, replays and then
+    /// flushes what the write-ahead log holds.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] when the directory or database cannot be opened (another
+    /// process holding it, no permission, a file that is not a database).
+    pub fn open(cfg: DiskConfig) -> Result<Self, StoreError> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            dir: cfg.dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| open_err(Box::new(e)))?;
+        let db = redb::Builder::new()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(cfg.dir.join("history.redb"))
+            .map_err(|e| open_err(Box::new(e)))?;
+        let w = db.begin_write().map_err(StoreError::db)?;
+        {
+            w.open_table(META).map_err(StoreError::db)?;
+            w.open_table(OFFSETS).map_err(StoreError::db)?;
+            w.open_table(SERIES).map_err(StoreError::db)?;
+            w.open_table(CHUNKS).map_err(StoreError::db)?;
+            w.open_table(EXPIRY).map_err(StoreError::db)?;
+        }
+        w.commit().map_err(StoreError::db)?;
+
+        let r = db.begin_read().map_err(StoreError::db)?;
+        let meta = r.open_table(META).map_err(StoreError::db)?;
+        let get = |k: &str| -> Result<u64, StoreError> {
+            Ok(meta
+                .get(k)
+                .map_err(StoreError::db)?
+                .map_or(0, |v| v.value()))
+        };
+        let next_id = u32::try_from(get(NEXT_ID)?).unwrap_or(u32::MAX);
+        let stored_bytes = get(STORED_BYTES)?;
+        let mut durable = BTreeMap::new();
+        for e in r
+            .open_table(OFFSETS)
+            .map_err(StoreError::db)?
+            .iter()
+            .map_err(StoreError::db)?
+        {
+            let (k, v) = e.map_err(StoreError::db)?;
+            durable.insert(k.value(), v.value());
+        }
+        let mut series = HashMap::new();
+        for e in r
+            .open_table(SERIES)
+            .map_err(StoreError::db)?
+            .iter()
+            .map_err(StoreError::db)?
+        {
+            let (k, v) = e.map_err(StoreError::db)?;
+            let rec = proto::SeriesRecord::decode(v.value())
+                .map_err(|e| StoreError::Other(format!("series record {}: {e}", k.value())))?;
+            series.insert(
+                k.value().to_string(),
+                Series {
+                    id: rec.id,
+                    info: rec.info.unwrap_or_default(),
+                    info_at_ms: rec.info_at_ms,
+                    dirty: false,
+                    count: rec.sample_count,
+                    sealed_end: rec.sealed_end_ms,
+                    disk_latest: rec.latest.as_ref().map(Reading::from_wire),
+                    open: BTreeMap::new(),
+                    late: false,
+                },
+            );
+        }
+        drop(meta);
+        drop(r);
+        let history = Self {
+            db,
+            state: Mutex::new(State {
+                series,
+                next_id,
+                pending: durable.clone(),
+                offsets_dirty: false,
+                durable,
+                open_samples: 0,
+                last_flush: Instant::now(),
+                stored_bytes,
+                wal: None,
+            }),
+            cfg,
+        };
+        if history.cfg.write_ahead {
+            let (wal, batches) = Wal::open(&history.cfg.dir.join("wal.log"))?;
+            let replayed = batches.len();
+            {
+                let mut st = history.lock();
+                for b in &batches {
+                    history.apply_locked(&mut st, b)?;
+                }
+                st.wal = Some(wal);
+                if replayed > 0 {
+                    history.flush_locked(&mut st)?;
+                }
+            }
+            if replayed > 0 {
+                tracing::info!(batches = replayed, "replayed the write-ahead log");
+            }
+        }
+        Ok(history)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes of stored chunks (what `retention_bytes` limits).
+    pub fn stored_bytes(&self) -> u64 {
+        self.lock().stored_bytes
+    }
+
+    /// Readings waiting in memory for the next flush.
+    pub fn open_samples(&self) -> usize {
+        self.lock().open_samples
+    }
+
+    /// Whether reading `ts` of series `id` is in a sealed chunk.
+    fn on_disk(
+        &self,
+        txn: &mut Option<ReadTransaction>,
+        cache: &mut HashMap<(u32, i64), Vec<i64>>,
+        id: u32,
+        ts: i64,
+    ) -> Result<bool, StoreError> {
+        let txn = match txn {
+            Some(t) => t,
+            None => txn.insert(self.db.begin_read().map_err(StoreError::db)?),
+        };
+        let table = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+        let mut it = table
+            .range((id, i64::MIN)..=(id, ts))
+            .map_err(StoreError::db)?;
+        let Some(entry) = it.next_back() else {
+            return Ok(false);
+        };
+        let (k, v) = entry.map_err(StoreError::db)?;
+        let start = k.value().1;
+        if let Some(times) = cache.get(&(id, start)) {
+            return Ok(times.binary_search(&ts).is_ok());
+        }
+        let value = v.value();
+        let (end, _, body) = split(value)?;
+        if end < ts {
+            return Ok(false);
+        }
+        let times = chunk::decode_times(body).map_err(corrupt(id))?;
+        let found = times.binary_search(&ts).is_ok();
+        cache.insert((id, start), times);
+        Ok(found)
+    }
+
+    fn apply_locked(
+        &self,
+        st: &mut State,
+        batch: &TelemetryBatch,
+    ) -> Result<(Applied, Vec<bool>), StoreError> {
+        for info in &batch.gpus {
+            match st.series.get_mut(&info.uuid) {
+                Some(s) => {
+                    if batch.collected_at_ms >= s.info_at_ms && s.info != *info {
+                        s.info = info.clone();
+                        s.info_at_ms = batch.collected_at_ms;
+                        s.dirty = true;
+                    }
+                }
+                None => {
+                    let id = st.next_id;
+                    st.next_id = st
+                        .next_id
+                        .checked_add(1)
+                        .ok_or_else(|| StoreError::Other("series ids exhausted".into()))?;
+                    st.series.insert(
+                        info.uuid.clone(),
+                        Series {
+                            id,
+                            info: info.clone(),
+                            info_at_ms: batch.collected_at_ms,
+                            dirty: true,
+                            count: 0,
+                            sealed_end: None,
+                            disk_latest: None,
+                            open: BTreeMap::new(),
+                            late: false,
+                        },
+                    );
+                }
+            }
+        }
+        let retention = ms(self.cfg.retention);
+        let mut out = Applied::default();
+        let mut new = vec![false; batch.samples.len()];
+        let (mut txn, mut cache) = (None, HashMap::new());
+        let mut added = 0usize;
+        for (i, sample) in batch.samples.iter().enumerate() {
+            // `open` (the wire check) made sure every sample's GPU is in the batch.
+            let Some(s) = st.series.get_mut(&sample.uuid) else {
+                continue;
+            };
+            let ts = sample.timestamp_ms;
+            if s.newest().is_some_and(|n| ts < n.saturating_sub(retention)) {
+                out.expired += 1;
+                continue;
+            }
+            if s.open.contains_key(&ts) {
+                out.duplicates += 1;
+                continue;
+            }
+            if s.sealed_end.is_some_and(|e| ts <= e) {
+                if self.on_disk(&mut txn, &mut cache, s.id, ts)? {
+                    out.duplicates += 1;
+                    continue;
+                }
+                s.late = true;
+            }
+            s.open.insert(ts, Reading::from_wire(sample));
+            s.count += 1;
+            added += 1;
+            new[i] = true;
+        }
+        out.inserted = added as u64;
+        st.open_samples += added;
+        Ok((out, new))
+    }
+
+    fn flush_locked(&self, st: &mut State) -> Result<(), StoreError> {
+        let pending =
+            st.open_samples > 0 || st.offsets_dirty || st.series.values().any(|s| s.dirty);
+        if !pending {
+            st.last_flush = Instant::now();
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(StoreError::db)?;
+        let mut bytes = i128::from(st.stored_bytes);
+        let mut sealed: Vec<(String, Option<i64>, Option<Reading>)> = Vec::new();
+        {
+            let mut chunks = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(StoreError::db)?;
+            let mut series_t = txn.open_table(SERIES).map_err(StoreError::db)?;
+            let mut offsets = txn.open_table(OFFSETS).map_err(StoreError::db)?;
+            let mut meta = txn.open_table(META).map_err(StoreError::db)?;
+            for (uuid, s) in &st.series {
+                if s.open.is_empty() && !s.dirty {
+                    continue;
+                }
+                let (mut sealed_end, mut disk_latest) = (s.sealed_end, s.disk_latest);
+                if let (Some(first), Some(last)) =
+                    (s.open.first_key_value(), s.open.last_key_value())
+                {
+                    let (first, last) = (*first.0, *last.0);
+                    let mut readings: Vec<Reading> = s.open.values().copied().collect();
+                    if s.late {
+                        // Merge with every chunk the new readings overlap.
+                        let mut overlapping = Vec::new();
+                        {
+                            let mut it = chunks
+                                .range((s.id, i64::MIN)..=(s.id, last))
+                                .map_err(StoreError::db)?;
+                            while let Some(e) = it.next_back() {
+                                let (k, v) = e.map_err(StoreError::db)?;
+                                let (end, _, _) = split(v.value())?;
+                                if end < first {
+                                    break;
+                                }
+                                overlapping.push((k.value().1, end, v.value().to_vec()));
+                            }
+                        }
+                        for (start, end, value) in overlapping {
+                            let (_, _, body) = split(&value)?;
+                            readings.extend(chunk::decode(body).map_err(corrupt(s.id))?);
+                            chunks.remove((s.id, start)).map_err(StoreError::db)?;
+                            expiry.remove((end, s.id, start)).map_err(StoreError::db)?;
+                            bytes -= value.len() as i128;
+                        }
+                        readings.sort_by_key(|r| r.ts_ms);
+                        readings.dedup_by_key(|r| r.ts_ms);
+                    }
+                    let (first, last) = (readings[0].ts_ms, readings[readings.len() - 1].ts_ms);
+                    let body = chunk::encode(&readings).map_err(corrupt(s.id))?;
+                    let count = u32::try_from(readings.len())
+                        .map_err(|_| StoreError::Other("chunk too large".into()))?;
+                    let mut value = Vec::with_capacity(HEADER + body.len());
+                    value.extend_from_slice(&last.to_le_bytes());
+                    value.extend_from_slice(&count.to_le_bytes());
+                    value.extend_from_slice(&body);
+                    chunks
+                        .insert((s.id, first), value.as_slice())
+                        .map_err(StoreError::db)?;
+                    expiry
+                        .insert((last, s.id, first), value.len() as u64)
+                        .map_err(StoreError::db)?;
+                    bytes += value.len() as i128;
+                    sealed_end = sealed_end.max(Some(last));
+                    let newest = readings[readings.len() - 1];
+                    if disk_latest.is_none_or(|d| d.ts_ms < newest.ts_ms) {
+                        disk_latest = Some(newest);
+                    }
+                }
+                series_t
+                    .insert(
+                        uuid.as_str(),
+                        s.record(sealed_end, disk_latest, s.count).as_slice(),
+                    )
+                    .map_err(StoreError::db)?;
+                sealed.push((uuid.clone(), sealed_end, disk_latest));
+            }
+            for (p, o) in &st.pending {
+                offsets.insert(*p, *o).map_err(StoreError::db)?;
+            }
+            let bytes = u64::try_from(bytes.max(0)).unwrap_or(u64::MAX);
+            meta.insert(NEXT_ID, u64::from(st.next_id))
+                .map_err(StoreError::db)?;
+            meta.insert(STORED_BYTES, bytes).map_err(StoreError::db)?;
+        }
+        txn.commit().map_err(StoreError::db)?;
+
+        // Durable: now the memory state may move on.
+        for (uuid, sealed_end, disk_latest) in sealed {
+            if let Some(s) = st.series.get_mut(&uuid) {
+                s.open.clear();
+                s.late = false;
+                s.dirty = false;
+                s.sealed_end = sealed_end;
+                s.disk_latest = disk_latest;
+            }
+        }
+        st.stored_bytes = u64::try_from(bytes.max(0)).unwrap_or(u64::MAX);
+        st.durable = st.pending.clone();
+        st.offsets_dirty = false;
+        st.open_samples = 0;
+        st.last_flush = Instant::now();
+        if let Some(wal) = &mut st.wal {
+            wal.reset()?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the chunk of expiry entry `key`, counting what it held.
+fn drop_chunk(
+    key: (i64, u32, i64),
+    chunks: &mut redb::Table<'_, (u32, i64), &[u8]>,
+    expiry: &mut redb::Table<'_, (i64, u32, i64), u64>,
+    dropped: &mut HashMap<u32, u64>,
+    bytes: &mut u64,
+) -> Result<(), StoreError> {
+    let (_, id, start) = key;
+    if let Some(v) = chunks.remove((id, start)).map_err(StoreError::db)? {
+        let value = v.value();
+        let (_, count, _) = split(value)?;
+        *dropped.entry(id).or_default() += u64::from(count);
+        *bytes = bytes.saturating_sub(value.len() as u64);
+    }
+    expiry.remove(key).map_err(StoreError::db)?;
+    Ok(())
+}
+
+impl History for DiskHistory {
+    fn apply(&self, batch: &TelemetryBatch) -> Result<(Applied, Vec<bool>), StoreError> {
+        let mut st = self.lock();
+        if let Some(wal) = &mut st.wal {
+            wal.append(batch)?;
+        }
+        self.apply_locked(&mut st, batch)
+    }
+
+    fn cover(&self, next: &[(i32, i64)]) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        for &(p, o) in next {
+            if st.pending.insert(p, o) != Some(o) {
+                st.offsets_dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_offset(&self, partition: i32) -> Option<i64> {
+        self.lock().durable.get(&partition).copied()
+    }
+
+    fn range(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
+        // The open readings and the database snapshot are taken under one lock: a flush
+        // (which holds it through its commit) cannot move readings between them.
+        let (id, open, txn) = {
+            let st = self.lock();
+            let Some(s) = st.series.get(uuid) else {
+                return Ok(None);
+            };
+            if start_ms >= end_ms {
+                return Ok(Some((Vec::new(), false)));
+            }
+            let open: Vec<Reading> = s
+                .open
+                .range(start_ms..end_ms)
+                .map(|(_, r)| *r)
+                .take(limit.saturating_add(1))
+                .collect();
+            (s.id, open, self.db.begin_read().map_err(StoreError::db)?)
+        };
+        let table = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+        let mut disk: Vec<Reading> = Vec::new();
+        let take = |value: &[u8], disk: &mut Vec<Reading>| -> Result<(), StoreError> {
+            let (end, _, body) = split(value)?;
+            if end < start_ms {
+                return Ok(());
+            }
+            let rs = chunk::decode(body).map_err(corrupt(id))?;
+            disk.extend(
+                rs.into_iter()
+                    .filter(|r| r.ts_ms >= start_ms && r.ts_ms < end_ms),
+            );
+            Ok(())
+        };
+        // The chunk starting at or before `start_ms` may reach into the range.
+        if let Some(e) = table
+            .range((id, i64::MIN)..=(id, start_ms))
+            .map_err(StoreError::db)?
+            .next_back()
+        {
+            let (_, v) = e.map_err(StoreError::db)?;
+            take(v.value(), &mut disk)?;
+        }
+        if start_ms.saturating_add(1) < end_ms {
+            for e in table
+                .range((id, start_ms + 1)..(id, end_ms))
+                .map_err(StoreError::db)?
+            {
+                if disk.len() > limit {
+                    break;
+                }
+                let (_, v) = e.map_err(StoreError::db)?;
+                take(v.value(), &mut disk)?;
+            }
+        }
+        // Merge (open readings are never on disk too).
+        let mut out = Vec::with_capacity((disk.len() + open.len()).min(limit + 1));
+        let (mut a, mut b) = (disk.into_iter().peekable(), open.into_iter().peekable());
+        while out.len() <= limit {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.ts_ms <= y.ts_ms => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, _) => b.next(),
+            };
+            match next {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+        let truncated = out.len() > limit;
+        out.truncate(limit);
+        Ok(Some((out, truncated)))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st)
+    }
+
+    fn flush_due(&self) -> bool {
+        let st = self.lock();
+        st.open_samples >= self.cfg.max_open_samples
+            || (st.last_flush.elapsed() >= self.cfg.flush_interval
+                && (st.open_samples > 0 || st.offsets_dirty || st.series.values().any(|s| s.dirty)))
+    }
+
+    fn sweep(&self, now_ms: i64) -> Result<Swept, StoreError> {
+        let mut st = self.lock();
+        let cutoff = now_ms.saturating_sub(ms(self.cfg.retention));
+        let txn = self.db.begin_write().map_err(StoreError::db)?;
+        let mut dropped: HashMap<u32, u64> = HashMap::new();
+        let mut bytes = st.stored_bytes;
+        let mut out = Swept::default();
+        let mut records: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        {
+            let mut chunks = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(StoreError::db)?;
+            let mut victims: Vec<(i64, u32, i64)> = Vec::new();
+            for e in expiry
+                .range((i64::MIN, 0, i64::MIN)..(cutoff, 0, i64::MIN))
+                .map_err(StoreError::db)?
+            {
+                victims.push(e.map_err(StoreError::db)?.0.value());
+            }
+            for key in victims {
+                drop_chunk(key, &mut chunks, &mut expiry, &mut dropped, &mut bytes)?;
+            }
+            while self.cfg.retention_bytes > 0 && bytes > self.cfg.retention_bytes {
+                let Some(first) = expiry.first().map_err(StoreError::db)? else {
+                    break;
+                };
+                let key = first.0.value();
+                drop(first);
+                drop_chunk(key, &mut chunks, &mut expiry, &mut dropped, &mut bytes)?;
+            }
+            let mut series_t = txn.open_table(SERIES).map_err(StoreError::db)?;
+            for (uuid, s) in &st.series {
+                let Some(n) = dropped.get(&s.id) else {
+                    continue;
+                };
+                let count = s.count.saturating_sub(*n);
+                out.samples += *n;
+                let on_disk = count.saturating_sub(s.open.len() as u64);
+                let disk_latest = if on_disk == 0 { None } else { s.disk_latest };
+                if count == 0 {
+                    series_t.remove(uuid.as_str()).map_err(StoreError::db)?;
+                    records.push((uuid.clone(), None));
+                } else {
+                    let rec = s.record(s.sealed_end, disk_latest, count - s.open.len() as u64);
+                    series_t
+                        .insert(uuid.as_str(), rec.as_slice())
+                        .map_err(StoreError::db)?;
+                    records.push((uuid.clone(), Some(rec)));
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(StoreError::db)?;
+            meta.insert(STORED_BYTES, bytes).map_err(StoreError::db)?;
+        }
+        txn.commit().map_err(StoreError::db)?;
+        st.stored_bytes = bytes;
+        for (uuid, rec) in records {
+            match rec {
+                None => {
+                    st.series.remove(&uuid);
+                    out.gone.push(uuid);
+                }
+                Some(_) => {
+                    if let Some(s) = st.series.get_mut(&uuid) {
+                        let n = dropped.get(&s.id).copied().unwrap_or(0);
+                        s.count = s.count.saturating_sub(n);
+                        if s.count == s.open.len() as u64 {
+                            s.disk_latest = None;
+                        }
+                        out.counts.push((uuid, s.count));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn series(&self) -> Result<Vec<SeriesState>, StoreError> {
+        let st = self.lock();
+        Ok(st
+            .series
+            .values()
+            .map(|s| SeriesState {
+                info: s.info.clone(),
+                info_at_ms: s.info_at_ms,
+                latest: s.latest().map(|r| r.to_wire()),
+                sample_count: s.count,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msg_queue_client::wire::{GpuSample, SCHEMA_VERSION};
+
+    fn batch(node: &str, uuid: &str, ts: &[i64]) -> TelemetryBatch {
+        TelemetryBatch {
+            schema_version: SCHEMA_VERSION,
+            node: node.into(),
+            collected_at_ms: ts[0],
+            gpus: vec![GpuInfo {
+                uuid: uuid.into(),
+                node: node.into(),
+                ..Default::default()
+            }],
+            samples: ts
+                .iter()
+                .map(|&t| GpuSample {
+                    uuid: uuid.into(),
+                    timestamp_ms: t,
+                    gpu_utilization_percent: Some((t / 1000 % 100) as u32),
+                    power_usage_milliwatts: Some(100_000 + (t / 1000 % 7) as u32),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn times(h: &DiskHistory, uuid: &str, s: i64, e: i64, limit: usize) -> (Vec<i64>, bool) {
+        let (r, more) = h.range(uuid, s, e, limit).unwrap().unwrap();
+        (r.iter().map(|r| r.ts_ms).collect(), more)
+    }
+
+    fn secs(v: impl IntoIterator<Item = i64>) -> Vec<i64> {
+        v.into_iter().map(|s| s * 1000).collect()
+    }
+
+    fn cfg(dir: &std::path::Path) -> DiskConfig {
+        let mut c = DiskConfig::new(dir);
+        c.retention = Duration::from_secs(3600);
+        c
+    }
+
+    #[test]
+    fn a_sample_is_stored_once_whether_buffered_or_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(cfg(dir.path())).unwrap();
+        let b = batch("n", "GPU-1", &secs(1..=5));
+        assert_eq!(h.apply(&b).unwrap().0.inserted, 5);
+        assert_eq!(h.apply(&b).unwrap().0.duplicates, 5);
+        h.flush().unwrap();
+        let (a, new) = h.apply(&batch("n", "GPU-1", &secs(3..=7))).unwrap();
+        assert_eq!((a.inserted, a.duplicates), (2, 3));
+        assert_eq!(new, [false, false, false, true, true]);
+        assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 100), (secs(1..=7), false));
+    }
+
+    #[test]
+    fn ranges_are_half_open_ordered_and_truncated_across_chunks_and_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(cfg(dir.path())).unwrap();
+        for part in [1..=10, 11..=20, 21..=30] {
+            h.apply(&batch("n", "GPU-1", &secs(part))).unwrap();
+            h.flush().unwrap();
+        }
+        h.apply(&batch("n", "GPU-1", &secs(31..=35))).unwrap();
+        assert_eq!(times(&h, "GPU-1", 5_000, 33_000, 100), (secs(5..33), false));
+        assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 12), (secs(1..=12), true));
+        assert_eq!(times(&h, "GPU-1", 29_000, 40_000, 3), (secs(29..=31), true));
+        assert_eq!(times(&h, "GPU-1", 9_000, 9_000, 3), (vec![], false));
+        assert!(h.range("GPU-x", 0, 1, 1).unwrap().is_none());
+        // The values come back exactly.
+        let (r, _) = h.range("GPU-1", 12_000, 13_000, 1).unwrap().unwrap();
+        assert_eq!(
+            r[0].to_wire(),
+            GpuSample {
+                timestamp_ms: 12_000,
+                gpu_utilization_percent: Some(12),
+                power_usage_milliwatts: Some(100_005),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn late_samples_merge_into_the_chunks_they_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(cfg(dir.path())).unwrap();
+        let even: Vec<i64> = (0..20).map(|s| s * 2000).collect();
+        let odd: Vec<i64> = (0..20).map(|s| s * 2000 + 1000).collect();
+        h.apply(&batch("n", "GPU-1", &even)).unwrap();
+        h.flush().unwrap();
+        // Late, interleaved, plus one duplicate of a stored sample.
+        let mut late = odd.clone();
+        late.push(even[3]);
+        let (a, _) = h.apply(&batch("n", "GPU-1", &late)).unwrap();
+        assert_eq!((a.inserted, a.duplicates), (20, 1));
+        // Before and after the merge, the range is the union, once each.
+        let all: Vec<i64> = (0..40).map(|s| s * 1000).collect();
+        assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 100).0, all);
+        h.flush().unwrap();
+        assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 100).0, all);
+        let st = h.lock();
+        assert_eq!(st.series["GPU-1"].count, 40);
+    }
+
+    #[test]
+    fn data_offsets_and_inventory_survive_a_reopen_but_unflushed_data_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let h = DiskHistory::open(cfg(dir.path())).unwrap();
+            h.apply(&batch("n", "GPU-1", &secs(1..=3))).unwrap();
+            h.cover(&[(0, 17), (3, 5)]).unwrap();
+            assert_eq!(h.resume_offset(0), None, "not durable before a flush");
+            h.flush().unwrap();
+            h.apply(&batch("n", "GPU-1", &secs(4..=6))).unwrap();
+            h.cover(&[(0, 20)]).unwrap();
+            // Dropped without a flush: as after a kill -9.
+        }
+        let h = DiskHistory::open(cfg(dir.path())).unwrap();
+        assert_eq!(
+            (h.resume_offset(0), h.resume_offset(3)),
+            (Some(17), Some(5))
+        );
+        assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 100).0, secs(1..=3));
+        let s = h.series().unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].sample_count, 3);
+        assert_eq!(s[0].latest.as_ref().unwrap().timestamp_ms, 3000);
+        // Re-reading from offset 17 redelivers 4..=6 and, idempotently, 3.
+        let (a, _) = h.apply(&batch("n", "GPU-1", &secs(3..=6))).unwrap();
+        assert_eq!((a.inserted, a.duplicates), (3, 1));
+    }
+
+    #[test]
+    fn a_lower_offset_replaces_the_stored_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(cfg(dir.path())).unwrap();
+        h.cover(&[(0, 500)]).unwrap();
+        h.flush().unwrap();
+        h.cover(&[(0, 3)]).unwrap();
+        h.flush().unwrap();
+        drop(h);
+        assert_eq!(
+            DiskHistory::open(cfg(dir.path())).unwrap().resume_offset(0),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn sweeps_drop_whole_chunks_past_retention_and_forget_empty_gpus() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.retention = Duration::from_secs(100);
+        let h = DiskHistory::open(c).unwrap();
+        h.apply(&batch("n", "GPU-old", &secs(1..=10))).unwrap();
+        h.apply(&batch("n", "GPU-live", &secs(1..=10))).unwrap();
+        h.flush().unwrap();
+        h.apply(&batch("n", "GPU-live", &secs(200..=210))).unwrap();
+        h.flush().unwrap();
+        let before = h.stored_bytes();
+        let swept = h.sweep(250_000).unwrap();
+        assert_eq!(swept.samples, 20);
+        assert_eq!(swept.gone, ["GPU-old"]);
+        assert_eq!(swept.counts, [("GPU-live".to_string(), 11)]);
+        assert!(h.stored_bytes() < before);
+        assert!(h.range("GPU-old", 0, i64::MAX, 10).unwrap().is_none());
+        assert_eq!(times(&h, "GPU-live", 0, i64::MAX, 100).0, secs(200..=210));
+        drop(h);
+        let h = DiskHistory::open(cfg(dir.path())).unwrap();
+        assert_eq!(h.series().unwrap().len(), 1);
+        assert_eq!(h.series().unwrap()[0].sample_count, 11);
+    }
+
+    #[test]
+    fn a_byte_budget_drops_the_oldest_chunks_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.retention = Duration::from_secs(10 * 365 * 86_400);
+        let h = DiskHistory::open(c.clone()).unwrap();
+        for k in 0..5 {
+            h.apply(&batch("n", "GPU-1", &secs(k * 100..k * 100 + 50)))
+                .unwrap();
+            h.flush().unwrap();
+        }
+        let per_chunk = h.stored_bytes() / 5;
+        drop(h);
+        c.retention_bytes = per_chunk * 2 + per_chunk / 2;
+        let h = DiskHistory::open(c).unwrap();
+        let swept = h.sweep(1_000_000).unwrap();
+        assert_eq!(swept.samples, 150);
+        assert_eq!(
+            times(&h, "GPU-1", 0, i64::MAX, 1000).0,
+            secs((300..350).chain(400..450))
+        );
+    }
+
+    #[test]
+    fn the_write_ahead_log_brings_back_what_was_not_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.write_ahead = true;
+        {
+            let h = DiskHistory::open(c.clone()).unwrap();
+            h.apply(&batch("n", "GPU-1", &secs(1..=3))).unwrap();
+            h.flush().unwrap();
+            h.apply(&batch("n", "GPU-1", &secs(4..=6))).unwrap();
+        }
+        let h = DiskHistory::open(c.clone()).unwrap();
+        assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 100).0, secs(1..=6));
+        assert_eq!(h.open_samples(), 0, "replayed and flushed on open");
+        assert_eq!(h.series().unwrap()[0].sample_count, 6);
+    }
+
+    #[test]
+    fn old_samples_are_expired_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(cfg(dir.path())).unwrap();
+        h.apply(&batch("n", "GPU-1", &[10_000_000])).unwrap();
+        let (a, _) = h.apply(&batch("n", "GPU-1", &[1_000, 9_999_000])).unwrap();
+        assert_eq!((a.inserted, a.expired), (1, 1));
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _h = DiskHistory::open(cfg(dir.path())).unwrap();
+        let err = DiskHistory::open(cfg(dir.path())).unwrap_err();
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Storage: a durable [`History`] (readings on disk, with the Kafka offsets they cover)
+//! behind an in-memory [`LatestIndex`] (every GPU's inventory, newest sample and count),
+//! joined by [`Store`].
+//!
+//! - [`history::History`]: the seam; [`disk::DiskHistory`] is the engine (redb + pco
+//!   chunks, see its docs and docs/architecture.md).
+//! - [`latest::LatestIndex`]: rebuilt from the history on start; the api's mirror keeps
+//!   one too.
+//! - [`reading::Reading`] and [`chunk`]: the storage layer's own sample type and codec.
+//! - [`run_maintenance`]: the task that flushes and sweeps, with a final flush on shutdown.
+//!
+//! Everything in [`History`] blocks on disk: async code calls it through
+//! `spawn_blocking` (or a writer thread); the latest index is memory only.
+
+pub mod chunk;
+pub mod disk;
+pub mod history;
+pub mod latest;
+pub mod reading;
+mod wal;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use msg_queue_client::wire::TelemetryBatch;
+
+pub use disk::{DiskConfig, DiskHistory};
+pub use history::{Applied, History, SeriesState, StoreError, Swept};
+pub use latest::{GpuState, GpuView, LatestIndex};
+pub use reading::Reading;
+
+/// A history and the latest index kept in step with it.
+#[derive(Debug)]
+pub struct Store {
+    history: Arc<dyn History>,
+    latest: LatestIndex,
+}
+
+impl Store {
+    /// Joins `history` with a latest index rebuilt from it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the history cannot list its series.
+    pub fn open(history: Arc<dyn History>) -> Result<Self, StoreError> {
+        let latest = LatestIndex::from_series(history.series()?);
+        Ok(Self { history, latest })
+    }
+
+    /// Opens a [`DiskHistory`] with `cfg` and joins it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the data directory cannot be opened.
+    pub fn open_disk(cfg: DiskConfig) -> Result<Self, StoreError> {
+        Self::open(Arc::new(DiskHistory::open(cfg)?))
+    }
+
+    /// Stores a verified batch (idempotent on GPU and sample time). Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError`] from the history; the batch must be retried and its offset not
+    /// covered.
+    pub fn apply(&self, batch: &TelemetryBatch) -> Result<Applied, StoreError> {
+        let (applied, new) = self.history.apply(batch)?;
+        self.latest.apply(batch, &new);
+        Ok(applied)
+    }
+
+    /// See [`History::cover`].
+    ///
+    /// # Errors
+    /// [`StoreError`] from the history.
+    pub fn cover(&self, next: &[(i32, i64)]) -> Result<(), StoreError> {
+        self.history.cover(next)
+    }
+
+    /// See [`History::resume_offset`].
+    pub fn resume_offset(&self, partition: i32) -> Option<i64> {
+        self.history.resume_offset(partition)
+    }
+
+    /// See [`History::range`]. Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError`] from the history.
+    pub fn range(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
+        self.history.range(uuid, start_ms, end_ms, limit)
+    }
+
+    /// See [`History::flush`]. Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError`] from the history.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.history.flush()
+    }
+
+    /// Drops what is past retention as of `now_ms`; returns the samples dropped. Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError`] from the history.
+    pub fn sweep(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let swept = self.history.sweep(now_ms)?;
+        self.latest.swept(&swept);
+        Ok(swept.samples)
+    }
+
+    /// The latest index.
+    pub fn latest(&self) -> &LatestIndex {
+        &self.latest
+    }
+
+    /// The history.
+    pub fn history(&self) -> &Arc<dyn History> {
+        &self.history
+    }
+}
+
+/// How often [`run_maintenance`] sweeps.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often [`run_maintenance`] asks whether a flush is due.
+pub const FLUSH_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Flushes when due and sweeps every `sweep_interval`, on blocking threads, until
+/// `shutdown`; then flushes once more (a clean stop leaves nothing to replay).
+pub async fn run_maintenance(
+    store: Arc<Store>,
+    sweep_interval: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(FLUSH_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = tokio::time::Instant::now();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => break,
+        }
+        if store.history.flush_due() {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "flush failed; retrying"),
+                Err(error) => tracing::error!(%error, "flush task failed"),
+            }
+        }
+        if last_sweep.elapsed() >= sweep_interval {
+            last_sweep = tokio::time::Instant::now();
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.sweep(now_ms())).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(dropped)) => tracing::debug!(dropped, "swept samples past retention"),
+                Ok(Err(error)) => tracing::error!(%error, "sweep failed"),
+                Err(error) => tracing::error!(%error, "sweep task failed"),
+            }
+        }
+    }
+    let s = store.clone();
+    match tokio::task::spawn_blocking(move || s.flush()).await {
+        Ok(Ok(())) => tracing::info!("store flushed"),
+        Ok(Err(error)) => tracing::error!(%error, "final flush failed"),
+        Err(error) => tracing::error!(%error, "final flush task failed"),
+    }
+}

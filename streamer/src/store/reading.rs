@@ -1,0 +1,169 @@
+//! The storage layer's own sample type: [`Reading`], one GPU reading as a time and a raw
+//! integer per [`COLUMNS`] entry (the wire's units: percent, bytes, milliwatts, millijoules,
+//! MHz). Chunks on disk name each column by its [`Column::id`], which never changes, so a
+//! column added later (a new wire field) leaves old chunks readable.
+
+use msg_queue_client::wire::GpuSample;
+
+/// One stored metric column.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// Stable id, written into every chunk: never reuse or renumber one.
+    pub id: u8,
+    /// The wire field it holds.
+    pub field: &'static str,
+    get: fn(&GpuSample) -> Option<u64>,
+    set: fn(&mut GpuSample, u64),
+}
+
+fn narrow(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+macro_rules! col {
+    ($id:literal, $f:ident, u32) => {
+        Column {
+            id: $id,
+            field: stringify!($f),
+            get: |s| s.$f.map(u64::from),
+            set: |s, v| s.$f = Some(narrow(v)),
+        }
+    };
+    ($id:literal, $f:ident, u64) => {
+        Column {
+            id: $id,
+            field: stringify!($f),
+            get: |s| s.$f,
+            set: |s, v| s.$f = Some(v),
+        }
+    };
+}
+
+/// Number of columns.
+pub const N_COLUMNS: usize = 11;
+
+/// Every column, in wire field order.
+pub const COLUMNS: [Column; N_COLUMNS] = [
+    col!(1, gpu_utilization_percent, u32),
+    col!(2, memory_utilization_percent, u32),
+    col!(3, memory_used_bytes, u64),
+    col!(4, memory_total_bytes, u64),
+    col!(5, temperature_celsius, u32),
+    col!(6, power_usage_milliwatts, u32),
+    col!(7, power_limit_milliwatts, u32),
+    col!(8, energy_consumed_millijoules, u64),
+    col!(9, sm_clock_mhz, u32),
+    col!(10, memory_clock_mhz, u32),
+    col!(11, fan_speed_percent, u32),
+];
+
+/// The position in [`COLUMNS`] of column `id`, if this build knows it.
+pub fn column_index(id: u8) -> Option<usize> {
+    COLUMNS.iter().position(|c| c.id == id)
+}
+
+/// One reading of one GPU: its time and the value of each column it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// Sample time, UTC ms.
+    pub ts_ms: i64,
+    present: u16,
+    values: [u64; N_COLUMNS],
+}
+
+impl Reading {
+    /// A reading at `ts_ms` with no values.
+    pub fn empty(ts_ms: i64) -> Self {
+        Self {
+            ts_ms,
+            present: 0,
+            values: [0; N_COLUMNS],
+        }
+    }
+
+    /// The value of column `i` (a [`COLUMNS`] position), if present.
+    pub fn get(&self, i: usize) -> Option<u64> {
+        (self.present & (1 << i) != 0).then(|| self.values[i])
+    }
+
+    /// Sets column `i` (a [`COLUMNS`] position).
+    pub fn set(&mut self, i: usize, v: u64) {
+        self.present |= 1 << i;
+        self.values[i] = v;
+    }
+
+    /// The reading a wire sample carries.
+    pub fn from_wire(s: &GpuSample) -> Self {
+        let mut r = Self::empty(s.timestamp_ms);
+        for (i, c) in COLUMNS.iter().enumerate() {
+            if let Some(v) = (c.get)(s) {
+                r.set(i, v);
+            }
+        }
+        r
+    }
+
+    /// The wire sample for this reading, with an empty `uuid`.
+    pub fn to_wire(&self) -> GpuSample {
+        let mut s = GpuSample {
+            timestamp_ms: self.ts_ms,
+            ..Default::default()
+        };
+        for (i, c) in COLUMNS.iter().enumerate() {
+            if let Some(v) = self.get(i) {
+                (c.set)(&mut s, v);
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wire_sample_survives_the_round_trip_with_absent_fields_absent() {
+        let s = GpuSample {
+            uuid: String::new(),
+            timestamp_ms: 1_700_000_000_123,
+            gpu_utilization_percent: Some(0),
+            memory_used_bytes: Some(u64::MAX),
+            power_usage_milliwatts: Some(u32::MAX),
+            fan_speed_percent: None,
+            ..Default::default()
+        };
+        let r = Reading::from_wire(&s);
+        assert_eq!(r.get(0), Some(0));
+        assert_eq!(r.get(10), None);
+        assert_eq!(r.to_wire(), s);
+    }
+
+    #[test]
+    fn column_ids_are_unique_and_cover_every_wire_metric() {
+        let mut ids: Vec<u8> = COLUMNS.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), N_COLUMNS);
+        // Every metric of the catalog reads a field some column stores.
+        let full = GpuSample {
+            gpu_utilization_percent: Some(1),
+            memory_utilization_percent: Some(2),
+            memory_used_bytes: Some(3),
+            memory_total_bytes: Some(4),
+            temperature_celsius: Some(5),
+            power_usage_milliwatts: Some(6),
+            power_limit_milliwatts: Some(7),
+            energy_consumed_millijoules: Some(8),
+            sm_clock_mhz: Some(9),
+            memory_clock_mhz: Some(10),
+            fan_speed_percent: Some(11),
+            ..Default::default()
+        };
+        let back = Reading::from_wire(&full).to_wire();
+        assert_eq!(back, full);
+        for m in msg_queue_client::metric::METRICS {
+            assert!(m.value(&back).is_some(), "{} is stored", m.name);
+        }
+    }
+}
