@@ -98,6 +98,7 @@ pub fn start(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let maintenance = tokio::spawn(streamer::store::run_maintenance(
         store.clone(),
+        metrics.clone(),
         streamer::store::SWEEP_INTERVAL,
         async move {
             let _ = stop_rx.await;

@@ -51,6 +51,9 @@ pub struct StreamerConfig {
     /// from Kafka, so keep it well under the topic's retention.
     #[arg(long, env = "STREAMER_FLUSH_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub flush_interval: Duration,
+    /// How often samples past retention are swept.
+    #[arg(long, env = "STREAMER_SWEEP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
     /// Flush sooner when this many samples wait in memory (bounds memory).
     #[arg(
         long,

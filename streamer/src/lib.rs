@@ -125,7 +125,8 @@ pub async fn run(
     });
     let maintenance = tokio::spawn(store::run_maintenance(
         store.clone(),
-        store::SWEEP_INTERVAL,
+        metrics.clone(),
+        cfg.sweep_interval,
         stopped(),
     ));
 

@@ -12,6 +12,13 @@ pub const SAMPLES_STORED: &str = "streamer_samples_stored_total";
 pub const SAMPLES_DUPLICATE: &str = "streamer_samples_duplicate_total";
 /// Samples ignored because they are older than the retention window.
 pub const SAMPLES_EXPIRED: &str = "streamer_samples_expired_total";
+/// Samples written to disk by the store's flushes (durable; equal to the stored count once
+/// nothing waits in memory).
+pub const SAMPLES_DURABLE: &str = "streamer_samples_durable_total";
+/// Store flushes that wrote something.
+pub const FLUSHES: &str = "streamer_store_flushes_total";
+/// Samples dropped by retention sweeps.
+pub const SAMPLES_SWEPT: &str = "streamer_samples_swept_total";
 /// Records rejected, by `reason`.
 pub const REJECTED: &str = "streamer_records_rejected_total";
 /// Records forwarded to the dead-letter topic.
@@ -32,6 +39,12 @@ pub struct StreamerMetrics {
     pub samples_expired: AtomicU64,
     /// See [`DEAD_LETTERED`].
     pub dead_lettered: AtomicU64,
+    /// See [`SAMPLES_DURABLE`].
+    pub samples_durable: AtomicU64,
+    /// See [`FLUSHES`].
+    pub flushes: AtomicU64,
+    /// See [`SAMPLES_SWEPT`].
+    pub samples_swept: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -43,6 +56,14 @@ impl StreamerMetrics {
         self.samples_duplicate
             .fetch_add(a.duplicates, Ordering::Relaxed);
         self.samples_expired.fetch_add(a.expired, Ordering::Relaxed);
+    }
+
+    /// Counts a flush that wrote `samples` (nothing for an empty one).
+    pub fn flushed(&self, samples: u64) {
+        if samples > 0 {
+            self.samples_durable.fetch_add(samples, Ordering::Relaxed);
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a rejected record.
@@ -74,6 +95,9 @@ impl StreamerMetrics {
             (SAMPLES_DUPLICATE, String::new(), g(&self.samples_duplicate)),
             (SAMPLES_EXPIRED, String::new(), g(&self.samples_expired)),
             (DEAD_LETTERED, String::new(), g(&self.dead_lettered)),
+            (SAMPLES_DURABLE, String::new(), g(&self.samples_durable)),
+            (FLUSHES, String::new(), g(&self.flushes)),
+            (SAMPLES_SWEPT, String::new(), g(&self.samples_swept)),
         ];
         for (r, v) in self
             .rejected

@@ -322,7 +322,14 @@ def test_streamer_data_directory_is_a_pvc_with_recreate_or_an_empty_dir():
     assert vols["data"]["persistentVolumeClaim"]["claimName"] == "streamer-data"
     assert one(docs, "PersistentVolumeClaim", "streamer-data")["spec"]["storageClassName"] == "fast"
     _, defaults = install({})
-    vols = {v["name"]: v for v in pod_spec(one(defaults, "Deployment", "streamer"))["volumes"]}
+    d = one(defaults, "Deployment", "streamer")
+    vols = {v["name"]: v for v in pod_spec(d)["volumes"]}
+    assert vols["data"]["persistentVolumeClaim"]["claimName"] == "streamer-data"
+    env = {e["name"]: e.get("value") for e in pod_spec(d)["containers"][0]["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in pod_spec(d)["containers"][0]["volumeMounts"]}
+    assert env["STREAMER_DATA_DIR"] == mounts["data"] == "/var/lib/telemetry"
+    _, off = install({"streamer": {"persistence": {"enabled": False}}})
+    vols = {v["name"]: v for v in pod_spec(one(off, "Deployment", "streamer"))["volumes"]}
     assert vols["data"] == {"name": "data", "emptyDir": {}}
 
 

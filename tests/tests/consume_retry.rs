@@ -57,7 +57,7 @@ impl History for FlakyHistory {
     ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
         self.inner.range(uuid, s, e, l)
     }
-    fn flush(&self) -> Result<(), StoreError> {
+    fn flush(&self) -> Result<u64, StoreError> {
         self.inner.flush()
     }
     fn flush_due(&self) -> bool {

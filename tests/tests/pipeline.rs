@@ -6,7 +6,7 @@ use std::time::Duration;
 use collector::simulated::{FleetSpec, SimulatedSource};
 use integration_tests::{
     Broker, Names, eventually, free_port, get_json, get_text, metric_value, spawn_api,
-    spawn_collector, spawn_streamer,
+    spawn_collector, spawn_streamer, spawn_streamer_with,
 };
 use msg_queue_client::metric;
 use serde_json::Value;
@@ -197,4 +197,112 @@ async fn streamer_killed_mid_stream_restarts_and_each_sample_appears_exactly_onc
         Some(16 * 80),
         "{text}"
     );
+}
+
+/// Streamer flags that make flushes and sweeps happen all the time, so a kill lands amid
+/// them.
+const BUSY_STORE: &[&str] = &["--flush-interval", "150ms", "--sweep-interval", "100ms"];
+
+fn spawn_busy_streamer(broker: &Broker, n: &Names, grpc: u16) -> integration_tests::Proc {
+    spawn_streamer_with(broker, n, grpc, BUSY_STORE, &[("SERVICE_TOKEN", n.token.clone())])
+}
+
+/// The streamer's counter `name` as the api's /metrics shows it (0 while unreachable).
+async fn streamer_counter(http: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let text = get_text(http, &format!("{base}/metrics")).await.unwrap_or_default();
+    metric_value(&text, name).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamer_killed_five_times_amid_flushes_and_sweeps_keeps_every_sample_exactly_once() {
+    let broker = Broker::start();
+    let n = Names::fresh("crash");
+    let grpc = free_port();
+    let mut streamer = spawn_busy_streamer(&broker, &n, grpc);
+    let (_api, base) = spawn_api(&n, grpc);
+    // Long enough (40 s) for five kills and restarts (each rejoin waits out the dead
+    // member's 6 s session).
+    const ROUNDS: u64 = 1000;
+    let mut collector = spawn_collector(&broker, &n, SPEC, "40ms", ROUNDS);
+    let http = reqwest::Client::new();
+    // Random kill moments, reproducible from the printed seed.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    println!("kill-moment seed {seed}");
+    let mut flushes_seen = 0;
+    for kill in 0..5 {
+        // This process is consuming and has flushed at least once: a kill now lands amid
+        // stores, flushes (every 150 ms) and sweeps (every 100 ms).
+        eventually(Duration::from_secs(60), "the streamer flushes", || async {
+            (streamer_counter(&http, &base, "streamer_store_flushes_total").await > 0)
+                .then_some(())
+        })
+        .await;
+        flushes_seen += 1;
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let pause = Duration::from_millis(seed >> 33 & 0xff);
+        tokio::time::sleep(pause).await;
+        println!("kill {kill} after {pause:?}");
+        streamer.kill9();
+        streamer = spawn_busy_streamer(&broker, &n, grpc);
+    }
+    assert_eq!(flushes_seen, 5);
+    assert!(
+        matches!(collector.child.try_wait(), Ok(None)),
+        "every kill landed while records were still coming"
+    );
+    assert!(collector.wait_exit(Duration::from_secs(120)).success());
+    let list = wait_for_samples(&http, &base, &n.api_key, 16, ROUNDS).await;
+    let stamps = assert_exact_samples(&http, &base, &n.api_key, &list).await;
+    assert!(stamps.values().all(|s| s.len() == ROUNDS as usize));
+    // A clean stop flushes everything: the next start finds it all on disk and reads on
+    // from the stored offsets, so only new records are stored.
+    streamer.term();
+    assert!(streamer.wait_exit(Duration::from_secs(20)).success());
+    let _last = spawn_busy_streamer(&broker, &n, grpc);
+    let mut more = spawn_collector(&broker, &n, SPEC, "40ms", 5);
+    assert!(more.wait_exit(Duration::from_secs(60)).success());
+    let list = wait_for_samples(&http, &base, &n.api_key, 16, ROUNDS + 5).await;
+    assert_exact_samples(&http, &base, &n.api_key, &list).await;
+    let text = get_text(&http, &format!("{base}/metrics")).await.unwrap();
+    assert_eq!(
+        metric_value(&text, "streamer_samples_stored_total"),
+        Some(16 * 5),
+        "after a clean stop only new samples are stored: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamer_and_broker_killed_broker_back_empty_history_kept_and_new_records_consumed() {
+    let mut broker = Broker::start();
+    let n = Names::fresh("empty-broker");
+    let grpc = free_port();
+    let mut streamer = spawn_busy_streamer(&broker, &n, grpc);
+    let (_api, base) = spawn_api(&n, grpc);
+    let http = reqwest::Client::new();
+    let mut collector = spawn_collector(&broker, &n, SPEC, "50ms", 30);
+    assert!(collector.wait_exit(Duration::from_secs(60)).success());
+    wait_for_samples(&http, &base, &n.api_key, 16, 30).await;
+    // Everything on disk before the kill (a flush every 150 ms).
+    eventually(Duration::from_secs(30), "all samples durable", || async {
+        (streamer_counter(&http, &base, "streamer_samples_durable_total").await == 16 * 30)
+            .then_some(())
+    })
+    .await;
+
+    streamer.kill9();
+    broker.restart(); // memory storage: the broker comes back with no topics, no offsets
+    let _streamer = spawn_busy_streamer(&broker, &n, grpc);
+    // The history is served at once, exactly once.
+    let list = wait_for_samples(&http, &base, &n.api_key, 16, 30).await;
+    assert_exact_samples(&http, &base, &n.api_key, &list).await;
+
+    // New records (offsets start again at 0, below the stored ones) are consumed.
+    let mut collector = spawn_collector(&broker, &n, SPEC, "50ms", 10);
+    assert!(collector.wait_exit(Duration::from_secs(60)).success());
+    let list = wait_for_samples(&http, &base, &n.api_key, 16, 40).await;
+    let stamps = assert_exact_samples(&http, &base, &n.api_key, &list).await;
+    assert!(stamps.values().all(|s| s.len() == 40));
 }

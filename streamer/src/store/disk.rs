@@ -406,13 +406,14 @@ impl DiskHistory {
         Ok((out, new))
     }
 
-    fn flush_locked(&self, st: &mut State) -> Result<(), StoreError> {
+    fn flush_locked(&self, st: &mut State) -> Result<u64, StoreError> {
         let pending =
             st.open_samples > 0 || st.offsets_dirty || st.series.values().any(|s| s.dirty);
         if !pending {
             st.last_flush = Instant::now();
-            return Ok(());
+            return Ok(0);
         }
+        let written = st.open_samples as u64;
         let txn = self.db.begin_write().map_err(StoreError::db)?;
         let mut bytes = i128::from(st.stored_bytes);
         let mut sealed: Vec<(String, Option<i64>, Option<Reading>)> = Vec::new();
@@ -515,7 +516,7 @@ impl DiskHistory {
         if let Some(wal) = &mut st.wal {
             wal.reset()?;
         }
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -641,7 +642,7 @@ impl History for DiskHistory {
         Ok(Some((out, truncated)))
     }
 
-    fn flush(&self) -> Result<(), StoreError> {
+    fn flush(&self) -> Result<u64, StoreError> {
         let mut st = self.lock();
         self.flush_locked(&mut st)
     }

@@ -126,11 +126,12 @@ pub trait History: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Option<(Vec<Reading>, bool)>, StoreError>;
 
-    /// Makes everything applied and covered so far durable. Cheap when nothing is pending.
+    /// Makes everything applied and covered so far durable; returns how many readings it
+    /// wrote. Cheap when nothing is pending.
     ///
     /// # Errors
     /// [`StoreError`]; nothing is lost, the next flush tries again.
-    fn flush(&self) -> Result<(), StoreError>;
+    fn flush(&self) -> Result<u64, StoreError>;
 
     /// Whether enough is pending that a flush is due.
     fn flush_due(&self) -> bool;

@@ -24,6 +24,9 @@ use std::time::Duration;
 
 use msg_queue_client::wire::TelemetryBatch;
 
+use crate::metrics::StreamerMetrics;
+use std::sync::atomic::Ordering;
+
 pub use disk::{DiskConfig, DiskHistory};
 pub use history::{Applied, History, SeriesState, StoreError, Swept};
 pub use latest::{GpuState, GpuView, LatestIndex};
@@ -96,7 +99,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] from the history.
-    pub fn flush(&self) -> Result<(), StoreError> {
+    pub fn flush(&self) -> Result<u64, StoreError> {
         self.history.flush()
     }
 
@@ -133,9 +136,11 @@ fn now_ms() -> i64 {
 }
 
 /// Flushes when due and sweeps every `sweep_interval`, on blocking threads, until
-/// `shutdown`; then flushes once more (a clean stop leaves nothing to replay).
+/// `shutdown`; then flushes once more (a clean stop leaves nothing to replay). Counts into
+/// `metrics`.
 pub async fn run_maintenance(
     store: Arc<Store>,
+    metrics: Arc<StreamerMetrics>,
     sweep_interval: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -151,8 +156,11 @@ pub async fn run_maintenance(
         if store.history.flush_due() {
             let s = store.clone();
             match tokio::task::spawn_blocking(move || s.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "flush failed; retrying"),
+                Ok(Ok(n)) => metrics.flushed(n),
+                Ok(Err(error)) => {
+                    metrics.error("store");
+                    tracing::error!(%error, "flush failed; retrying");
+                }
                 Err(error) => tracing::error!(%error, "flush task failed"),
             }
         }
@@ -161,15 +169,24 @@ pub async fn run_maintenance(
             let s = store.clone();
             match tokio::task::spawn_blocking(move || s.sweep(now_ms())).await {
                 Ok(Ok(0)) => {}
-                Ok(Ok(dropped)) => tracing::debug!(dropped, "swept samples past retention"),
-                Ok(Err(error)) => tracing::error!(%error, "sweep failed"),
+                Ok(Ok(dropped)) => {
+                    metrics.samples_swept.fetch_add(dropped, Ordering::Relaxed);
+                    tracing::debug!(dropped, "swept samples past retention");
+                }
+                Ok(Err(error)) => {
+                    metrics.error("store");
+                    tracing::error!(%error, "sweep failed");
+                }
                 Err(error) => tracing::error!(%error, "sweep task failed"),
             }
         }
     }
     let s = store.clone();
     match tokio::task::spawn_blocking(move || s.flush()).await {
-        Ok(Ok(())) => tracing::info!("store flushed"),
+        Ok(Ok(n)) => {
+            metrics.flushed(n);
+            tracing::info!(samples = n, "store flushed");
+        }
         Ok(Err(error)) => tracing::error!(%error, "final flush failed"),
         Err(error) => tracing::error!(%error, "final flush task failed"),
     }

@@ -1,0 +1,383 @@
+//! Storage benchmarks (a bench binary, not timed tests). Run:
+//!
+//! ```text
+//! cargo build --release -p streamer -p api
+//! cargo bench -p integration-tests --bench storage
+//! ```
+//! (`scripts/bench-storage` does both and installs VictoriaMetrics for part 3.)
+//!
+//! 1. Our store, `BENCH_GPUS` simulated GPUs (default 1,000) × `BENCH_HOURS` of 1 s samples
+//!    (default 24), flushed every 10 simulated minutes as the streamer does: ingest points/s
+//!    on one core (apply + compress + commit, generation excluded), bytes per metric point on
+//!    disk (the database file), and the open (restart) time.
+//! 2. The real `streamer` binary on that data directory: time from start to serving, its
+//!    RSS while holding it; and the deployed shape (api → gRPC → streamer) for
+//!    `GET …/telemetry` over 24 h of one GPU.
+//! 3. Side by side with VictoriaMetrics (when `victoria-metrics` is installed): the same
+//!    generated points (`BENCH_VM_GPUS`, default 16, × `BENCH_HOURS`) into our store and
+//!    into VictoriaMetrics via `/api/v1/import`, in one run: ingest points/s per core, bytes
+//!    per point on disk, and the same raw range query (one GPU, 24 h, every metric).
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use collector::simulated::{FleetSpec, SimulatedSource};
+use integration_tests::{Proc, args, bin, free_port};
+use msg_queue_client::metric;
+use streamer::store::{DiskConfig, Store};
+
+const T0: i64 = 1_790_000_000_000;
+const FLUSH_EVERY: i64 = 600;
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() { dir_bytes(&e.path()) } else { m.len() }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+struct Filled {
+    samples: u64,
+    points: u64,
+    store_secs: f64,
+}
+
+/// Fills a store in `dir` with `gpus` × `hours` of simulated 1 s samples, `visit` seeing
+/// every batch too (for feeding another system the same points).
+fn fill(dir: &Path, gpus: u32, hours: u32, mut visit: impl FnMut(&msg_queue_client::wire::TelemetryBatch)) -> Filled {
+    let mut cfg = DiskConfig::new(dir);
+    cfg.retention = Duration::from_secs(3650 * 86_400);
+    cfg.max_open_samples = usize::MAX;
+    let store = Store::open_disk(cfg).unwrap();
+    let nodes = gpus.div_ceil(8);
+    let src = SimulatedSource::new(FleetSpec {
+        nodes,
+        gpus_per_node: 8,
+        seed: 11,
+    });
+    let rounds = i64::from(hours) * 3600;
+    let (mut samples, mut points, mut spent) = (0u64, 0u64, Duration::ZERO);
+    for r in 0..rounds {
+        for n in 0..nodes {
+            let b = src.batch(n, T0 + r * 1000);
+            points += b
+                .samples
+                .iter()
+                .map(|s| metric::values(s).count() as u64)
+                .sum::<u64>();
+            samples += b.samples.len() as u64;
+            visit(&b);
+            let t = Instant::now();
+            store.apply(&b).unwrap();
+            spent += t.elapsed();
+        }
+        if r % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            let t = Instant::now();
+            store.flush().unwrap();
+            spent += t.elapsed();
+        }
+    }
+    let t = Instant::now();
+    store.flush().unwrap();
+    spent += t.elapsed();
+    Filled {
+        samples,
+        points,
+        store_secs: spent.as_secs_f64(),
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn latency(client: &reqwest::Client, url: &str, key: &str, n: usize) -> (f64, f64, usize) {
+    let mut ms = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = client.get(url).header("x-api-key", key).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        bytes = r.bytes().await.unwrap().len();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    (pct(&mut ms.clone(), 0.5), pct(&mut ms, 0.99), bytes)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let gpus = env_u32("BENCH_GPUS", 1000);
+    let hours = env_u32("BENCH_HOURS", 24);
+    let work = tempfile::tempdir().unwrap();
+
+    // 1. Our store.
+    let dir = work.path().join("ours");
+    let f = fill(&dir, gpus, hours, |_| {});
+    let file = dir_bytes(&dir);
+    println!(
+        "store: {gpus} GPUs x {hours} h at 1 s = {} samples, {} metric points",
+        f.samples, f.points
+    );
+    println!(
+        "  ingest (apply + compress + commit, one thread): {:.0} points/s ({:.0} samples/s)",
+        f.points as f64 / f.store_secs,
+        f.samples as f64 / f.store_secs
+    );
+    println!(
+        "  on disk: {file} bytes = {:.3} bytes per metric point",
+        file as f64 / f.points as f64
+    );
+    let mut opens = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s = Store::open_disk(DiskConfig::new(&dir)).unwrap();
+        opens.push(t.elapsed().as_secs_f64());
+        assert_eq!(s.latest().sample_count(), f.samples);
+    }
+    println!("  open (restart) in process: median {:.3} s over 3", median(opens));
+
+    // 2. The real binaries on that directory.
+    let token = "bench-token-0123456789".to_string();
+    let key = "bench-key".to_string();
+    let grpc = free_port();
+    let t = Instant::now();
+    let mut streamer = Proc::spawn(
+        "streamer",
+        &bin("streamer"),
+        &args(&[
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--brokers",
+            "127.0.0.1:1", // no broker: the store and queries alone
+            "--data-dir",
+            &dir.display().to_string(),
+            "--retention",
+            "3650d",
+        ]),
+        &[("SERVICE_TOKEN", token.clone()), ("RUST_LOG", "error".into())],
+    );
+    streamer.wait_line("streamer grpc listening on", Duration::from_secs(120));
+    println!(
+        "  streamer binary: serving {:.2} s after start; RSS {} MiB holding {} samples",
+        t.elapsed().as_secs_f64(),
+        rss_kib(streamer.child.id()) / 1024,
+        f.samples
+    );
+    let mut api = Proc::spawn(
+        "api",
+        &bin("api"),
+        &args(&["--listen", "127.0.0.1:0", "--streamer-url", &format!("http://127.0.0.1:{grpc}")]),
+        &[("SERVICE_TOKEN", token), ("API_KEY", key.clone())],
+    );
+    let line = api.wait_line("api listening on ", Duration::from_secs(20));
+    let base = format!("http://{}", line.trim_start_matches("api listening on ").trim());
+    let uuid = SimulatedSource::info(
+        FleetSpec {
+            nodes: gpus.div_ceil(8),
+            gpus_per_node: 8,
+            seed: 11,
+        },
+        0,
+        0,
+    )
+    .uuid;
+    let client = reqwest::Client::new();
+    let url = format!(
+        "{base}/api/v1/gpus/{uuid}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-23T00:00:00Z&limit=100000"
+    );
+    let (p50, p99, bytes) = latency(&client, &url, &key, 30).await;
+    println!(
+        "  GET telemetry 24 h of one GPU, api -> gRPC -> streamer (from disk): p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 30 requests)"
+    );
+    println!(
+        "  streamer RSS after the queries: {} MiB",
+        rss_kib(streamer.child.id()) / 1024
+    );
+    drop(api);
+    drop(streamer);
+
+    // 3. Side by side with VictoriaMetrics.
+    let vm_bin = ["victoria-metrics", "/usr/bin/victoria-metrics"]
+        .into_iter()
+        .find(|b| std::process::Command::new(b).arg("-version").output().is_ok());
+    let Some(vm_bin) = vm_bin else {
+        println!("victoria-metrics not installed: side-by-side skipped (scripts/bench-storage installs it)");
+        return;
+    };
+    let vm_gpus = env_u32("BENCH_VM_GPUS", 16);
+    let vm_dir = work.path().join("vm");
+    let port = free_port();
+    let vm = Proc::spawn(
+        "victoria-metrics",
+        Path::new(vm_bin),
+        &args(&[
+            &format!("-httpListenAddr=127.0.0.1:{port}"),
+            &format!("-storageDataPath={}", vm_dir.display()),
+            "-retentionPeriod=100y",
+            "-search.maxPointsPerTimeseries=1000000",
+            "-search.latencyOffset=0s",
+        ]),
+        &[],
+    );
+    let vm_url = format!("http://127.0.0.1:{port}");
+    integration_tests::eventually(Duration::from_secs(30), "VictoriaMetrics up", || async {
+        client.get(format!("{vm_url}/health")).send().await.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    // The same points, as VictoriaMetrics's JSON line import: one line per series per
+    // simulated hour (written to files first: generation is not timed for either side).
+    let lines_dir = work.path().join("vm-import");
+    std::fs::create_dir_all(&lines_dir).unwrap();
+    let mut series: std::collections::BTreeMap<(String, &'static str), (Vec<i64>, Vec<f64>)> =
+        Default::default();
+    let mut files = Vec::new();
+    let mut flush_lines = |series: &mut std::collections::BTreeMap<(String, &'static str), (Vec<i64>, Vec<f64>)>| {
+        let path = lines_dir.join(format!("{}.jsonl", files.len()));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        for ((gpu, name), (ts, vs)) in std::mem::take(series) {
+            let line = serde_json::json!({
+                "metric": {"__name__": name, "gpu": gpu},
+                "timestamps": ts,
+                "values": vs,
+            });
+            serde_json::to_writer(&mut w, &line).unwrap();
+            w.write_all(b"\n").unwrap();
+        }
+        w.flush().unwrap();
+        files.push(path);
+    };
+    let ours_dir = work.path().join("ours-side-by-side");
+    let mut rounds_seen = 0u64;
+    let f2 = fill(&ours_dir, vm_gpus, hours, |b| {
+        for s in &b.samples {
+            for (name, v) in metric::values(s) {
+                let e = series.entry((s.uuid.clone(), name)).or_default();
+                e.0.push(s.timestamp_ms);
+                e.1.push(v);
+            }
+        }
+        rounds_seen += 1;
+        if rounds_seen % (3600 * u64::from(vm_gpus.div_ceil(8))) == 0 {
+            flush_lines(&mut series);
+        }
+    });
+    if !series.is_empty() {
+        flush_lines(&mut series);
+    }
+    let vm_cpu_before = cpu_secs(vm.child.id());
+    let t = Instant::now();
+    for p in &files {
+        let body = std::fs::read(p).unwrap();
+        let r = client.post(format!("{vm_url}/api/v1/import")).body(body).send().await.unwrap();
+        assert!(r.status().is_success(), "import: {}", r.status());
+    }
+    client.get(format!("{vm_url}/internal/force_flush")).send().await.unwrap();
+    let vm_wall = t.elapsed().as_secs_f64();
+    let vm_cpu = cpu_secs(vm.child.id()) - vm_cpu_before;
+    client.get(format!("{vm_url}/internal/force_merge")).send().await.unwrap();
+    // Merges run in the background: wait until the size settles.
+    let mut last = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = dir_bytes(&vm_dir);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let vm_bytes = dir_bytes(&vm_dir);
+    let ours_bytes = dir_bytes(&ours_dir);
+    println!(
+        "side by side: {vm_gpus} GPUs x {hours} h = {} metric points, same points both sides",
+        f2.points
+    );
+    println!(
+        "  ingest per core: ours {:.0} points/s (one thread, {:.1} s); VictoriaMetrics {:.0} points per CPU-second ({:.1} CPU-s, {vm_wall:.1} s wall, JSON import over HTTP)",
+        f2.points as f64 / f2.store_secs,
+        f2.store_secs,
+        f2.points as f64 / vm_cpu,
+        vm_cpu
+    );
+    println!(
+        "  on disk: ours {:.3} B/point ({ours_bytes} B); VictoriaMetrics {:.3} B/point ({vm_bytes} B, after force_merge); ratio ours/VM {:.2}",
+        ours_bytes as f64 / f2.points as f64,
+        vm_bytes as f64 / f2.points as f64,
+        ours_bytes as f64 / vm_bytes as f64
+    );
+    // The same raw range: one GPU, every metric, the whole period.
+    let uuid = SimulatedSource::info(
+        FleetSpec {
+            nodes: vm_gpus.div_ceil(8),
+            gpus_per_node: 8,
+            seed: 11,
+        },
+        0,
+        0,
+    )
+    .uuid;
+    let store = Store::open_disk(DiskConfig::new(&ours_dir)).unwrap();
+    let end = T0 + i64::from(hours) * 3_600_000;
+    let mut ours_ms = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let (r, _) = store.range(&uuid, T0, end, 1_000_000).unwrap().unwrap();
+        assert_eq!(r.len() as i64, end.saturating_sub(T0) / 1000);
+        ours_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let export = format!(
+        "{vm_url}/api/v1/export?match[]={{gpu=%22{uuid}%22}}&start={}&end={}",
+        T0 / 1000,
+        end / 1000
+    );
+    let mut vm_ms = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = client.get(&export).send().await.unwrap();
+        let body = r.bytes().await.unwrap();
+        assert!(body.len() > 1000);
+        vm_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "  raw range, one GPU x {hours} h, every metric: ours (Store::range) median {:.1} ms; VictoriaMetrics (/api/v1/export) median {:.1} ms",
+        median(ours_ms),
+        median(vm_ms)
+    );
+    drop(vm);
+}
+
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
