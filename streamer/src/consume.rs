@@ -3,9 +3,12 @@
 //! Ordering that makes "nothing lost, nothing doubled" hold:
 //! 1. a fetched batch is stored (idempotently) and its rejects are delivered to the
 //!    dead-letter topic;
-//! 2. only then are its offsets recorded in the store and committed to the group.
+//! 2. only then are its offsets covered in the store (durable with the store's next flush,
+//!    in the same transaction as the samples) and committed to the group.
 //!
-//! A crash between 1 and 2 redelivers the batch, which the idempotent store absorbs.
+//! A crash before the flush loses the buffered samples and their offsets together: the
+//! restarted consumer resumes at the last durable offset and reads them again; anything
+//! read twice is absorbed by the idempotent store.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -31,7 +31,10 @@ const T0: i64 = 1_790_000_000_000;
 const FLUSH_EVERY: i64 = 600;
 
 fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -50,7 +53,11 @@ fn dir_bytes(p: &Path) -> u64 {
             rd.filter_map(Result::ok)
                 .map(|e| {
                     let m = e.metadata().unwrap();
-                    if m.is_dir() { dir_bytes(&e.path()) } else { m.len() }
+                    if m.is_dir() {
+                        dir_bytes(&e.path())
+                    } else {
+                        m.len()
+                    }
                 })
                 .sum()
         })
@@ -65,7 +72,12 @@ struct Filled {
 
 /// Fills a store in `dir` with `gpus` × `hours` of simulated 1 s samples, `visit` seeing
 /// every batch too (for feeding another system the same points).
-fn fill(dir: &Path, gpus: u32, hours: u32, mut visit: impl FnMut(&msg_queue_client::wire::TelemetryBatch)) -> Filled {
+fn fill(
+    dir: &Path,
+    gpus: u32,
+    hours: u32,
+    mut visit: impl FnMut(&msg_queue_client::wire::TelemetryBatch),
+) -> Filled {
     let mut cfg = DiskConfig::new(dir);
     cfg.retention = Duration::from_secs(3650 * 86_400);
     cfg.max_open_samples = usize::MAX;
@@ -122,7 +134,12 @@ async fn latency(client: &reqwest::Client, url: &str, key: &str, n: usize) -> (f
     let mut bytes = 0;
     for _ in 0..n {
         let t = Instant::now();
-        let r = client.get(url).header("x-api-key", key).send().await.unwrap();
+        let r = client
+            .get(url)
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{url}");
         bytes = r.bytes().await.unwrap().len();
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -160,7 +177,10 @@ async fn main() {
         opens.push(t.elapsed().as_secs_f64());
         assert_eq!(s.latest().sample_count(), f.samples);
     }
-    println!("  open (restart) in process: median {:.3} s over 3", median(opens));
+    println!(
+        "  open (restart) in process: median {:.3} s over 3",
+        median(opens)
+    );
 
     // 2. The real binaries on that directory.
     let token = "bench-token-0123456789".to_string();
@@ -180,7 +200,10 @@ async fn main() {
             "--retention",
             "3650d",
         ]),
-        &[("SERVICE_TOKEN", token.clone()), ("RUST_LOG", "error".into())],
+        &[
+            ("SERVICE_TOKEN", token.clone()),
+            ("RUST_LOG", "error".into()),
+        ],
     );
     streamer.wait_line("streamer grpc listening on", Duration::from_secs(120));
     println!(
@@ -192,11 +215,19 @@ async fn main() {
     let mut api = Proc::spawn(
         "api",
         &bin("api"),
-        &args(&["--listen", "127.0.0.1:0", "--streamer-url", &format!("http://127.0.0.1:{grpc}")]),
+        &args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--streamer-url",
+            &format!("http://127.0.0.1:{grpc}"),
+        ]),
         &[("SERVICE_TOKEN", token), ("API_KEY", key.clone())],
     );
     let line = api.wait_line("api listening on ", Duration::from_secs(20));
-    let base = format!("http://{}", line.trim_start_matches("api listening on ").trim());
+    let base = format!(
+        "http://{}",
+        line.trim_start_matches("api listening on ").trim()
+    );
     let uuid = SimulatedSource::info(
         FleetSpec {
             nodes: gpus.div_ceil(8),
@@ -225,9 +256,16 @@ async fn main() {
     // 3. Side by side with VictoriaMetrics.
     let vm_bin = ["victoria-metrics", "/usr/bin/victoria-metrics"]
         .into_iter()
-        .find(|b| std::process::Command::new(b).arg("-version").output().is_ok());
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("-version")
+                .output()
+                .is_ok()
+        });
     let Some(vm_bin) = vm_bin else {
-        println!("victoria-metrics not installed: side-by-side skipped (scripts/bench-storage installs it)");
+        println!(
+            "victoria-metrics not installed: side-by-side skipped (scripts/bench-storage installs it)"
+        );
         return;
     };
     let vm_gpus = env_u32("BENCH_VM_GPUS", 16);
@@ -247,7 +285,12 @@ async fn main() {
     );
     let vm_url = format!("http://127.0.0.1:{port}");
     integration_tests::eventually(Duration::from_secs(30), "VictoriaMetrics up", || async {
-        client.get(format!("{vm_url}/health")).send().await.ok().filter(|r| r.status() == 200)
+        client
+            .get(format!("{vm_url}/health"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
     })
     .await;
     // The same points, as VictoriaMetrics's JSON line import: one line per series per
@@ -257,21 +300,22 @@ async fn main() {
     let mut series: std::collections::BTreeMap<(String, &'static str), (Vec<i64>, Vec<f64>)> =
         Default::default();
     let mut files = Vec::new();
-    let mut flush_lines = |series: &mut std::collections::BTreeMap<(String, &'static str), (Vec<i64>, Vec<f64>)>| {
-        let path = lines_dir.join(format!("{}.jsonl", files.len()));
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-        for ((gpu, name), (ts, vs)) in std::mem::take(series) {
-            let line = serde_json::json!({
-                "metric": {"__name__": name, "gpu": gpu},
-                "timestamps": ts,
-                "values": vs,
-            });
-            serde_json::to_writer(&mut w, &line).unwrap();
-            w.write_all(b"\n").unwrap();
-        }
-        w.flush().unwrap();
-        files.push(path);
-    };
+    let mut flush_lines =
+        |series: &mut std::collections::BTreeMap<(String, &'static str), (Vec<i64>, Vec<f64>)>| {
+            let path = lines_dir.join(format!("{}.jsonl", files.len()));
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+            for ((gpu, name), (ts, vs)) in std::mem::take(series) {
+                let line = serde_json::json!({
+                    "metric": {"__name__": name, "gpu": gpu},
+                    "timestamps": ts,
+                    "values": vs,
+                });
+                serde_json::to_writer(&mut w, &line).unwrap();
+                w.write_all(b"\n").unwrap();
+            }
+            w.flush().unwrap();
+            files.push(path);
+        };
     let ours_dir = work.path().join("ours-side-by-side");
     let mut rounds_seen = 0u64;
     let f2 = fill(&ours_dir, vm_gpus, hours, |b| {
@@ -294,13 +338,26 @@ async fn main() {
     let t = Instant::now();
     for p in &files {
         let body = std::fs::read(p).unwrap();
-        let r = client.post(format!("{vm_url}/api/v1/import")).body(body).send().await.unwrap();
+        let r = client
+            .post(format!("{vm_url}/api/v1/import"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "import: {}", r.status());
     }
-    client.get(format!("{vm_url}/internal/force_flush")).send().await.unwrap();
+    client
+        .get(format!("{vm_url}/internal/force_flush"))
+        .send()
+        .await
+        .unwrap();
     let vm_wall = t.elapsed().as_secs_f64();
     let vm_cpu = cpu_secs(vm.child.id()) - vm_cpu_before;
-    client.get(format!("{vm_url}/internal/force_merge")).send().await.unwrap();
+    client
+        .get(format!("{vm_url}/internal/force_merge"))
+        .send()
+        .await
+        .unwrap();
     // Merges run in the background: wait until the size settles.
     let mut last = 0;
     for _ in 0..60 {

@@ -189,8 +189,9 @@ async fn streamer_killed_mid_stream_restarts_and_each_sample_appears_exactly_onc
     let list = wait_for_samples(&http, &base, &n.api_key, 16, 80).await;
     let stamps = assert_exact_samples(&http, &base, &n.api_key, &list).await;
     assert!(stamps.values().all(|s| s.len() == 80));
-    // The restarted streamer rebuilt everything from Kafka, including what the killed one
-    // had stored: it stored all 16 × 80 samples itself, each once.
+    // The killed streamer never flushed (the default interval is 10 min), so its durable
+    // offsets were none: the restarted one read the topic from the start and stored all
+    // 16 × 80 samples itself, each once.
     let text = get_text(&http, &format!("{base}/metrics")).await.unwrap();
     assert_eq!(
         metric_value(&text, "streamer_samples_stored_total"),
@@ -204,12 +205,20 @@ async fn streamer_killed_mid_stream_restarts_and_each_sample_appears_exactly_onc
 const BUSY_STORE: &[&str] = &["--flush-interval", "150ms", "--sweep-interval", "100ms"];
 
 fn spawn_busy_streamer(broker: &Broker, n: &Names, grpc: u16) -> integration_tests::Proc {
-    spawn_streamer_with(broker, n, grpc, BUSY_STORE, &[("SERVICE_TOKEN", n.token.clone())])
+    spawn_streamer_with(
+        broker,
+        n,
+        grpc,
+        BUSY_STORE,
+        &[("SERVICE_TOKEN", n.token.clone())],
+    )
 }
 
 /// The streamer's counter `name` as the api's /metrics shows it (0 while unreachable).
 async fn streamer_counter(http: &reqwest::Client, base: &str, name: &str) -> u64 {
-    let text = get_text(http, &format!("{base}/metrics")).await.unwrap_or_default();
+    let text = get_text(http, &format!("{base}/metrics"))
+        .await
+        .unwrap_or_default();
     metric_value(&text, name).unwrap_or(0)
 }
 
@@ -236,8 +245,7 @@ async fn streamer_killed_five_times_amid_flushes_and_sweeps_keeps_every_sample_e
         // This process is consuming and has flushed at least once: a kill now lands amid
         // stores, flushes (every 150 ms) and sweeps (every 100 ms).
         eventually(Duration::from_secs(60), "the streamer flushes", || async {
-            (streamer_counter(&http, &base, "streamer_store_flushes_total").await > 0)
-                .then_some(())
+            (streamer_counter(&http, &base, "streamer_store_flushes_total").await > 0).then_some(())
         })
         .await;
         flushes_seen += 1;

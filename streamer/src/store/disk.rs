@@ -747,29 +747,10 @@ impl History for DiskHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msg_queue_client::wire::{GpuSample, SCHEMA_VERSION};
+    use msg_queue_client::wire::GpuSample;
 
     fn batch(node: &str, uuid: &str, ts: &[i64]) -> TelemetryBatch {
-        TelemetryBatch {
-            schema_version: SCHEMA_VERSION,
-            node: node.into(),
-            collected_at_ms: ts[0],
-            gpus: vec![GpuInfo {
-                uuid: uuid.into(),
-                node: node.into(),
-                ..Default::default()
-            }],
-            samples: ts
-                .iter()
-                .map(|&t| GpuSample {
-                    uuid: uuid.into(),
-                    timestamp_ms: t,
-                    gpu_utilization_percent: Some((t / 1000 % 100) as u32),
-                    power_usage_milliwatts: Some(100_000 + (t / 1000 % 7) as u32),
-                    ..Default::default()
-                })
-                .collect(),
-        }
+        super::super::test_batch(node, uuid, 0, ts)
     }
 
     fn times(h: &DiskHistory, uuid: &str, s: i64, e: i64, limit: usize) -> (Vec<i64>, bool) {

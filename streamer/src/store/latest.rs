@@ -318,30 +318,8 @@ impl LatestIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msg_queue_client::wire::SCHEMA_VERSION;
 
-    fn batch(node: &str, uuid: &str, index: u32, ts: &[i64]) -> TelemetryBatch {
-        TelemetryBatch {
-            schema_version: SCHEMA_VERSION,
-            node: node.into(),
-            collected_at_ms: ts[0],
-            gpus: vec![GpuInfo {
-                uuid: uuid.into(),
-                node: node.into(),
-                index,
-                ..Default::default()
-            }],
-            samples: ts
-                .iter()
-                .map(|&t| GpuSample {
-                    uuid: uuid.into(),
-                    timestamp_ms: t,
-                    gpu_utilization_percent: Some(7),
-                    ..Default::default()
-                })
-                .collect(),
-        }
-    }
+    use super::super::test_batch as batch;
 
     fn order(idx: &LatestIndex, node: Option<&str>) -> Vec<String> {
         let mut v = Vec::new();

@@ -191,3 +191,30 @@ pub async fn run_maintenance(
         Err(error) => tracing::error!(%error, "final flush task failed"),
     }
 }
+
+/// A batch of one GPU with a reading at each of `ts` (for the store's unit tests).
+#[cfg(test)]
+pub(crate) fn test_batch(node: &str, uuid: &str, index: u32, ts: &[i64]) -> TelemetryBatch {
+    use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION};
+    TelemetryBatch {
+        schema_version: SCHEMA_VERSION,
+        node: node.into(),
+        collected_at_ms: ts[0],
+        gpus: vec![GpuInfo {
+            uuid: uuid.into(),
+            node: node.into(),
+            index,
+            ..Default::default()
+        }],
+        samples: ts
+            .iter()
+            .map(|&t| GpuSample {
+                uuid: uuid.into(),
+                timestamp_ms: t,
+                gpu_utilization_percent: Some((t / 1000 % 100) as u32),
+                power_usage_milliwatts: Some(100_000 + (t / 1000 % 7) as u32),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
