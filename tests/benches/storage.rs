@@ -28,6 +28,9 @@ use msg_queue_client::metric;
 use streamer::store::{DiskConfig, Store};
 
 const T0: i64 = 1_790_000_000_000;
+
+/// Points per (GPU, metric) series, as VictoriaMetrics's import takes them.
+type SeriesPoints = std::collections::BTreeMap<(String, &'static str), (Vec<i64>, Vec<f64>)>;
 const FLUSH_EVERY: i64 = 600;
 
 fn env_u32(name: &str, default: u32) -> u32 {
@@ -297,25 +300,23 @@ async fn main() {
     // simulated hour (written to files first: generation is not timed for either side).
     let lines_dir = work.path().join("vm-import");
     std::fs::create_dir_all(&lines_dir).unwrap();
-    let mut series: std::collections::BTreeMap<(String, &'static str), (Vec<i64>, Vec<f64>)> =
-        Default::default();
+    let mut series: SeriesPoints = Default::default();
     let mut files = Vec::new();
-    let mut flush_lines =
-        |series: &mut std::collections::BTreeMap<(String, &'static str), (Vec<i64>, Vec<f64>)>| {
-            let path = lines_dir.join(format!("{}.jsonl", files.len()));
-            let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-            for ((gpu, name), (ts, vs)) in std::mem::take(series) {
-                let line = serde_json::json!({
-                    "metric": {"__name__": name, "gpu": gpu},
-                    "timestamps": ts,
-                    "values": vs,
-                });
-                serde_json::to_writer(&mut w, &line).unwrap();
-                w.write_all(b"\n").unwrap();
-            }
-            w.flush().unwrap();
-            files.push(path);
-        };
+    let mut flush_lines = |series: &mut SeriesPoints| {
+        let path = lines_dir.join(format!("{}.jsonl", files.len()));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        for ((gpu, name), (ts, vs)) in std::mem::take(series) {
+            let line = serde_json::json!({
+                "metric": {"__name__": name, "gpu": gpu},
+                "timestamps": ts,
+                "values": vs,
+            });
+            serde_json::to_writer(&mut w, &line).unwrap();
+            w.write_all(b"\n").unwrap();
+        }
+        w.flush().unwrap();
+        files.push(path);
+    };
     let ours_dir = work.path().join("ours-side-by-side");
     let mut rounds_seen = 0u64;
     let f2 = fill(&ours_dir, vm_gpus, hours, |b| {
@@ -327,7 +328,7 @@ async fn main() {
             }
         }
         rounds_seen += 1;
-        if rounds_seen % (3600 * u64::from(vm_gpus.div_ceil(8))) == 0 {
+        if rounds_seen.is_multiple_of(3600 * u64::from(vm_gpus.div_ceil(8))) {
             flush_lines(&mut series);
         }
     });
