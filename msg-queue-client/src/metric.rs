@@ -15,6 +15,11 @@ pub struct MetricDef {
     pub description: &'static str,
     /// The NVML function it is read with.
     pub nvml: &'static str,
+    /// The wire field (of [`GpuSample`]) it is read from.
+    pub field: &'static str,
+    /// The metric's value is the field's raw value divided by this (e.g. 1000: mW → W).
+    /// Lets an aggregate of raw values (avg, min, …) be shown in the metric's unit.
+    pub divisor: f64,
     read: fn(&GpuSample) -> Option<f64>,
 }
 
@@ -26,13 +31,15 @@ impl MetricDef {
 }
 
 macro_rules! metric {
-    ($name:literal, $unit:literal, $nvml:literal, $desc:literal, |$s:ident| $e:expr) => {
+    ($name:literal, $unit:literal, $nvml:literal, $desc:literal, $field:ident, $div:literal) => {
         MetricDef {
             name: $name,
             unit: $unit,
             description: $desc,
             nvml: $nvml,
-            read: |$s: &GpuSample| $e,
+            field: stringify!($field),
+            divisor: $div,
+            read: |s: &GpuSample| s.$field.map(|v| v as f64 / $div),
         }
     };
 }
@@ -44,77 +51,88 @@ pub const METRICS: &[MetricDef] = &[
         "%",
         "nvmlDeviceGetUtilizationRates",
         "Percent of time a kernel was running over the last sample period",
-        |s| s.gpu_utilization_percent.map(f64::from)
+        gpu_utilization_percent,
+        1.0
     ),
     metric!(
         "memory_utilization_percent",
         "%",
         "nvmlDeviceGetUtilizationRates",
         "Percent of time device memory was being read or written",
-        |s| s.memory_utilization_percent.map(f64::from)
+        memory_utilization_percent,
+        1.0
     ),
     metric!(
         "memory_used_bytes",
         "B",
         "nvmlDeviceGetMemoryInfo_v2",
         "Device memory in use",
-        |s| s.memory_used_bytes.map(|v| v as f64)
+        memory_used_bytes,
+        1.0
     ),
     metric!(
         "memory_total_bytes",
         "B",
         "nvmlDeviceGetMemoryInfo_v2",
         "Device memory installed",
-        |s| s.memory_total_bytes.map(|v| v as f64)
+        memory_total_bytes,
+        1.0
     ),
     metric!(
         "temperature_celsius",
         "°C",
         "nvmlDeviceGetTemperature",
         "GPU die temperature",
-        |s| s.temperature_celsius.map(f64::from)
+        temperature_celsius,
+        1.0
     ),
     metric!(
         "power_usage_watts",
         "W",
         "nvmlDeviceGetPowerUsage",
         "Board power draw",
-        |s| s.power_usage_milliwatts.map(|v| f64::from(v) / 1000.0)
+        power_usage_milliwatts,
+        1000.0
     ),
     metric!(
         "power_limit_watts",
         "W",
         "nvmlDeviceGetEnforcedPowerLimit",
         "Enforced power limit",
-        |s| s.power_limit_milliwatts.map(|v| f64::from(v) / 1000.0)
+        power_limit_milliwatts,
+        1000.0
     ),
     metric!(
         "energy_consumed_joules",
         "J",
         "nvmlDeviceGetTotalEnergyConsumption",
         "Energy since the driver loaded (counter)",
-        |s| s.energy_consumed_millijoules.map(|v| v as f64 / 1000.0)
+        energy_consumed_millijoules,
+        1000.0
     ),
     metric!(
         "sm_clock_mhz",
         "MHz",
         "nvmlDeviceGetClockInfo(SM)",
         "Streaming multiprocessor clock",
-        |s| s.sm_clock_mhz.map(f64::from)
+        sm_clock_mhz,
+        1.0
     ),
     metric!(
         "memory_clock_mhz",
         "MHz",
         "nvmlDeviceGetClockInfo(MEM)",
         "Memory clock",
-        |s| s.memory_clock_mhz.map(f64::from)
+        memory_clock_mhz,
+        1.0
     ),
     metric!(
         "fan_speed_percent",
         "%",
         "nvmlDeviceGetFanSpeed",
         "Fan speed as percent of maximum (absent on passively cooled boards)",
-        |s| s.fan_speed_percent.map(f64::from)
+        fan_speed_percent,
+        1.0
     ),
 ];
 

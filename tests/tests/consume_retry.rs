@@ -17,7 +17,8 @@ use streamer::StoreOffsets;
 use streamer::ingest::Ingestor;
 use streamer::metrics::StreamerMetrics;
 use streamer::store::{
-    Applied, DiskConfig, DiskHistory, History, Reading, SeriesState, Store, StoreError, Swept,
+    Agg, AggRow, Applied, DiskConfig, DiskHistory, History, Reading, SeriesState, Store,
+    StoreError, Swept,
 };
 
 /// A history whose first `apply` and `cover` calls fail.
@@ -56,6 +57,17 @@ impl History for FlakyHistory {
         l: usize,
     ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
         self.inner.range(uuid, s, e, l)
+    }
+    fn aggregate(
+        &self,
+        uuid: &str,
+        s: i64,
+        e: i64,
+        step: i64,
+        agg: Agg,
+        l: usize,
+    ) -> Result<Option<(Vec<AggRow>, bool)>, StoreError> {
+        self.inner.aggregate(uuid, s, e, step, agg, l)
     }
     fn flush(&self) -> Result<u64, StoreError> {
         self.inner.flush()

@@ -27,6 +27,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase as _, ReadableTable as _,
 use super::chunk;
 use super::history::{Applied, History, SeriesState, StoreError, Swept};
 use super::reading::Reading;
+use super::rollup::{self, Agg, AggRow, Partial};
 use super::wal::Wal;
 
 /// Generated storage records.
@@ -47,6 +48,41 @@ const SERIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("series");
 const CHUNKS: TableDefinition<'_, (u32, i64), &[u8]> = TableDefinition::new("chunks");
 /// `(last ms, series, first ms)` → stored bytes of that chunk.
 const EXPIRY: TableDefinition<'_, (i64, u32, i64), u64> = TableDefinition::new("expiry");
+/// Rollup partials, one chunk per GPU, UTC day and flush:
+/// `(series, day start ms, first reading ms)` → `end of last bucket (i64 LE) | buckets (u32
+/// LE) | partials` ([`rollup::encode`]).
+const ROLLUP_1M: TableDefinition<'_, (u32, i64, i64), &[u8]> = TableDefinition::new("rollup_1m");
+const ROLLUP_1H: TableDefinition<'_, (u32, i64, i64), &[u8]> = TableDefinition::new("rollup_1h");
+/// `(end of last bucket, series, day, first reading)` → stored bytes.
+const EXPIRY_1M: TableDefinition<'_, (i64, u32, i64, i64), u64> = TableDefinition::new("expiry_1m");
+const EXPIRY_1H: TableDefinition<'_, (i64, u32, i64, i64), u64> = TableDefinition::new("expiry_1h");
+
+type RollupTable<'t> = redb::Table<'t, (u32, i64, i64), &'static [u8]>;
+type RollupExpiry<'t> = redb::Table<'t, (i64, u32, i64, i64), u64>;
+
+/// A rollup tier: partial aggregates of buckets `width` ms wide.
+#[derive(Clone, Copy)]
+struct Tier {
+    width: i64,
+    table: TableDefinition<'static, (u32, i64, i64), &'static [u8]>,
+    expiry: TableDefinition<'static, (i64, u32, i64, i64), u64>,
+}
+
+/// The tiers, finest first.
+const TIERS: [Tier; 2] = [
+    Tier {
+        width: 60_000,
+        table: ROLLUP_1M,
+        expiry: EXPIRY_1M,
+    },
+    Tier {
+        width: 3_600_000,
+        table: ROLLUP_1H,
+        expiry: EXPIRY_1H,
+    },
+];
+
+const DAY_MS: i64 = 86_400_000;
 
 const NEXT_ID: &str = "next_series_id";
 const STORED_BYTES: &str = "stored_bytes";
@@ -72,11 +108,15 @@ pub struct DiskConfig {
     pub max_open_samples: usize,
     /// Write every batch ahead to `wal.log` (the embedded mode, which has no Kafka).
     pub write_ahead: bool,
+    /// How long the 1-minute rollups are kept.
+    pub retention_1m: Duration,
+    /// How long the 1-hour rollups are kept.
+    pub retention_1h: Duration,
 }
 
 impl DiskConfig {
-    /// Defaults for `dir`: 7 days, no byte limit, flush every 10 min or at 2 M readings,
-    /// no write-ahead log.
+    /// Defaults for `dir`: raw 7 days, 1-minute rollups 90 days, 1-hour rollups 2 years, no
+    /// byte limit, flush every 10 min or at 2 M readings, no write-ahead log.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
@@ -85,6 +125,8 @@ impl DiskConfig {
             flush_interval: Duration::from_secs(600),
             max_open_samples: 2_000_000,
             write_ahead: false,
+            retention_1m: Duration::from_secs(90 * 86_400),
+            retention_1h: Duration::from_secs(730 * 86_400),
         }
     }
 }
@@ -199,6 +241,10 @@ impl DiskHistory {
             w.open_table(SERIES).map_err(StoreError::db)?;
             w.open_table(CHUNKS).map_err(StoreError::db)?;
             w.open_table(EXPIRY).map_err(StoreError::db)?;
+            for t in TIERS {
+                w.open_table(t.table).map_err(StoreError::db)?;
+                w.open_table(t.expiry).map_err(StoreError::db)?;
+            }
         }
         w.commit().map_err(StoreError::db)?;
 
@@ -423,9 +469,22 @@ impl DiskHistory {
             let mut series_t = txn.open_table(SERIES).map_err(StoreError::db)?;
             let mut offsets = txn.open_table(OFFSETS).map_err(StoreError::db)?;
             let mut meta = txn.open_table(META).map_err(StoreError::db)?;
+            let mut tiers = Vec::with_capacity(TIERS.len());
+            for t in TIERS {
+                tiers.push((
+                    t,
+                    txn.open_table(t.table).map_err(StoreError::db)?,
+                    txn.open_table(t.expiry).map_err(StoreError::db)?,
+                ));
+            }
             for (uuid, s) in &st.series {
                 if s.open.is_empty() && !s.dirty {
                     continue;
+                }
+                // Rollups of the new readings only (a late merge below re-encodes old
+                // readings, whose partials were written by their own flush).
+                for (tier, table, expiry) in &mut tiers {
+                    write_rollups(s, *tier, table, expiry)?;
                 }
                 let (mut sealed_end, mut disk_latest) = (s.sealed_end, s.disk_latest);
                 if let (Some(first), Some(last)) =
@@ -518,6 +577,55 @@ impl DiskHistory {
         }
         Ok(written)
     }
+}
+
+/// The first `limit` rows of `parts`, and whether there were more.
+fn finish(parts: BTreeMap<i64, Partial>, agg: Agg, limit: usize) -> (Vec<AggRow>, bool) {
+    let truncated = parts.len() > limit;
+    (
+        rollup::rows(parts.into_values().take(limit), agg),
+        truncated,
+    )
+}
+
+/// Writes the partials of `s`'s open readings for `tier`: one chunk per UTC day.
+fn write_rollups(
+    s: &Series,
+    tier: Tier,
+    table: &mut RollupTable<'_>,
+    expiry: &mut RollupExpiry<'_>,
+) -> Result<(), StoreError> {
+    let mut by_day: BTreeMap<i64, (i64, Vec<Partial>)> = BTreeMap::new();
+    for p in rollup::partials(s.open.values(), tier.width).into_values() {
+        let day = rollup::bucket_of(p.bucket, DAY_MS);
+        by_day
+            .entry(day)
+            .or_insert((i64::MAX, Vec::new()))
+            .1
+            .push(p);
+    }
+    for (day, (first, parts)) in &mut by_day {
+        // The first reading of the day in this flush: unique per GPU (a reading is
+        // flushed once), so it keys the chunk.
+        *first = s
+            .open
+            .range(*day..day.saturating_add(DAY_MS))
+            .next()
+            .map_or(*day, |(k, _)| *k);
+        let end = parts.last().map_or(*day, |p| p.bucket + tier.width);
+        let body = rollup::encode(parts).map_err(corrupt(s.id))?;
+        let mut value = Vec::with_capacity(HEADER + body.len());
+        value.extend_from_slice(&end.to_le_bytes());
+        value.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+        value.extend_from_slice(&body);
+        table
+            .insert((s.id, *day, *first), value.as_slice())
+            .map_err(StoreError::db)?;
+        expiry
+            .insert((end, s.id, *day, *first), value.len() as u64)
+            .map_err(StoreError::db)?;
+    }
+    Ok(())
 }
 
 /// Deletes the chunk of expiry entry `key`, counting what it held.
@@ -642,6 +750,68 @@ impl History for DiskHistory {
         Ok(Some((out, truncated)))
     }
 
+    fn aggregate(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        agg: Agg,
+        limit: usize,
+    ) -> Result<Option<(Vec<AggRow>, bool)>, StoreError> {
+        if step_ms <= 0 {
+            return Err(StoreError::Other("step must be positive".into()));
+        }
+        // Whole buckets: the range is widened to multiples of the step.
+        let start = rollup::bucket_of(start_ms, step_ms);
+        let end = rollup::bucket_of(end_ms.saturating_sub(1), step_ms).saturating_add(step_ms);
+        // The coarsest tier whose buckets make up the step; raw readings otherwise.
+        let tier = TIERS.iter().rev().find(|t| step_ms % t.width == 0).copied();
+        let Some(tier) = tier else {
+            let Some((readings, _)) = self.range(uuid, start, end, usize::MAX - 1)? else {
+                return Ok(None);
+            };
+            return Ok(Some(finish(
+                rollup::partials(&readings, step_ms),
+                agg,
+                limit,
+            )));
+        };
+        // Flushed readings are in the tier; open ones are not yet: take both, under one
+        // lock, as `range` does.
+        let (id, mut parts, txn) = {
+            let st = self.lock();
+            let Some(s) = st.series.get(uuid) else {
+                return Ok(None);
+            };
+            let open = rollup::partials(s.open.range(start..end).map(|(_, r)| r), step_ms);
+            (s.id, open, self.db.begin_read().map_err(StoreError::db)?)
+        };
+        let table = txn.open_table(tier.table).map_err(StoreError::db)?;
+        let (first_day, last_day) = (
+            rollup::bucket_of(start, DAY_MS),
+            rollup::bucket_of(end.saturating_sub(1), DAY_MS),
+        );
+        let mut stored = Vec::new();
+        for e in table
+            .range((id, first_day, i64::MIN)..=(id, last_day, i64::MAX))
+            .map_err(StoreError::db)?
+        {
+            let (_, v) = e.map_err(StoreError::db)?;
+            let (_, _, body) = split(v.value())?;
+            stored.extend(
+                rollup::decode(body)
+                    .map_err(corrupt(id))?
+                    .into_iter()
+                    .filter(|p| p.bucket >= start && p.bucket < end),
+            );
+        }
+        for (b, p) in rollup::rebucket(stored, step_ms) {
+            parts.entry(b).and_modify(|q| q.merge(&p)).or_insert(p);
+        }
+        Ok(Some(finish(parts, agg, limit)))
+    }
+
     fn flush(&self) -> Result<u64, StoreError> {
         let mut st = self.lock();
         self.flush_locked(&mut st)
@@ -683,16 +853,58 @@ impl History for DiskHistory {
                 drop(first);
                 drop_chunk(key, &mut chunks, &mut expiry, &mut dropped, &mut bytes)?;
             }
+            // Rollups, each tier by its own retention.
+            let mut has_rollups: std::collections::HashSet<u32> = std::collections::HashSet::new();
+            for (t, keep) in TIERS
+                .iter()
+                .zip([self.cfg.retention_1m, self.cfg.retention_1h])
+            {
+                let cutoff = now_ms.saturating_sub(ms(keep));
+                let mut table = txn.open_table(t.table).map_err(StoreError::db)?;
+                let mut exp = txn.open_table(t.expiry).map_err(StoreError::db)?;
+                let mut victims = Vec::new();
+                for e in exp
+                    .range((i64::MIN, 0, i64::MIN, i64::MIN)..(cutoff, 0, i64::MIN, i64::MIN))
+                    .map_err(StoreError::db)?
+                {
+                    victims.push(e.map_err(StoreError::db)?.0.value());
+                }
+                for key in victims {
+                    let (_, id, day, first) = key;
+                    table.remove((id, day, first)).map_err(StoreError::db)?;
+                    exp.remove(key).map_err(StoreError::db)?;
+                }
+                let candidates = st
+                    .series
+                    .values()
+                    .filter(|s| dropped.contains_key(&s.id) || (s.count == 0 && s.open.is_empty()))
+                    .map(|s| s.id)
+                    .collect::<Vec<_>>();
+                for id in &candidates {
+                    if table
+                        .range((*id, i64::MIN, i64::MIN)..=(*id, i64::MAX, i64::MAX))
+                        .map_err(StoreError::db)?
+                        .next()
+                        .is_some()
+                    {
+                        has_rollups.insert(*id);
+                    }
+                }
+            }
             let mut series_t = txn.open_table(SERIES).map_err(StoreError::db)?;
             for (uuid, s) in &st.series {
-                let Some(n) = dropped.get(&s.id) else {
-                    continue;
+                let n = match dropped.get(&s.id) {
+                    Some(n) => *n,
+                    // Raw readings gone earlier, rollups maybe now.
+                    None if s.count == 0 && s.open.is_empty() => 0,
+                    None => continue,
                 };
-                let count = s.count.saturating_sub(*n);
-                out.samples += *n;
-                let on_disk = count.saturating_sub(s.open.len() as u64);
-                let disk_latest = if on_disk == 0 { None } else { s.disk_latest };
-                if count == 0 {
+                let count = s.count.saturating_sub(n);
+                out.samples += n;
+                // A GPU is kept while its rollups outlive its raw readings (its newest
+                // sample stays as "last seen").
+                let disk_latest = s.disk_latest;
+                if count == 0 && !has_rollups.contains(&s.id) {
                     series_t.remove(uuid.as_str()).map_err(StoreError::db)?;
                     records.push((uuid.clone(), None));
                 } else {
@@ -716,11 +928,10 @@ impl History for DiskHistory {
                 }
                 Some(_) => {
                     if let Some(s) = st.series.get_mut(&uuid) {
-                        let n = dropped.get(&s.id).copied().unwrap_or(0);
+                        let Some(n) = dropped.get(&s.id).copied() else {
+                            continue;
+                        };
                         s.count = s.count.saturating_sub(n);
-                        if s.count == s.open.len() as u64 {
-                            s.disk_latest = None;
-                        }
                         out.counts.push((uuid, s.count));
                     }
                 }
@@ -875,28 +1086,45 @@ mod tests {
     }
 
     #[test]
-    fn sweeps_drop_whole_chunks_past_retention_and_forget_empty_gpus() {
+    fn sweeps_drop_whole_chunks_past_retention_and_forget_gpus_with_nothing_left() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg(dir.path());
         c.retention = Duration::from_secs(100);
-        let h = DiskHistory::open(c).unwrap();
+        (c.retention_1m, c.retention_1h) = (c.retention, c.retention);
+        let h = DiskHistory::open(c.clone()).unwrap();
         h.apply(&batch("n", "GPU-old", &secs(1..=10))).unwrap();
         h.apply(&batch("n", "GPU-live", &secs(1..=10))).unwrap();
         h.flush().unwrap();
         h.apply(&batch("n", "GPU-live", &secs(200..=210))).unwrap();
         h.flush().unwrap();
         let before = h.stored_bytes();
-        let swept = h.sweep(250_000).unwrap();
+        let mut swept = h.sweep(250_000).unwrap();
+        swept.counts.sort();
         assert_eq!(swept.samples, 20);
-        assert_eq!(swept.gone, ["GPU-old"]);
-        assert_eq!(swept.counts, [("GPU-live".to_string(), 11)]);
+        assert_eq!(
+            swept.counts,
+            [("GPU-live".to_string(), 11), ("GPU-old".to_string(), 0)]
+        );
+        // GPU-old's hour of rollups (until 1 h + 100 s) keeps it known.
+        assert!(swept.gone.is_empty());
         assert!(h.stored_bytes() < before);
-        assert!(h.range("GPU-old", 0, i64::MAX, 10).unwrap().is_none());
+        assert!(
+            h.range("GPU-old", 0, i64::MAX, 10)
+                .unwrap()
+                .unwrap()
+                .0
+                .is_empty()
+        );
         assert_eq!(times(&h, "GPU-live", 0, i64::MAX, 100).0, secs(200..=210));
         drop(h);
-        let h = DiskHistory::open(cfg(dir.path())).unwrap();
-        assert_eq!(h.series().unwrap().len(), 1);
-        assert_eq!(h.series().unwrap()[0].sample_count, 11);
+        let h = DiskHistory::open(c).unwrap();
+        let mut counts: Vec<u64> = h.series().unwrap().iter().map(|s| s.sample_count).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, [0, 11]);
+        let mut swept = h.sweep(3_600_000 + 100_001).unwrap();
+        swept.gone.sort();
+        assert_eq!(swept.gone, ["GPU-live", "GPU-old"]);
+        assert!(h.series().unwrap().is_empty());
     }
 
     #[test]
@@ -946,6 +1174,104 @@ mod tests {
         h.apply(&batch("n", "GPU-1", &[10_000_000])).unwrap();
         let (a, _) = h.apply(&batch("n", "GPU-1", &[1_000, 9_999_000])).unwrap();
         assert_eq!((a.inserted, a.expired), (1, 1));
+    }
+
+    fn agg_of(h: &DiskHistory, step: i64, agg: Agg) -> Vec<(i64, Option<f64>, Option<f64>)> {
+        let (rows, _) = h
+            .aggregate("GPU-1", 0, 10_000_000, step, agg, 100_000)
+            .unwrap()
+            .unwrap();
+        rows.iter()
+            .map(|r| (r.ts_ms, r.values[0], r.values[5]))
+            .collect()
+    }
+
+    #[test]
+    fn aggregates_from_tiers_equal_aggregates_of_the_raw_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.retention = Duration::from_secs(86_400);
+        let h = DiskHistory::open(c).unwrap();
+        // 2 h of readings in uneven flushes, the last part left unflushed, and a late
+        // batch that lands in already-flushed buckets.
+        let all: Vec<i64> = secs(0..7200)
+            .into_iter()
+            .filter(|t| t % 7000 != 0)
+            .collect();
+        for part in all.chunks(1234) {
+            h.apply(&batch("n", "GPU-1", part)).unwrap();
+            if part[0] < 6_000_000 {
+                h.flush().unwrap();
+            }
+        }
+        let late: Vec<i64> = (0..7200)
+            .map(|k| k * 7000)
+            .filter(|t| *t < 7_200_000)
+            .collect();
+        h.apply(&batch("n", "GPU-1", &late)).unwrap();
+        let readings: Vec<Reading> = h.range("GPU-1", 0, i64::MAX, 100_000).unwrap().unwrap().0;
+        assert_eq!(readings.len(), 7200);
+        for agg in [Agg::Avg, Agg::Min, Agg::Max, Agg::Last, Agg::Count] {
+            for step in [60_000, 300_000, 3_600_000, 7_200_000] {
+                let want: Vec<_> =
+                    rollup::rows(rollup::partials(&readings, step).into_values(), agg)
+                        .iter()
+                        .map(|r| (r.ts_ms, r.values[0], r.values[5]))
+                        .collect();
+                assert_eq!(agg_of(&h, step, agg), want, "{agg:?} step {step}");
+            }
+        }
+        // A step of no tier (45 s) comes from the raw readings.
+        assert_eq!(agg_of(&h, 45_000, Agg::Count).len(), 160);
+        h.flush().unwrap();
+        assert_eq!(
+            agg_of(&h, 60_000, Agg::Count)
+                .iter()
+                .map(|r| r.1.unwrap())
+                .sum::<f64>(),
+            7200.0
+        );
+        let (rows, more) = h
+            .aggregate("GPU-1", 0, 7_200_000, 60_000, Agg::Avg, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!((rows.len(), more), (10, true));
+        assert!(
+            h.aggregate("GPU-x", 0, 1, 60_000, Agg::Avg, 1)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn rollups_outlive_raw_readings_and_keep_their_gpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.retention = Duration::from_secs(600);
+        let h = DiskHistory::open(c).unwrap();
+        h.apply(&batch("n", "GPU-1", &secs(0..3600))).unwrap();
+        h.flush().unwrap();
+        let before = agg_of(&h, 3_600_000, Agg::Avg);
+        let swept = h.sweep(3_600_000 + 700_000).unwrap();
+        assert_eq!(swept.samples, 3600);
+        assert!(swept.gone.is_empty(), "rollups remain: the GPU stays");
+        assert!(
+            h.range("GPU-1", 0, i64::MAX, 10)
+                .unwrap()
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        assert_eq!(agg_of(&h, 3_600_000, Agg::Avg), before);
+        assert_eq!(agg_of(&h, 60_000, Agg::Count).len(), 60);
+        // Past the 1-minute tier's retention only the hours are left; past the hour's,
+        // nothing, and the GPU goes.
+        let swept = h.sweep(3_600_000 + 91 * 86_400_000).unwrap();
+        assert!(swept.gone.is_empty());
+        assert!(agg_of(&h, 60_000, Agg::Count).is_empty());
+        assert_eq!(agg_of(&h, 3_600_000, Agg::Avg), before);
+        let swept = h.sweep(3_600_000 + 731 * 86_400_000).unwrap();
+        assert_eq!(swept.gone, ["GPU-1"]);
     }
 
     #[test]

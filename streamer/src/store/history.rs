@@ -4,6 +4,7 @@
 use msg_queue_client::wire::{GpuInfo, GpuSample, TelemetryBatch};
 
 use super::reading::Reading;
+use super::rollup::{Agg, AggRow};
 
 /// What one [`History::apply`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +126,24 @@ pub trait History: Send + Sync + 'static {
         end_ms: i64,
         limit: usize,
     ) -> Result<Option<(Vec<Reading>, bool)>, StoreError>;
+
+    /// Aggregates of `uuid`'s readings in buckets `step_ms` wide (aligned to multiples of
+    /// the step since the epoch; the range is widened to whole buckets), oldest first, at
+    /// most `limit` buckets; the flag says whether there were more. Steps that are whole
+    /// hours or minutes are answered from the rollup tiers (kept longer than raw readings);
+    /// other steps from the raw readings. `None` when the GPU is unknown.
+    ///
+    /// # Errors
+    /// [`StoreError`] when reading fails.
+    fn aggregate(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        agg: Agg,
+        limit: usize,
+    ) -> Result<Option<(Vec<AggRow>, bool)>, StoreError>;
 
     /// Makes everything applied and covered so far durable; returns how many readings it
     /// wrote. Cheap when nothing is pending.

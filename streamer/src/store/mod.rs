@@ -17,6 +17,7 @@ pub mod disk;
 pub mod history;
 pub mod latest;
 pub mod reading;
+pub mod rollup;
 mod wal;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub use disk::{DiskConfig, DiskHistory};
 pub use history::{Applied, History, SeriesState, StoreError, Swept};
 pub use latest::{GpuState, GpuView, LatestIndex};
 pub use reading::Reading;
+pub use rollup::{Agg, AggRow};
 
 /// A history and the latest index kept in step with it.
 #[derive(Debug)]
@@ -93,6 +95,23 @@ impl Store {
         limit: usize,
     ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
         self.history.range(uuid, start_ms, end_ms, limit)
+    }
+
+    /// See [`History::aggregate`]. Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError`] from the history.
+    pub fn aggregate(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        agg: Agg,
+        limit: usize,
+    ) -> Result<Option<(Vec<AggRow>, bool)>, StoreError> {
+        self.history
+            .aggregate(uuid, start_ms, end_ms, step_ms, agg, limit)
     }
 
     /// See [`History::flush`]. Blocks.
