@@ -10,11 +10,11 @@ use msg_queue_client::wire::GpuSample;
 use streamer::metrics::StreamerMetrics;
 use streamer::query::proto::telemetry_query_client::TelemetryQueryClient;
 use streamer::query::proto::{
-    Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest, QueryRangeRequest,
-    StatsRequest, WatchLatestRequest,
+    Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest, QueryAggregateRequest,
+    QueryRangeRequest, StatsRequest, WatchLatestRequest,
 };
 use streamer::query::{samples, state, status};
-use streamer::store::{LatestIndex, Store};
+use streamer::store::{Agg, AggRow, LatestIndex, Store};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -28,6 +28,9 @@ pub enum BackendError {
 
 /// A range query's answer: samples oldest first, and whether more matched than the limit.
 pub type RangeResult = Option<(Vec<GpuSample>, bool)>;
+
+/// An aggregate query's answer: buckets oldest first, and whether there were more.
+pub type AggregateResult = Option<(Vec<AggRow>, bool)>;
 
 /// Read access to telemetry.
 #[tonic::async_trait]
@@ -44,6 +47,17 @@ pub trait TelemetryBackend: Send + Sync + 'static {
         end_ms: i64,
         limit: u32,
     ) -> Result<RangeResult, BackendError>;
+    /// Aggregates of `uuid` in buckets `step_ms` wide (see
+    /// [`streamer::store::History::aggregate`]); `None` if unknown.
+    async fn aggregate(
+        &self,
+        uuid: String,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        agg: Agg,
+        limit: u32,
+    ) -> Result<AggregateResult, BackendError>;
     /// The backend's ingest counters.
     async fn stats(&self) -> Result<Vec<Counter>, BackendError>;
 
@@ -261,6 +275,33 @@ impl TelemetryBackend for GrpcBackend {
         }
     }
 
+    async fn aggregate(
+        &self,
+        uuid: String,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        agg: Agg,
+        limit: u32,
+    ) -> Result<AggregateResult, BackendError> {
+        let req = QueryAggregateRequest {
+            uuid,
+            start_ms,
+            end_ms,
+            step_ms,
+            agg: agg.name().to_string(),
+            limit,
+        };
+        match self.client.clone().query_aggregate(self.req(req)).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok(Some((streamer::query::rows_of(r.rows), r.truncated)))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(unavailable(s)),
+        }
+    }
+
     async fn stats(&self) -> Result<Vec<Counter>, BackendError> {
         let r = self.client.clone().stats(self.req(StatsRequest {})).await;
         r.map(|r| r.into_inner().counters).map_err(unavailable)
@@ -318,6 +359,28 @@ impl TelemetryBackend for StoreBackend {
                     BackendError::Unavailable(format!("store read: {e}"))
                 })?;
         Ok(found.map(|(readings, truncated)| (samples(&readings), truncated)))
+    }
+
+    async fn aggregate(
+        &self,
+        uuid: String,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        agg: Agg,
+        limit: u32,
+    ) -> Result<AggregateResult, BackendError> {
+        let limit = (limit as usize).clamp(1, streamer::query::MAX_AGGREGATE_ROWS);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.aggregate(&uuid, start_ms, end_ms, step_ms, agg, limit)
+        })
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("aggregate task: {e}")))?
+        .map_err(|e| {
+            self.metrics.error("store");
+            BackendError::Unavailable(format!("store read: {e}"))
+        })
     }
 
     async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {

@@ -40,7 +40,13 @@ pub struct ApiConfig {
     /// Embedded mode: raw samples kept (by age).
     #[arg(long, env = "STREAMER_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
-    /// Embedded mode: also drop the oldest samples while stored chunks exceed this many
+    /// Embedded mode: how long 1-minute rollups (min, max, avg, last, count) are kept.
+    #[arg(long = "retention-1m", env = "STREAMER_RETENTION_1M", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub retention_1m: Duration,
+    /// Embedded mode: how long 1-hour rollups are kept.
+    #[arg(long = "retention-1h", env = "STREAMER_RETENTION_1H", default_value = "730d", value_parser = humantime::parse_duration)]
+    pub retention_1h: Duration,
+    /// Embedded mode: also drop the oldest raw samples while their chunks exceed this many
     /// bytes (0: no limit).
     #[arg(long, env = "STREAMER_RETENTION_BYTES", default_value_t = 0)]
     pub retention_bytes: u64,
@@ -59,6 +65,8 @@ impl ApiConfig {
         let mut d = streamer::store::DiskConfig::new(&self.data_dir);
         d.retention = self.retention;
         d.retention_bytes = self.retention_bytes;
+        d.retention_1m = self.retention_1m;
+        d.retention_1h = self.retention_1h;
         d.flush_interval = self.flush_interval;
         d.write_ahead = true;
         d

@@ -309,6 +309,72 @@ pub fn write_telemetry(
     });
 }
 
+/// Writes an aggregated `GET /api/v1/gpus/{uuid}/telemetry` body: the same shape as
+/// [`write_telemetry`], one sample per bucket, values in each metric's unit (a `count` is a
+/// count), plus `step` and `agg`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_aggregate(
+    uuid: &str,
+    start_ms: i64,
+    end_ms: i64,
+    step: &str,
+    agg: streamer::store::Agg,
+    rows: &[streamer::store::AggRow],
+    only: Option<&[&'static MetricDef]>,
+    truncated: bool,
+    out: &mut Vec<u8>,
+) {
+    use streamer::store::reading::COLUMNS;
+    let defs: Vec<(&MetricDef, Option<usize>)> = only
+        .map_or_else(|| metric::METRICS.iter().collect::<Vec<_>>(), <[_]>::to_vec)
+        .into_iter()
+        .map(|m| (m, COLUMNS.iter().position(|c| c.field == m.field)))
+        .collect();
+    out.reserve(rows.len() * 330 + 256);
+    out.extend_from_slice(b"{\"uuid\":");
+    let _ = serde_json::to_writer(&mut *out, uuid);
+    out.extend_from_slice(b",\"start_time\":\"");
+    write_rfc3339_ms(start_ms, out);
+    out.extend_from_slice(b"\",\"end_time\":\"");
+    write_rfc3339_ms(end_ms, out);
+    out.extend_from_slice(b"\",\"samples\":[");
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        write_rfc3339_ms(r.ts_ms, out);
+        out.push(b'"');
+        for (m, col) in &defs {
+            let Some(v) = col.and_then(|c| r.values[c]) else {
+                continue;
+            };
+            let v = if agg == streamer::store::Agg::Count {
+                v
+            } else {
+                v / m.divisor
+            };
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(m.name.as_bytes());
+            out.extend_from_slice(b"\":");
+            write_number(v, out);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"count\":");
+    out.extend_from_slice(itoa::Buffer::new().format(rows.len()).as_bytes());
+    out.extend_from_slice(if truncated {
+        b",\"truncated\":true"
+    } else {
+        b",\"truncated\":false"
+    });
+    out.extend_from_slice(b",\"step\":");
+    let _ = serde_json::to_writer(&mut *out, step);
+    out.extend_from_slice(b",\"agg\":\"");
+    out.extend_from_slice(agg.name().as_bytes());
+    out.extend_from_slice(b"\"}");
+}
+
 /// One sample of `GET /api/v1/gpus/{uuid}/telemetry`: `timestamp` plus one field per metric.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Sample<'a> {
@@ -335,6 +401,13 @@ pub struct Telemetry<'a> {
     pub count: usize,
     /// More samples matched than `limit` allowed; ask again from the last timestamp.
     pub truncated: bool,
+    /// With `step`: the bucket width, as asked (each sample is one bucket, `timestamp` its
+    /// start, values the bucket's aggregate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// With `step`: the aggregate (`avg`, `min`, `max`, `last`, `count`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agg: Option<&'static str>,
 }
 
 #[cfg(test)]
@@ -410,6 +483,8 @@ mod tests {
                         .collect(),
                     count: samples.len(),
                     truncated,
+                    step: None,
+                    agg: None,
                 })
                 .unwrap();
                 let mut fast = Vec::new();

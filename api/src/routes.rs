@@ -20,6 +20,7 @@ use crate::backend::TelemetryBackend;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ApiMetrics;
 use crate::model::{Gpu, GpuList, Telemetry};
+use streamer::store::Agg;
 
 /// Default window of a telemetry query without `start_time`: the last hour.
 pub const DEFAULT_WINDOW_MS: i64 = 3_600_000;
@@ -183,7 +184,9 @@ async fn get_gpu(
         ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive; default end_time - 1h"),
         ("end_time" = Option<String>, Query, description = "RFC 3339, exclusive; default now"),
         ("metrics" = Option<String>, Query, description = "Comma-separated metric names; default all"),
-        ("limit" = Option<u32>, Query, description = "At most this many samples (1..=100000, default 10000)")),
+        ("limit" = Option<u32>, Query, description = "At most this many samples (1..=100000, default 10000)"),
+        ("step" = Option<String>, Query, description = "Bucket width (1s..366d, e.g. 1m, 15m, 1h): one sample per bucket, aligned to multiples of the step since the epoch; the window widens to whole buckets. Whole minutes and hours come from the rollup tiers (kept longer than raw samples)"),
+        ("agg" = Option<String>, Query, description = "With step: avg (default), min, max, last or count")),
     responses(
         (status = 200, description = "Samples in time order", body = Telemetry<'_>),
         (status = 400, description = "Invalid parameter (named in the error)", body = ErrorBody),
@@ -195,7 +198,10 @@ async fn telemetry(
     uuid: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = params(q, &["start_time", "end_time", "metrics", "limit"])?;
+    let p = params(
+        q,
+        &["start_time", "end_time", "metrics", "limit", "step", "agg"],
+    )?;
     let uuid = uuid_param(uuid)?;
     let end_ms = match p.get("end_time") {
         Some(v) => parse_time("end_time", v)?,
@@ -236,6 +242,38 @@ async fn telemetry(
         ),
         None => None,
     };
+    let step = match p.get("step") {
+        Some(v) => Some((v.as_str(), parse_step(v)?)),
+        None => None,
+    };
+    let agg = match (p.get("agg"), step) {
+        (Some(_), None) => return Err(ApiError::bad("agg", "needs step (e.g. step=1m)")),
+        (Some(a), Some(_)) => Agg::parse(a)
+            .ok_or_else(|| ApiError::bad("agg", "must be one of avg, min, max, last, count"))?,
+        (None, _) => Agg::Avg,
+    };
+    if let Some((text, step_ms)) = step {
+        let start = streamer::store::rollup::bucket_of(start_ms, step_ms);
+        let end = streamer::store::rollup::bucket_of(end_ms - 1, step_ms) + step_ms;
+        let (rows, truncated) = st
+            .backend
+            .aggregate(uuid.clone(), start, end, step_ms, agg, limit)
+            .await?
+            .ok_or_else(|| ApiError::UnknownGpu(uuid.clone()))?;
+        let mut body = Vec::new();
+        crate::model::write_aggregate(
+            &uuid,
+            start,
+            end,
+            text,
+            agg,
+            &rows,
+            only.as_deref(),
+            truncated,
+            &mut body,
+        );
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
     let (samples, truncated) = st
         .backend
         .range(uuid.clone(), start_ms, end_ms, limit)
@@ -252,6 +290,25 @@ async fn telemetry(
         &mut body,
     );
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Longest `step`.
+const MAX_STEP_MS: i64 = 366 * 86_400_000;
+
+/// A `step` value: a duration from 1 s to 366 days, in whole milliseconds.
+fn parse_step(v: &str) -> Result<i64, ApiError> {
+    let bad = || {
+        ApiError::bad(
+            "step",
+            "must be a duration from 1s to 366d, e.g. 1m, 15m, 1h",
+        )
+    };
+    let d = humantime::parse_duration(v).map_err(|_| bad())?;
+    let ms = i64::try_from(d.as_millis()).map_err(|_| bad())?;
+    if d.subsec_nanos() % 1_000_000 != 0 || !(1000..=MAX_STEP_MS).contains(&ms) {
+        return Err(bad());
+    }
+    Ok(ms)
 }
 
 async fn not_found() -> Response {

@@ -143,6 +143,56 @@ async fn telemetry_window_metrics_and_limit_are_applied() {
 }
 
 #[tokio::test]
+async fn step_and_agg_give_one_sample_per_bucket_in_metric_units() {
+    let t = format!(
+        "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T14:00:00Z&end_time=2026-09-21T15:00:00Z"
+    );
+    // One hour bucket (answered from the 1-hour tier plus the unflushed buffer).
+    use serde_json::json;
+    for (agg, util, power) in [
+        ("avg", json!(20), json!(100.5)),
+        ("min", json!(0), json!(100.5)),
+        ("max", json!(40), json!(100.5)),
+        ("last", json!(40), json!(100.5)),
+        ("count", json!(5), json!(5)),
+    ] {
+        let (s, body) = call(&format!("{t}&step=1h&agg={agg}"), Some(KEY)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["samples"],
+            serde_json::json!([{"timestamp": "2026-09-21T14:00:00.000Z",
+                "gpu_utilization_percent": util, "power_usage_watts": power}]),
+            "{agg}"
+        );
+        assert_eq!(body["step"], "1h");
+        assert_eq!(body["agg"], agg);
+        assert_eq!(body["count"], 1);
+    }
+    // 2 s buckets (from the raw samples), the default aggregate, one metric; the window
+    // widens to whole buckets.
+    let uri = format!(
+        "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T14:13:21Z&end_time=2026-09-21T14:13:25Z&step=2s&metrics=gpu_utilization_percent"
+    );
+    let (s, body) = call(&uri, Some(KEY)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["start_time"], "2026-09-21T14:13:20.000Z");
+    assert_eq!(body["agg"], "avg");
+    assert_eq!(
+        body["samples"],
+        serde_json::json!([
+            {"timestamp": "2026-09-21T14:13:20.000Z", "gpu_utilization_percent": 5},
+            {"timestamp": "2026-09-21T14:13:22.000Z", "gpu_utilization_percent": 25},
+            {"timestamp": "2026-09-21T14:13:24.000Z", "gpu_utilization_percent": 40},
+        ])
+    );
+    let (_, body) = call(&format!("{uri}&limit=2"), Some(KEY)).await;
+    assert_eq!(
+        (body["count"].as_u64(), body["truncated"].as_bool()),
+        (Some(2), Some(true))
+    );
+}
+
+#[tokio::test]
 async fn bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500() {
     let t = format!("/api/v1/gpus/{UUID}/telemetry");
     let cases: Vec<(String, StatusCode, Option<&str>, &str)> = vec![
@@ -169,6 +219,36 @@ async fn bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500() {
             StatusCode::BAD_REQUEST,
             Some("metrics"),
             "\"volts\"",
+        ),
+        (
+            format!("{t}?step=0s"),
+            StatusCode::BAD_REQUEST,
+            Some("step"),
+            "from 1s",
+        ),
+        (
+            format!("{t}?step=fortnightly"),
+            StatusCode::BAD_REQUEST,
+            Some("step"),
+            "duration",
+        ),
+        (
+            format!("{t}?step=1500us"),
+            StatusCode::BAD_REQUEST,
+            Some("step"),
+            "duration",
+        ),
+        (
+            format!("{t}?agg=max"),
+            StatusCode::BAD_REQUEST,
+            Some("agg"),
+            "needs step",
+        ),
+        (
+            format!("{t}?step=1m&agg=median"),
+            StatusCode::BAD_REQUEST,
+            Some("agg"),
+            "one of avg",
         ),
         (
             format!("{t}?limit=0"),

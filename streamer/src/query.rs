@@ -5,7 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::StreamerMetrics;
-use crate::store::{GpuState, Reading, Store};
+use crate::store::reading::{COLUMNS, column_index};
+use crate::store::{Agg, AggRow, GpuState, Reading, Store};
 
 /// Generated types and client/server of `telemetry.query.v1`.
 #[allow(
@@ -20,8 +21,9 @@ pub mod proto {
 
 use proto::telemetry_query_server::TelemetryQuery;
 use proto::{
-    Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest, ListGpusResponse,
-    QueryRangeRequest, QueryRangeResponse, StatsRequest, StatsResponse, WatchLatestRequest,
+    AggregateRow, Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest,
+    ListGpusResponse, QueryAggregateRequest, QueryAggregateResponse, QueryRangeRequest,
+    QueryRangeResponse, StatsRequest, StatsResponse, WatchLatestRequest,
 };
 
 /// How often `WatchLatest` sends what changed.
@@ -122,6 +124,46 @@ pub fn samples(readings: &[Reading]) -> Vec<msg_queue_client::wire::GpuSample> {
     readings.iter().map(Reading::to_wire).collect()
 }
 
+/// The gRPC form of aggregated rows.
+pub fn aggregate_rows(rows: &[AggRow]) -> Vec<AggregateRow> {
+    rows.iter()
+        .map(|r| {
+            let mut out = AggregateRow {
+                timestamp_ms: r.ts_ms,
+                ..Default::default()
+            };
+            for (c, v) in COLUMNS.iter().zip(r.values) {
+                if let Some(v) = v {
+                    out.columns.push(u32::from(c.id));
+                    out.values.push(v);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Aggregated rows from their gRPC form (columns this build does not know are skipped).
+pub fn rows_of(rows: Vec<AggregateRow>) -> Vec<AggRow> {
+    rows.into_iter()
+        .map(|r| {
+            let mut values = [None; crate::store::reading::N_COLUMNS];
+            for (id, v) in r.columns.iter().zip(r.values) {
+                if let Some(i) = u8::try_from(*id).ok().and_then(column_index) {
+                    values[i] = Some(v);
+                }
+            }
+            AggRow {
+                ts_ms: r.timestamp_ms,
+                values,
+            }
+        })
+        .collect()
+}
+
+/// Most buckets one `QueryAggregate` returns.
+pub const MAX_AGGREGATE_ROWS: usize = 100_000;
+
 /// The ingest counters as the `Stats` call returns them.
 pub fn counters(metrics: &StreamerMetrics) -> Vec<Counter> {
     metrics
@@ -216,6 +258,40 @@ impl TelemetryQuery for QueryService {
             found.ok_or_else(|| Status::not_found(format!("unknown GPU {}", r.uuid)))?;
         Ok(Response::new(QueryRangeResponse {
             samples: samples(&readings),
+            truncated,
+        }))
+    }
+
+    async fn query_aggregate(
+        &self,
+        req: Request<QueryAggregateRequest>,
+    ) -> Result<Response<QueryAggregateResponse>, Status> {
+        let r = req.into_inner();
+        let agg = Agg::parse(&r.agg)
+            .ok_or_else(|| Status::invalid_argument(format!("unknown aggregate {:?}", r.agg)))?;
+        if r.step_ms <= 0 {
+            return Err(Status::invalid_argument("step_ms must be positive"));
+        }
+        let limit = match r.limit {
+            0 => MAX_AGGREGATE_ROWS,
+            n => (n as usize).min(MAX_AGGREGATE_ROWS),
+        };
+        let store = self.store.clone();
+        let uuid = r.uuid.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            store.aggregate(&uuid, r.start_ms, r.end_ms, r.step_ms, agg, limit)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("aggregate task failed: {e}")))?
+        .map_err(|error| {
+            self.metrics.error("store");
+            tracing::error!(%error, "aggregate query failed");
+            Status::internal("store read failed")
+        })?;
+        let (rows, truncated) =
+            found.ok_or_else(|| Status::not_found(format!("unknown GPU {}", r.uuid)))?;
+        Ok(Response::new(QueryAggregateResponse {
+            rows: aggregate_rows(&rows),
             truncated,
         }))
     }

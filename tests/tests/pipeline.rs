@@ -152,6 +152,53 @@ async fn every_simulated_sample_reaches_the_api_with_exactly_its_values() {
             .all(|g| g["node"] == "sim-node-001")
     );
 
+    // Aggregates through the deployed shape (api → gRPC → streamer) match the samples.
+    for (uuid, ts) in &stamps {
+        let g = list.iter().find(|g| g["uuid"] == uuid.as_str()).unwrap();
+        let node: u32 = g["node"].as_str().unwrap()[9..].parse().unwrap();
+        let index = g["index"].as_u64().unwrap() as u32;
+        let utils: Vec<f64> = ts
+            .iter()
+            .map(|t| {
+                f64::from(
+                    SimulatedSource::sample(SPEC, node, index, uuid, *t)
+                        .gpu_utilization_percent
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let url = format!(
+            "{base}/api/v1/gpus/{uuid}/telemetry?start_time=2000-01-01T00:00:00Z&end_time=2100-01-01T00:00:00Z&step=366d&metrics=gpu_utilization_percent&agg="
+        );
+        let total = |body: &Value| -> f64 {
+            body["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["gpu_utilization_percent"].as_f64().unwrap())
+                .sum()
+        };
+        let (_, count) = get_json(&http, &format!("{url}count"), Some(&n.api_key)).await;
+        assert_eq!(total(&count), 20.0, "{count}");
+        let (_, max) = get_json(&http, &format!("{url}max"), Some(&n.api_key)).await;
+        let want = utils.iter().cloned().fold(f64::MIN, f64::max);
+        assert!(
+            max["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["gpu_utilization_percent"].as_f64().unwrap() <= want)
+        );
+        assert!(
+            max["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["gpu_utilization_percent"].as_f64() == Some(want)),
+            "{max}"
+        );
+    }
+
     // SIGTERM: the streamer stops promptly and cleanly, even with the api's latest-state
     // stream open (it is ended, not waited on).
     streamer.term();

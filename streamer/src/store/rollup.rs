@@ -221,19 +221,23 @@ pub fn decode(mut bytes: &[u8]) -> Result<Vec<Partial>, ChunkError> {
     if parts.iter().any(|p| p.len() != n) {
         return Err(ChunkError::Corrupt("rollup row counts differ"));
     }
+    let [min, max, sum, count, last, offset] = &parts[..] else {
+        return Err(ChunkError::Corrupt("rollup parts"));
+    };
+    let rows = min.iter().zip(max).zip(sum).zip(count).zip(last).zip(offset);
     let mut out = Vec::with_capacity(n);
-    for j in 0..n {
-        let mut p = Partial::new(parts[0][j].ts_ms);
+    for (((((mn, mx), sm), ct), ls), off) in rows {
+        let mut p = Partial::new(mn.ts_ms);
         for i in 0..N_COLUMNS {
-            if let Some(c) = parts[3][j].get(i) {
+            if let Some(c) = ct.get(i) {
                 p.count[i] = c;
-                p.min[i] = parts[0][j].get(i).unwrap_or(0);
-                p.max[i] = parts[1][j].get(i).unwrap_or(0);
-                p.sum[i] = parts[2][j].get(i).unwrap_or(0);
-                p.last[i] = parts[4][j].get(i).unwrap_or(0);
+                p.min[i] = mn.get(i).unwrap_or(0);
+                p.max[i] = mx.get(i).unwrap_or(0);
+                p.sum[i] = sm.get(i).unwrap_or(0);
+                p.last[i] = ls.get(i).unwrap_or(0);
             }
         }
-        let off = parts[5][j].get(0).unwrap_or(0);
+        let off = off.get(0).unwrap_or(0);
         p.last_ts = p.bucket.saturating_add(i64::try_from(off).unwrap_or(0));
         out.push(p);
     }
