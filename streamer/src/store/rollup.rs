@@ -224,7 +224,13 @@ pub fn decode(mut bytes: &[u8]) -> Result<Vec<Partial>, ChunkError> {
     let [min, max, sum, count, last, offset] = &parts[..] else {
         return Err(ChunkError::Corrupt("rollup parts"));
     };
-    let rows = min.iter().zip(max).zip(sum).zip(count).zip(last).zip(offset);
+    let rows = min
+        .iter()
+        .zip(max)
+        .zip(sum)
+        .zip(count)
+        .zip(last)
+        .zip(offset);
     let mut out = Vec::with_capacity(n);
     for (((((mn, mx), sm), ct), ls), off) in rows {
         let mut p = Partial::new(mn.ts_ms);
