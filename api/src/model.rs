@@ -260,15 +260,7 @@ pub fn write_telemetry(
     truncated: bool,
     out: &mut Vec<u8>,
 ) {
-    out.reserve(samples.len() * 330 + 256);
-    out.extend_from_slice(b"{\"uuid\":");
-    // The uuid was validated (letters, digits, '-', '_', '.'), but escape it anyway.
-    let _ = serde_json::to_writer(&mut *out, uuid);
-    out.extend_from_slice(b",\"start_time\":\"");
-    write_rfc3339_ms(start_ms, out);
-    out.extend_from_slice(b"\",\"end_time\":\"");
-    write_rfc3339_ms(end_ms, out);
-    out.extend_from_slice(b"\",\"samples\":[");
+    write_window_head(uuid, start_ms, end_ms, samples.len(), out);
     let defs: &[&MetricDef] = match only {
         Some(d) => d,
         None => &[],
@@ -300,12 +292,31 @@ pub fn write_telemetry(
         }
         out.push(b'}');
     }
+    write_window_tail(samples.len(), truncated, out);
+    out.push(b'}');
+}
+
+/// The start of a telemetry body, up to the opening `[` of `samples`.
+fn write_window_head(uuid: &str, start_ms: i64, end_ms: i64, rows: usize, out: &mut Vec<u8>) {
+    out.reserve(rows * 330 + 256);
+    out.extend_from_slice(b"{\"uuid\":");
+    // The uuid was validated (letters, digits, '-', '_', '.'), but escape it anyway.
+    let _ = serde_json::to_writer(&mut *out, uuid);
+    out.extend_from_slice(b",\"start_time\":\"");
+    write_rfc3339_ms(start_ms, out);
+    out.extend_from_slice(b"\",\"end_time\":\"");
+    write_rfc3339_ms(end_ms, out);
+    out.extend_from_slice(b"\",\"samples\":[");
+}
+
+/// The end of `samples`, then `count` and `truncated` (the closing `}` is the caller's).
+fn write_window_tail(count: usize, truncated: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"],\"count\":");
-    out.extend_from_slice(itoa::Buffer::new().format(samples.len()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
     out.extend_from_slice(if truncated {
-        b",\"truncated\":true}"
+        b",\"truncated\":true"
     } else {
-        b",\"truncated\":false}"
+        b",\"truncated\":false"
     });
 }
 
@@ -330,14 +341,7 @@ pub fn write_aggregate(
         .into_iter()
         .map(|m| (m, COLUMNS.iter().position(|c| c.field == m.field)))
         .collect();
-    out.reserve(rows.len() * 330 + 256);
-    out.extend_from_slice(b"{\"uuid\":");
-    let _ = serde_json::to_writer(&mut *out, uuid);
-    out.extend_from_slice(b",\"start_time\":\"");
-    write_rfc3339_ms(start_ms, out);
-    out.extend_from_slice(b"\",\"end_time\":\"");
-    write_rfc3339_ms(end_ms, out);
-    out.extend_from_slice(b"\",\"samples\":[");
+    write_window_head(uuid, start_ms, end_ms, rows.len(), out);
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -361,13 +365,7 @@ pub fn write_aggregate(
         }
         out.push(b'}');
     }
-    out.extend_from_slice(b"],\"count\":");
-    out.extend_from_slice(itoa::Buffer::new().format(rows.len()).as_bytes());
-    out.extend_from_slice(if truncated {
-        b",\"truncated\":true"
-    } else {
-        b",\"truncated\":false"
-    });
+    write_window_tail(rows.len(), truncated, out);
     out.extend_from_slice(b",\"step\":");
     let _ = serde_json::to_writer(&mut *out, step);
     out.extend_from_slice(b",\"agg\":\"");
