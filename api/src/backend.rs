@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use common_auth::KeyRing;
 use common_auth::grpc::AttachServiceToken;
-use msg_queue_client::wire::GpuSample;
+use futures::StreamExt as _;
 use streamer::metrics::StreamerMetrics;
 use streamer::query::proto::telemetry_query_client::TelemetryQueryClient;
 use streamer::query::proto::{
     Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest, QueryAggregateRequest,
     QueryRangeRequest, StatsRequest, WatchLatestRequest,
 };
-use streamer::query::{samples, state, status};
-use streamer::store::{Agg, AggRow, LatestIndex, Store};
+use streamer::query::{state, status};
+use streamer::store::{Agg, AggRow, LatestIndex, RangePart, Store};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -26,8 +26,9 @@ pub enum BackendError {
     Unavailable(String),
 }
 
-/// A range query's answer: samples oldest first, and whether more matched than the limit.
-pub type RangeResult = Option<(Vec<GpuSample>, bool)>;
+/// A range answer as it streams: blocks of readings, oldest first, then
+/// [`RangePart::End`].
+pub type RangeStream = futures::stream::BoxStream<'static, Result<RangePart, BackendError>>;
 
 /// An aggregate query's answer: buckets oldest first, and whether there were more.
 pub type AggregateResult = Option<(Vec<AggRow>, bool)>;
@@ -39,14 +40,15 @@ pub trait TelemetryBackend: Send + Sync + 'static {
     async fn list_gpus(&self, node: Option<String>) -> Result<Vec<GpuStatus>, BackendError>;
     /// One GPU, `None` if unknown.
     async fn gpu(&self, uuid: String) -> Result<Option<GpuStatus>, BackendError>;
-    /// Samples of `uuid` with `start_ms <= t < end_ms`, at most `limit`; `None` if unknown.
-    async fn range(
+    /// Samples of `uuid` with `start_ms <= t < end_ms`, at most `limit`, as a stream of
+    /// blocks; `None` if unknown.
+    async fn range_stream(
         &self,
         uuid: String,
         start_ms: i64,
         end_ms: i64,
         limit: u32,
-    ) -> Result<RangeResult, BackendError>;
+    ) -> Result<Option<RangeStream>, BackendError>;
     /// Aggregates of `uuid` in buckets `step_ms` wide (see
     /// [`streamer::store::History::aggregate`]); `None` if unknown.
     async fn aggregate(
@@ -252,23 +254,31 @@ impl TelemetryBackend for GrpcBackend {
         }
     }
 
-    async fn range(
+    async fn range_stream(
         &self,
         uuid: String,
         start_ms: i64,
         end_ms: i64,
         limit: u32,
-    ) -> Result<RangeResult, BackendError> {
+    ) -> Result<Option<RangeStream>, BackendError> {
         let req = QueryRangeRequest {
             uuid,
             start_ms,
             end_ms,
             limit,
         };
-        match self.client.clone().query_range(self.req(req)).await {
+        match self.client.clone().stream_range(self.req(req)).await {
             Ok(r) => {
-                let r = r.into_inner();
-                Ok(Some((r.samples, r.truncated)))
+                let blocks = r.into_inner().map(|m| match m {
+                    Ok(b) if b.last => Ok(RangePart::End {
+                        truncated: b.truncated,
+                    }),
+                    Ok(b) => streamer::query::readings_of(&b)
+                        .map(RangePart::Readings)
+                        .map_err(|e| BackendError::Unavailable(format!("bad block: {e}"))),
+                    Err(s) => Err(unavailable(s)),
+                });
+                Ok(Some(blocks.boxed()))
             }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(unavailable(s)),
@@ -341,24 +351,29 @@ impl TelemetryBackend for StoreBackend {
         Ok(self.store.latest().get(&uuid).map(status))
     }
 
-    async fn range(
+    async fn range_stream(
         &self,
         uuid: String,
         start_ms: i64,
         end_ms: i64,
         limit: u32,
-    ) -> Result<RangeResult, BackendError> {
+    ) -> Result<Option<RangeStream>, BackendError> {
         let limit = (limit as usize).clamp(1, streamer::query::MAX_RANGE_SAMPLES);
-        let store = self.store.clone();
-        let found =
-            tokio::task::spawn_blocking(move || store.range(&uuid, start_ms, end_ms, limit))
-                .await
-                .map_err(|e| BackendError::Unavailable(format!("range task: {e}")))?
-                .map_err(|e| {
-                    self.metrics.error("store");
-                    BackendError::Unavailable(format!("store read: {e}"))
-                })?;
-        Ok(found.map(|(readings, truncated)| (samples(&readings), truncated)))
+        let Some(rx) =
+            streamer::store::stream_range(self.store.clone(), uuid, start_ms, end_ms, limit)
+        else {
+            return Ok(None);
+        };
+        let metrics = self.metrics.clone();
+        let parts =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) })
+                .map(move |p| {
+                    p.map_err(|e| {
+                        metrics.error("store");
+                        BackendError::Unavailable(format!("store read: {e}"))
+                    })
+                });
+        Ok(Some(parts.boxed()))
     }
 
     async fn aggregate(

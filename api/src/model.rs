@@ -261,39 +261,119 @@ pub fn write_telemetry(
     out: &mut Vec<u8>,
 ) {
     write_window_head(uuid, start_ms, end_ms, samples.len(), out);
-    let defs: &[&MetricDef] = match only {
-        Some(d) => d,
-        None => &[],
-    };
     for (i, s) in samples.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"{\"timestamp\":\"");
-        write_rfc3339_ms(s.timestamp_ms, out);
-        out.push(b'"');
-        let mut entry = |name: &str, v: f64| {
-            // Metric names are static snake_case ASCII: nothing to escape.
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
-            write_number(v, out);
-        };
-        if only.is_some() {
+        write_sample(s, only, out);
+    }
+    write_window_tail(samples.len(), truncated, out);
+    out.push(b'}');
+}
+
+/// One sample object: `timestamp`, then the metrics (`only` those, if given).
+fn write_sample(s: &GpuSample, only: Option<&[&'static MetricDef]>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    write_rfc3339_ms(s.timestamp_ms, out);
+    out.push(b'"');
+    let mut entry = |name: &str, v: f64| {
+        // Metric names are static snake_case ASCII: nothing to escape.
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        write_number(v, out);
+    };
+    match only {
+        Some(defs) => {
             for d in defs {
                 if let Some(v) = d.value(s) {
                     entry(d.name, v);
                 }
             }
-        } else {
+        }
+        None => {
             for (name, v) in metric::values(s) {
                 entry(name, v);
             }
         }
-        out.push(b'}');
     }
-    write_window_tail(samples.len(), truncated, out);
     out.push(b'}');
+}
+
+/// A telemetry body written piece by piece as blocks of readings arrive (a chunked HTTP
+/// body), byte for byte what [`write_telemetry`] writes in one go; gzip-compressed (each
+/// piece flushed, so it can be sent at once) when asked.
+pub struct TelemetryBody {
+    buf: Vec<u8>,
+    count: usize,
+    only: Option<Vec<&'static MetricDef>>,
+    gzip: Option<flate2::write::GzEncoder<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for TelemetryBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryBody")
+            .field("count", &self.count)
+            .field("gzip", &self.gzip.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelemetryBody {
+    /// Starts the body of `uuid`'s window; `gzip` compresses it.
+    pub fn new(
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        only: Option<Vec<&'static MetricDef>>,
+        gzip: bool,
+    ) -> Self {
+        let mut buf = Vec::new();
+        write_window_head(uuid, start_ms, end_ms, 0, &mut buf);
+        Self {
+            buf,
+            count: 0,
+            only,
+            gzip: gzip
+                .then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast())),
+        }
+    }
+
+    fn take(&mut self, last: bool) -> bytes::Bytes {
+        use std::io::Write as _;
+        let raw = std::mem::take(&mut self.buf);
+        let Some(enc) = self.gzip.as_mut() else {
+            return raw.into();
+        };
+        // Writing to a Vec cannot fail.
+        let _ = enc.write_all(&raw);
+        if last {
+            let enc = self.gzip.take();
+            return enc.and_then(|e| e.finish().ok()).unwrap_or_default().into();
+        }
+        let _ = enc.flush();
+        std::mem::take(enc.get_mut()).into()
+    }
+
+    /// The next piece: these readings as samples.
+    pub fn samples(&mut self, readings: &[streamer::store::Reading]) -> bytes::Bytes {
+        self.buf.reserve(readings.len() * 330);
+        for r in readings {
+            if self.count > 0 {
+                self.buf.push(b',');
+            }
+            write_sample(&r.to_wire(), self.only.as_deref(), &mut self.buf);
+            self.count += 1;
+        }
+        self.take(false)
+    }
+
+    /// The last piece: `count`, `truncated`, the end.
+    pub fn finish(&mut self, truncated: bool) -> bytes::Bytes {
+        write_window_tail(self.count, truncated, &mut self.buf);
+        self.buf.push(b'}');
+        self.take(true)
+    }
 }
 
 /// The start of a telemetry body, up to the opening `[` of `samples`.
@@ -496,6 +576,49 @@ mod tests {
                     &mut fast,
                 );
                 assert_eq!(String::from_utf8(fast).unwrap(), reference);
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_written_in_pieces_is_the_one_written_at_once_plain_or_gzipped() {
+        use std::io::Read as _;
+        let readings: Vec<streamer::store::Reading> = (0..1000)
+            .map(|i| {
+                streamer::store::Reading::from_wire(&GpuSample {
+                    timestamp_ms: 1_790_000_000_000 + i * 1000,
+                    gpu_utilization_percent: Some((i % 101) as u32),
+                    power_usage_milliwatts: Some(100_000 + i as u32),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let samples: Vec<GpuSample> = readings.iter().map(|r| r.to_wire()).collect();
+        let subset = [metric::find("power_usage_watts").unwrap()];
+        for only in [None, Some(&subset[..])] {
+            let mut whole = Vec::new();
+            write_telemetry("GPU-x", 1, 2, &samples, only, true, &mut whole);
+            for gzip in [false, true] {
+                let mut body = TelemetryBody::new("GPU-x", 1, 2, only.map(<[_]>::to_vec), gzip);
+                let mut out = Vec::new();
+                for block in readings.chunks(333) {
+                    let piece = body.samples(block);
+                    assert!(!piece.is_empty(), "each piece can leave at once");
+                    out.extend_from_slice(&piece);
+                }
+                out.extend_from_slice(&body.finish(true));
+                if gzip {
+                    let mut plain = Vec::new();
+                    flate2::read::GzDecoder::new(&out[..])
+                        .read_to_end(&mut plain)
+                        .unwrap();
+                    assert!(out.len() < plain.len() / 4);
+                    out = plain;
+                }
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    String::from_utf8(whole.clone()).unwrap()
+                );
             }
         }
     }

@@ -5,22 +5,24 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use common_auth::KeyRing;
 use common_auth::http::{ApiKeyAuth, require_api_key};
+use futures::StreamExt as _;
 use msg_queue_client::metric::{self, MetricDef};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::backend::TelemetryBackend;
+use crate::backend::{BackendError, TelemetryBackend};
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ApiMetrics;
-use crate::model::{Gpu, GpuList, Telemetry};
-use streamer::store::Agg;
+use crate::model::{Gpu, GpuList, Telemetry, TelemetryBody};
+use streamer::store::{Agg, RangePart};
 
 /// Default window of a telemetry query without `start_time`: the last hour.
 pub const DEFAULT_WINDOW_MS: i64 = 3_600_000;
@@ -197,6 +199,7 @@ async fn telemetry(
     State(st): State<AppState>,
     uuid: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let p = params(
         q,
@@ -274,22 +277,75 @@ async fn telemetry(
         );
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     }
-    let (samples, truncated) = st
+    let Some(mut parts) = st
         .backend
-        .range(uuid.clone(), start_ms, end_ms, limit)
+        .range_stream(uuid.clone(), start_ms, end_ms, limit)
         .await?
-        .ok_or_else(|| ApiError::UnknownGpu(uuid.clone()))?;
-    let mut body = Vec::new();
-    crate::model::write_telemetry(
-        &uuid,
-        start_ms,
-        end_ms,
-        &samples,
-        only.as_deref(),
-        truncated,
-        &mut body,
+    else {
+        return Err(ApiError::UnknownGpu(uuid));
+    };
+    // The first part decides the status: a failure before any byte is still a JSON 503.
+    let first = match parts.next().await {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => return Err(e.into()),
+        None => {
+            return Err(BackendError::Unavailable("range stream ended early".into()).into());
+        }
+    };
+    let gzip = accepts_gzip(&headers);
+    let body = TelemetryBody::new(&uuid, start_ms, end_ms, only, gzip);
+    // Each block leaves as soon as it is written (a chunked body): the first bytes of a
+    // long range are on the wire before its last block is read from disk.
+    let pieces = futures::stream::unfold(
+        (Some(first), parts, body, false),
+        |(mut next, mut parts, mut body, done)| async move {
+            if done {
+                return None;
+            }
+            let part = match next.take() {
+                Some(p) => Ok(p),
+                None => parts.next().await.unwrap_or_else(|| {
+                    Err(BackendError::Unavailable("range stream ended early".into()))
+                }),
+            };
+            let (piece, done) = match part {
+                Ok(RangePart::Readings(rs)) => (Ok(body.samples(&rs)), false),
+                Ok(RangePart::End { truncated }) => (Ok(body.finish(truncated)), true),
+                Err(error) => {
+                    // Headers are sent: all that is left is to cut the body short.
+                    tracing::warn!(%error, "range stream failed mid-answer");
+                    (Err(std::io::Error::other(error.to_string())), true)
+                }
+            };
+            Some((piece, (None, parts, body, done)))
+        },
     );
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let mut resp = Response::new(Body::from_stream(pieces));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    Ok(resp)
+}
+
+/// Whether the request's `Accept-Encoding` allows gzip (not with `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|enc| {
+            let mut it = enc.split(';').map(str::trim);
+            let name = it.next().unwrap_or("");
+            let q0 = it.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0");
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !q0
+        })
 }
 
 /// Longest `step`.

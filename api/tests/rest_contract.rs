@@ -431,3 +431,87 @@ async fn with_the_streamer_down_reads_are_a_json_503_and_readyz_fails_but_health
         }
     }
 }
+
+#[tokio::test]
+async fn a_long_range_streams_in_pieces_and_is_gzipped_when_asked() {
+    use futures::StreamExt as _;
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
+    // 3,000 samples in five flushed chunks and an unflushed rest.
+    for part in 0..6 {
+        let batch = TelemetryBatch {
+            schema_version: SCHEMA_VERSION,
+            node: "node-a".into(),
+            collected_at_ms: T0,
+            gpus: vec![GpuInfo {
+                uuid: UUID.into(),
+                node: "node-a".into(),
+                ..Default::default()
+            }],
+            samples: (0..500)
+                .map(|i| GpuSample {
+                    uuid: UUID.into(),
+                    timestamp_ms: T0 + (part * 500 + i) * 1000,
+                    gpu_utilization_percent: Some((i % 101) as u32),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        store.apply(&batch).unwrap();
+        if part < 5 {
+            store.flush().unwrap();
+        }
+    }
+    let app = router(AppState {
+        backend: Arc::new(StoreBackend {
+            store,
+            metrics: Arc::default(),
+        }),
+        keys: KeyRing::new(KEY.to_string().into()),
+        metrics: Arc::default(),
+    });
+    let uri = format!(
+        "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-22T00:00:00Z&limit=100000"
+    );
+    let get = |gzip: bool| {
+        let mut req = Request::builder().uri(&uri).header("x-api-key", KEY);
+        if gzip {
+            req = req.header("accept-encoding", "br;q=1.0, gzip;q=0.8");
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let resp = get(false).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("content-encoding").is_none());
+    let pieces: Vec<_> = resp.into_body().into_data_stream().collect().await;
+    assert!(pieces.len() >= 6, "one piece per block: {}", pieces.len());
+    let plain: Vec<u8> = pieces.into_iter().flat_map(|p| p.unwrap()).collect();
+    let v: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(v["count"], 3000);
+    let stamps: Vec<&str> = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["timestamp"].as_str().unwrap())
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]));
+
+    let resp = get(true).await.unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    assert_eq!(resp.headers()["vary"], "accept-encoding");
+    let zipped = axum::body::to_bytes(resp.into_body(), 1 << 26)
+        .await
+        .unwrap();
+    assert!(
+        zipped.len() * 5 < plain.len(),
+        "{} vs {}",
+        zipped.len(),
+        plain.len()
+    );
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&zipped[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, plain);
+}

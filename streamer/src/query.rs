@@ -21,9 +21,9 @@ pub mod proto {
 
 use proto::telemetry_query_server::TelemetryQuery;
 use proto::{
-    AggregateRow, Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest,
+    AggregateRow, ColumnBlock, Counter, GetGpuRequest, GpuStatus, LatestUpdate, ListGpusRequest,
     ListGpusResponse, QueryAggregateRequest, QueryAggregateResponse, QueryRangeRequest,
-    QueryRangeResponse, StatsRequest, StatsResponse, WatchLatestRequest,
+    QueryRangeResponse, ReadingBlock, StatsRequest, StatsResponse, WatchLatestRequest,
 };
 
 /// How often `WatchLatest` sends what changed.
@@ -161,6 +161,72 @@ pub fn rows_of(rows: Vec<AggregateRow>) -> Vec<AggRow> {
         .collect()
 }
 
+/// The columnar gRPC form of `readings`.
+pub fn block_of(readings: &[Reading]) -> ReadingBlock {
+    let n = readings.len();
+    let mut columns = Vec::new();
+    for (i, c) in COLUMNS.iter().enumerate() {
+        let values: Vec<u64> = readings.iter().filter_map(|r| r.get(i)).collect();
+        if values.is_empty() {
+            continue;
+        }
+        let present = if values.len() == n {
+            Vec::new()
+        } else {
+            let mut bits = vec![0u8; n.div_ceil(8)];
+            for (j, r) in readings.iter().enumerate() {
+                if r.get(i).is_some() {
+                    bits[j / 8] |= 1 << (j % 8);
+                }
+            }
+            bits
+        };
+        columns.push(ColumnBlock {
+            id: u32::from(c.id),
+            present,
+            values,
+        });
+    }
+    ReadingBlock {
+        timestamps_ms: readings.iter().map(|r| r.ts_ms).collect(),
+        columns,
+        last: false,
+        truncated: false,
+    }
+}
+
+/// The readings of a [`ReadingBlock`]; a column whose values do not match its presence is
+/// an error (a broken peer), a column this build does not know is skipped.
+///
+/// # Errors
+/// A message naming the malformed column.
+pub fn readings_of(b: &ReadingBlock) -> Result<Vec<Reading>, String> {
+    let mut out: Vec<Reading> = b.timestamps_ms.iter().map(|t| Reading::empty(*t)).collect();
+    let n = out.len();
+    for c in &b.columns {
+        let Some(i) = u8::try_from(c.id).ok().and_then(column_index) else {
+            continue;
+        };
+        let mut values = c.values.iter();
+        for (j, r) in out.iter_mut().enumerate() {
+            let here = c.present.is_empty()
+                || c.present
+                    .get(j / 8)
+                    .is_some_and(|b| b & (1 << (j % 8)) != 0);
+            if here {
+                let v = values
+                    .next()
+                    .ok_or_else(|| format!("column {} has too few values", c.id))?;
+                r.set(i, *v);
+            }
+        }
+        if values.next().is_some() || (!c.present.is_empty() && c.present.len() != n.div_ceil(8)) {
+            return Err(format!("column {} does not match its readings", c.id));
+        }
+    }
+    Ok(out)
+}
+
 /// Most buckets one `QueryAggregate` returns.
 pub const MAX_AGGREGATE_ROWS: usize = 100_000;
 
@@ -294,6 +360,53 @@ impl TelemetryQuery for QueryService {
             rows: aggregate_rows(&rows),
             truncated,
         }))
+    }
+
+    type StreamRangeStream = tokio_stream::wrappers::ReceiverStream<Result<ReadingBlock, Status>>;
+
+    async fn stream_range(
+        &self,
+        req: Request<QueryRangeRequest>,
+    ) -> Result<Response<Self::StreamRangeStream>, Status> {
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => MAX_RANGE_SAMPLES,
+            n => (n as usize).min(MAX_RANGE_SAMPLES),
+        };
+        let mut parts = crate::store::stream_range(
+            self.store.clone(),
+            r.uuid.clone(),
+            r.start_ms,
+            r.end_ms,
+            limit,
+        )
+        .ok_or_else(|| Status::not_found(format!("unknown GPU {}", r.uuid)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let metrics = self.metrics.clone();
+        // Owned by the stream: ends with the read, or when the client goes away.
+        tokio::spawn(async move {
+            while let Some(part) = parts.recv().await {
+                let msg = match part {
+                    Ok(crate::store::RangePart::Readings(rs)) => Ok(block_of(&rs)),
+                    Ok(crate::store::RangePart::End { truncated }) => Ok(ReadingBlock {
+                        last: true,
+                        truncated,
+                        ..Default::default()
+                    }),
+                    Err(error) => {
+                        metrics.error("store");
+                        tracing::error!(%error, "range read failed");
+                        Err(Status::internal("store read failed"))
+                    }
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     type WatchLatestStream = tokio_stream::wrappers::ReceiverStream<Result<LatestUpdate, Status>>;

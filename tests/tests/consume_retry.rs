@@ -58,6 +58,16 @@ impl History for FlakyHistory {
     ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
         self.inner.range(uuid, s, e, l)
     }
+    fn range_blocks(
+        &self,
+        uuid: &str,
+        s: i64,
+        e: i64,
+        l: usize,
+        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+    ) -> Result<Option<bool>, StoreError> {
+        self.inner.range_blocks(uuid, s, e, l, emit)
+    }
     fn aggregate(
         &self,
         uuid: &str,

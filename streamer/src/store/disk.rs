@@ -579,6 +579,53 @@ impl DiskHistory {
     }
 }
 
+/// Hands a range out in blocks: each chunk's readings merged with the open readings up to
+/// the chunk's end, `limit` in all, noting whether more matched.
+struct Blocks<'e, 'f> {
+    open: std::iter::Peekable<std::vec::IntoIter<Reading>>,
+    sent: usize,
+    limit: usize,
+    truncated: bool,
+    stopped: bool,
+    emit: &'e mut (dyn FnMut(Vec<Reading>) -> bool + 'f),
+}
+
+impl Blocks<'_, '_> {
+    fn done(&self) -> bool {
+        self.truncated || self.stopped
+    }
+
+    /// `rs`: a chunk's readings in the range (sorted), `upto`: the chunk's last time (open
+    /// readings up to it belong before the next chunk; chunks never overlap).
+    fn push(&mut self, rs: Vec<Reading>, upto: i64) {
+        if self.done() {
+            return;
+        }
+        let mut merged = Vec::with_capacity(rs.len());
+        let mut rs = rs.into_iter().peekable();
+        loop {
+            let next = match (rs.peek(), self.open.peek()) {
+                (Some(a), Some(b)) if b.ts_ms <= upto && b.ts_ms < a.ts_ms => self.open.next(),
+                (Some(_), _) => rs.next(),
+                (None, Some(b)) if b.ts_ms <= upto => self.open.next(),
+                (None, _) => None,
+            };
+            match next {
+                Some(r) => merged.push(r),
+                None => break,
+            }
+        }
+        if self.sent + merged.len() > self.limit {
+            self.truncated = true;
+            merged.truncate(self.limit - self.sent);
+        }
+        self.sent += merged.len();
+        if !merged.is_empty() && !(self.emit)(merged) {
+            self.stopped = true;
+        }
+    }
+}
+
 /// The first `limit` rows of `parts`, and whether there were more.
 fn finish(parts: BTreeMap<i64, Partial>, agg: Agg, limit: usize) -> (Vec<AggRow>, bool) {
     let truncated = parts.len() > limit;
@@ -648,6 +695,21 @@ fn drop_chunk(
 }
 
 impl History for DiskHistory {
+    fn range(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
+        let mut out = Vec::new();
+        let truncated = self.range_blocks(uuid, start_ms, end_ms, limit, &mut |b| {
+            out.extend(b);
+            true
+        })?;
+        Ok(truncated.map(|t| (out, t)))
+    }
+
     fn apply(&self, batch: &TelemetryBatch) -> Result<(Applied, Vec<bool>), StoreError> {
         let mut st = self.lock();
         if let Some(wal) = &mut st.wal {
@@ -670,13 +732,14 @@ impl History for DiskHistory {
         self.lock().durable.get(&partition).copied()
     }
 
-    fn range(
+    fn range_blocks(
         &self,
         uuid: &str,
         start_ms: i64,
         end_ms: i64,
         limit: usize,
-    ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
+        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+    ) -> Result<Option<bool>, StoreError> {
         // The open readings and the database snapshot are taken under one lock: a flush
         // (which holds it through its commit) cannot move readings between them.
         let (id, open, txn) = {
@@ -685,7 +748,7 @@ impl History for DiskHistory {
                 return Ok(None);
             };
             if start_ms >= end_ms {
-                return Ok(Some((Vec::new(), false)));
+                return Ok(Some(false));
             }
             let open: Vec<Reading> = s
                 .open
@@ -696,17 +759,25 @@ impl History for DiskHistory {
             (s.id, open, self.db.begin_read().map_err(StoreError::db)?)
         };
         let table = txn.open_table(CHUNKS).map_err(StoreError::db)?;
-        let mut disk: Vec<Reading> = Vec::new();
-        let take = |value: &[u8], disk: &mut Vec<Reading>| -> Result<(), StoreError> {
+        let mut blocks = Blocks {
+            open: open.into_iter().peekable(),
+            sent: 0,
+            limit,
+            truncated: false,
+            stopped: false,
+            emit,
+        };
+        let take = |value: &[u8], blocks: &mut Blocks<'_, '_>| -> Result<(), StoreError> {
             let (end, _, body) = split(value)?;
             if end < start_ms {
                 return Ok(());
             }
-            let rs = chunk::decode(body).map_err(corrupt(id))?;
-            disk.extend(
-                rs.into_iter()
-                    .filter(|r| r.ts_ms >= start_ms && r.ts_ms < end_ms),
-            );
+            let rs: Vec<Reading> = chunk::decode(body)
+                .map_err(corrupt(id))?
+                .into_iter()
+                .filter(|r| r.ts_ms >= start_ms && r.ts_ms < end_ms)
+                .collect();
+            blocks.push(rs, end);
             Ok(())
         };
         // The chunk starting at or before `start_ms` may reach into the range.
@@ -716,38 +787,22 @@ impl History for DiskHistory {
             .next_back()
         {
             let (_, v) = e.map_err(StoreError::db)?;
-            take(v.value(), &mut disk)?;
+            take(v.value(), &mut blocks)?;
         }
         if start_ms.saturating_add(1) < end_ms {
             for e in table
                 .range((id, start_ms + 1)..(id, end_ms))
                 .map_err(StoreError::db)?
             {
-                if disk.len() > limit {
+                if blocks.done() {
                     break;
                 }
                 let (_, v) = e.map_err(StoreError::db)?;
-                take(v.value(), &mut disk)?;
+                take(v.value(), &mut blocks)?;
             }
         }
-        // Merge (open readings are never on disk too).
-        let mut out = Vec::with_capacity((disk.len() + open.len()).min(limit + 1));
-        let (mut a, mut b) = (disk.into_iter().peekable(), open.into_iter().peekable());
-        while out.len() <= limit {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.ts_ms <= y.ts_ms => a.next(),
-                (Some(_), Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, _) => b.next(),
-            };
-            match next {
-                Some(r) => out.push(r),
-                None => break,
-            }
-        }
-        let truncated = out.len() > limit;
-        out.truncate(limit);
-        Ok(Some((out, truncated)))
+        blocks.push(Vec::new(), i64::MAX);
+        Ok(Some(blocks.truncated))
     }
 
     fn aggregate(

@@ -127,6 +127,21 @@ pub trait History: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Option<(Vec<Reading>, bool)>, StoreError>;
 
+    /// [`History::range`] in blocks, for streaming a long range: `emit` gets the readings
+    /// oldest first, a block at a time (about one stored chunk each), and returns `false` to
+    /// stop early. Returns whether more than `limit` matched; `None` when the GPU is unknown.
+    ///
+    /// # Errors
+    /// [`StoreError`] when reading fails (some blocks may have been emitted).
+    fn range_blocks(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+    ) -> Result<Option<bool>, StoreError>;
+
     /// Aggregates of `uuid`'s readings in buckets `step_ms` wide (aligned to multiples of
     /// the step since the epoch; the range is widened to whole buckets), oldest first, at
     /// most `limit` buckets; the flag says whether there were more. Steps that are whole

@@ -97,6 +97,22 @@ impl Store {
         self.history.range(uuid, start_ms, end_ms, limit)
     }
 
+    /// See [`History::range_blocks`]. Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError`] from the history.
+    pub fn range_blocks(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+    ) -> Result<Option<bool>, StoreError> {
+        self.history
+            .range_blocks(uuid, start_ms, end_ms, limit, emit)
+    }
+
     /// See [`History::aggregate`]. Blocks.
     ///
     /// # Errors
@@ -141,6 +157,47 @@ impl Store {
     pub fn history(&self) -> &Arc<dyn History> {
         &self.history
     }
+}
+
+/// One part of a streamed range answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RangePart {
+    /// Readings, oldest first, after those of the parts before.
+    Readings(Vec<Reading>),
+    /// The end: whether more matched than the limit.
+    End {
+        /// More matched than the limit.
+        truncated: bool,
+    },
+}
+
+/// Reads a range of `uuid` on a blocking thread into a channel of [`RangePart`]s (a few
+/// blocks ahead of the reader: backpressure), ending with [`RangePart::End`]; `None` when the
+/// GPU is unknown. A reader that goes away stops the read.
+pub fn stream_range(
+    store: Arc<Store>,
+    uuid: String,
+    start_ms: i64,
+    end_ms: i64,
+    limit: usize,
+) -> Option<tokio::sync::mpsc::Receiver<Result<RangePart, StoreError>>> {
+    if !store.latest().contains(&uuid) {
+        return None;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let read = store.range_blocks(&uuid, start_ms, end_ms, limit, &mut |b| {
+            tx.blocking_send(Ok(RangePart::Readings(b))).is_ok()
+        });
+        let last = match read {
+            Ok(t) => Ok(RangePart::End {
+                truncated: t.unwrap_or(false),
+            }),
+            Err(e) => Err(e),
+        };
+        let _ = tx.blocking_send(last);
+    });
+    Some(rx)
 }
 
 /// How often [`run_maintenance`] sweeps.
