@@ -190,30 +190,42 @@ async fn main() {
     let key = "bench-key".to_string();
     let grpc = free_port();
     let t = Instant::now();
-    let mut streamer = Proc::spawn(
-        "streamer",
-        &bin("streamer"),
-        &args(&[
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc}"),
-            "--brokers",
-            "127.0.0.1:1", // no broker: the store and queries alone
-            "--data-dir",
-            &dir.display().to_string(),
-            "--retention",
-            "3650d",
-        ]),
-        &[
-            ("SERVICE_TOKEN", token.clone()),
-            ("RUST_LOG", "error".into()),
-        ],
-    );
-    streamer.wait_line("streamer grpc listening on", Duration::from_secs(120));
+    let spawn_streamer = || {
+        let mut p = Proc::spawn(
+            "streamer",
+            &bin("streamer"),
+            &args(&[
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+                "--brokers",
+                "127.0.0.1:1", // no broker: the store and queries alone
+                "--data-dir",
+                &dir.display().to_string(),
+                "--retention",
+                "3650d",
+            ]),
+            &[
+                ("SERVICE_TOKEN", token.clone()),
+                ("RUST_LOG", "error".into()),
+            ],
+        );
+        p.wait_line("streamer grpc listening on", Duration::from_secs(300));
+        p
+    };
+    let mut streamer = spawn_streamer();
     println!(
         "  streamer binary: serving {:.2} s after start; RSS {} MiB holding {} samples",
         t.elapsed().as_secs_f64(),
         rss_kib(streamer.child.id()) / 1024,
         f.samples
+    );
+    // After a kill -9 the database file is repaired on the next open.
+    streamer.kill9();
+    let t = Instant::now();
+    let streamer = spawn_streamer();
+    println!(
+        "  streamer binary after kill -9: serving {:.2} s after start",
+        t.elapsed().as_secs_f64()
     );
     let mut api = Proc::spawn(
         "api",
@@ -248,6 +260,41 @@ async fn main() {
     let (p50, p99, bytes) = latency(&client, &url, &key, 30).await;
     println!(
         "  GET telemetry 24 h of one GPU, api -> gRPC -> streamer (from disk): p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 30 requests)"
+    );
+    let (p50, p99, bytes) = latency(
+        &client,
+        &url.replace("limit=100000", "limit=100000&step=1m&agg=avg"),
+        &key,
+        30,
+    )
+    .await;
+    println!(
+        "  GET telemetry 24 h of one GPU, step=1m&agg=avg (1-minute tier), deployed: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes)"
+    );
+    // Every GPU of the fleet, one after another.
+    let spec = FleetSpec {
+        nodes: gpus.div_ceil(8),
+        gpus_per_node: 8,
+        seed: 11,
+    };
+    let mut each = Vec::new();
+    let t = Instant::now();
+    for n in 0..spec.nodes {
+        for g in 0..8 {
+            let u = SimulatedSource::info(spec, n, g).uuid;
+            let url = format!(
+                "{base}/api/v1/gpus/{u}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-23T00:00:00Z&step=1m&agg=avg"
+            );
+            let (ms, _, _) = latency(&client, &url, &key, 1).await;
+            each.push(ms);
+        }
+    }
+    let total = t.elapsed().as_secs_f64();
+    let n = each.len();
+    println!(
+        "  step=1m&agg=avg over 24 h for all {n} GPUs one after another: {total:.1} s in all, p50 {:.1} ms, p99 {:.1} ms per GPU",
+        pct(&mut each.clone(), 0.5),
+        pct(&mut each, 0.99)
     );
     println!(
         "  streamer RSS after the queries: {} MiB",
