@@ -4,13 +4,18 @@
 //!
 //! Format (version 1), integers as LEB128 varints unless said otherwise:
 //! ```text
-//! u8 version | n | len, pco(i64 timestamps) | ncols | ncols × column
+//! u8 version | n | numbers(timestamps as u64) | ncols | ncols × column
 //! column := u8 id | u8 kind | payload
 //!   kind 0: absent in every reading          (no payload)
-//!   kind 1: present in every reading          len, pco(u64 values)
+//!   kind 1: present in every reading          numbers(values)
 //!   kind 2: present in every reading, constant value
-//!   kind 3: present in some                   bitmap ((n+7)/8 bytes), len, pco(present values)
+//!   kind 3: present in some                   bitmap ((n+7)/8 bytes), numbers(present values)
+//! numbers := len | u8 codec | body
+//!   codec 0: pco
+//!   codec 1: varints of the zigzagged differences to the previous number (from 0)
 //! ```
+//! Short runs (a rollup chunk of a few buckets) take whichever codec is smaller: pco's
+//! per-run metadata outweighs its gains below a few hundred numbers.
 //! A column id this build does not know is skipped, so older builds read newer chunks.
 
 use super::reading::{COLUMNS, N_COLUMNS, Reading, column_index};
@@ -81,11 +86,52 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn put_pco<T: pco::data_types::Number>(out: &mut Vec<u8>, v: &[T]) -> Result<(), ChunkError> {
-    let bytes = pco::standalone::simple_compress(v, &pco::ChunkConfig::default())?;
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(&bytes);
+/// Runs this long or shorter also try the varint codec.
+const SHORT_RUN: usize = 512;
+const PCO: u8 = 0;
+const DELTA_VARINT: u8 = 1;
+
+fn put_numbers(out: &mut Vec<u8>, v: &[u64]) -> Result<(), ChunkError> {
+    let pco = pco::standalone::simple_compress(v, &pco::ChunkConfig::default())?;
+    let mut best = (PCO, pco);
+    if v.len() <= SHORT_RUN {
+        let mut deltas = Vec::with_capacity(v.len() * 2);
+        let mut prev = 0u64;
+        for &x in v {
+            let d = x.wrapping_sub(prev) as i64;
+            put_varint(&mut deltas, ((d << 1) ^ (d >> 63)) as u64);
+            prev = x;
+        }
+        if deltas.len() < best.1.len() {
+            best = (DELTA_VARINT, deltas);
+        }
+    }
+    put_varint(out, best.1.len() as u64 + 1);
+    out.push(best.0);
+    out.extend_from_slice(&best.1);
     Ok(())
+}
+
+fn get_numbers(bytes: &[u8]) -> Result<Vec<u64>, ChunkError> {
+    let (&codec, body) = bytes
+        .split_first()
+        .ok_or(ChunkError::Corrupt("empty number run"))?;
+    match codec {
+        PCO => Ok(pco::standalone::simple_decompress(body)?),
+        DELTA_VARINT => {
+            let mut r = Reader { buf: body };
+            let mut out = Vec::new();
+            let mut prev = 0u64;
+            while !r.buf.is_empty() {
+                let z = r.varint()?;
+                let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+                prev = prev.wrapping_add(d as u64);
+                out.push(prev);
+            }
+            Ok(out)
+        }
+        _ => Err(ChunkError::Corrupt("unknown number codec")),
+    }
 }
 
 /// Encodes `readings`, which must be sorted by time without duplicates (checked).
@@ -103,8 +149,8 @@ pub fn encode(readings: &[Reading]) -> Result<Vec<u8>, ChunkError> {
     let mut out = Vec::with_capacity(64 + n);
     out.push(VERSION);
     put_varint(&mut out, n as u64);
-    let ts: Vec<i64> = readings.iter().map(|r| r.ts_ms).collect();
-    put_pco(&mut out, &ts)?;
+    let ts: Vec<u64> = readings.iter().map(|r| r.ts_ms as u64).collect();
+    put_numbers(&mut out, &ts)?;
     put_varint(&mut out, N_COLUMNS as u64);
     let mut values = Vec::with_capacity(n);
     for (i, col) in COLUMNS.iter().enumerate() {
@@ -118,7 +164,7 @@ pub fn encode(readings: &[Reading]) -> Result<Vec<u8>, ChunkError> {
             put_varint(&mut out, values[0]);
         } else if values.len() == n {
             out.push(DENSE);
-            put_pco(&mut out, &values)?;
+            put_numbers(&mut out, &values)?;
         } else {
             out.push(SPARSE);
             let mut bitmap = vec![0u8; n.div_ceil(8)];
@@ -128,7 +174,7 @@ pub fn encode(readings: &[Reading]) -> Result<Vec<u8>, ChunkError> {
                 }
             }
             out.extend_from_slice(&bitmap);
-            put_pco(&mut out, &values)?;
+            put_numbers(&mut out, &values)?;
         }
     }
     Ok(out)
@@ -140,7 +186,10 @@ fn header<'a>(bytes: &'a [u8]) -> Result<(Reader<'a>, usize, Vec<i64>), ChunkErr
         return Err(ChunkError::Corrupt("unknown chunk version"));
     }
     let n = usize::try_from(r.varint()?).map_err(|_| ChunkError::Corrupt("count"))?;
-    let ts: Vec<i64> = pco::standalone::simple_decompress(r.len_prefixed()?)?;
+    let ts: Vec<i64> = get_numbers(r.len_prefixed()?)?
+        .into_iter()
+        .map(|t| t as i64)
+        .collect();
     if ts.len() != n {
         return Err(ChunkError::Corrupt("timestamp count"));
     }
@@ -178,7 +227,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Reading>, ChunkError> {
             DENSE => {
                 let bytes = r.len_prefixed()?;
                 if let Some(i) = slot {
-                    let vals: Vec<u64> = pco::standalone::simple_decompress(bytes)?;
+                    let vals: Vec<u64> = get_numbers(bytes)?;
                     if vals.len() != n {
                         return Err(ChunkError::Corrupt("value count"));
                     }
@@ -189,7 +238,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Reading>, ChunkError> {
                 let bitmap = r.bytes(n.div_ceil(8))?;
                 let bytes = r.len_prefixed()?;
                 if let Some(i) = slot {
-                    let vals: Vec<u64> = pco::standalone::simple_decompress(bytes)?;
+                    let vals: Vec<u64> = get_numbers(bytes)?;
                     let mut vals = vals.into_iter();
                     for (j, x) in out.iter_mut().enumerate() {
                         if bitmap[j / 8] & (1 << (j % 8)) != 0 {
@@ -244,6 +293,21 @@ mod tests {
         r.set(10, 0);
         let bytes = encode(&[r]).unwrap();
         assert_eq!(decode(&bytes).unwrap(), vec![r]);
+    }
+
+    #[test]
+    fn short_runs_take_the_smaller_codec_and_round_trip() {
+        for n in [1, 2, 10, 60, 511, 513] {
+            let rs: Vec<Reading> = (0..n)
+                .map(|k| sample(-5_000 + k as i64 * 60_000, (k as u64).wrapping_mul(7919)))
+                .collect();
+            let bytes = encode(&rs).unwrap();
+            assert_eq!(decode(&bytes).unwrap(), rs, "{n}");
+        }
+        let mut varint = Vec::new();
+        put_numbers(&mut varint, &[5, 3, u64::MAX, 0]).unwrap();
+        assert_eq!(varint[1], DELTA_VARINT);
+        assert_eq!(get_numbers(&varint[1..]).unwrap(), [5, 3, u64::MAX, 0]);
     }
 
     #[test]
