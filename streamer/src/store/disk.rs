@@ -48,40 +48,43 @@ const SERIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("series");
 const CHUNKS: TableDefinition<'_, (u32, i64), &[u8]> = TableDefinition::new("chunks");
 /// `(last ms, series, first ms)` → stored bytes of that chunk.
 const EXPIRY: TableDefinition<'_, (i64, u32, i64), u64> = TableDefinition::new("expiry");
-/// Rollup partials, one chunk per GPU, UTC day and flush:
-/// `(series, day start ms, first reading ms)` → `end of last bucket (i64 LE) | buckets (u32
-/// LE) | partials` ([`rollup::encode`]).
-const ROLLUP_1M: TableDefinition<'_, (u32, i64, i64), &[u8]> = TableDefinition::new("rollup_1m");
-const ROLLUP_1H: TableDefinition<'_, (u32, i64, i64), &[u8]> = TableDefinition::new("rollup_1h");
-/// `(end of last bucket, series, day, first reading)` → stored bytes.
-const EXPIRY_1M: TableDefinition<'_, (i64, u32, i64, i64), u64> = TableDefinition::new("expiry_1m");
-const EXPIRY_1H: TableDefinition<'_, (i64, u32, i64, i64), u64> = TableDefinition::new("expiry_1h");
+/// Rollup tiers: the partial aggregates of readings (or finer partials) that aged out,
+/// one chunk per GPU and UTC day: `(series, day start ms)` → `end of the day (i64 LE) |
+/// buckets (u32 LE) | partials` ([`rollup::encode`]).
+const TIER_1M: TableDefinition<'_, (u32, i64), &[u8]> = TableDefinition::new("tier_1m");
+const TIER_1H: TableDefinition<'_, (u32, i64), &[u8]> = TableDefinition::new("tier_1h");
+/// `(end of the day, series, day start)` → stored bytes.
+const TIER_1M_EXPIRY: TableDefinition<'_, (i64, u32, i64), u64> =
+    TableDefinition::new("tier_1m_expiry");
+const TIER_1H_EXPIRY: TableDefinition<'_, (i64, u32, i64), u64> =
+    TableDefinition::new("tier_1h_expiry");
 
-type RollupTable<'t> = redb::Table<'t, (u32, i64, i64), &'static [u8]>;
-type RollupExpiry<'t> = redb::Table<'t, (i64, u32, i64, i64), u64>;
+type TierTable<'t> = redb::Table<'t, (u32, i64), &'static [u8]>;
+type TierExpiry<'t> = redb::Table<'t, (i64, u32, i64), u64>;
 
 /// A rollup tier: partial aggregates of buckets `width` ms wide.
 #[derive(Clone, Copy)]
 struct Tier {
     width: i64,
-    table: TableDefinition<'static, (u32, i64, i64), &'static [u8]>,
-    expiry: TableDefinition<'static, (i64, u32, i64, i64), u64>,
+    table: TableDefinition<'static, (u32, i64), &'static [u8]>,
+    expiry: TableDefinition<'static, (i64, u32, i64), u64>,
 }
 
 /// The tiers, finest first.
 const TIERS: [Tier; 2] = [
     Tier {
         width: 60_000,
-        table: ROLLUP_1M,
-        expiry: EXPIRY_1M,
+        table: TIER_1M,
+        expiry: TIER_1M_EXPIRY,
     },
     Tier {
         width: 3_600_000,
-        table: ROLLUP_1H,
-        expiry: EXPIRY_1H,
+        table: TIER_1H,
+        expiry: TIER_1H_EXPIRY,
     },
 ];
 
+const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
 const NEXT_ID: &str = "next_series_id";
@@ -144,9 +147,9 @@ struct Series {
     sealed_end: Option<i64>,
     // Newest reading on disk.
     disk_latest: Option<Reading>,
+    // Readings not yet on disk; those at or before `sealed_end` ("late") merge into the
+    // chunks or gaps they fall in at the next flush.
     open: BTreeMap<i64, Reading>,
-    // Some open reading is at or before `sealed_end`: merge with the chunks at flush.
-    late: bool,
 }
 
 impl Series {
@@ -289,7 +292,6 @@ impl DiskHistory {
                     sealed_end: rec.sealed_end_ms,
                     disk_latest: rec.latest.as_ref().map(Reading::from_wire),
                     open: BTreeMap::new(),
-                    late: false,
                 },
             );
         }
@@ -379,6 +381,101 @@ impl DiskHistory {
         Ok(found)
     }
 
+    /// Series `uuid`'s id, its open readings in `[start_ms, end_ms)` (at most `limit` + 1)
+    /// and a database snapshot, taken under one lock: a flush (which holds it through its
+    /// commit) cannot move readings between them. `None` when the GPU is unknown.
+    #[allow(clippy::type_complexity)]
+    fn snapshot(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Option<(u32, Vec<Reading>, ReadTransaction)>, StoreError> {
+        let st = self.lock();
+        let Some(s) = st.series.get(uuid) else {
+            return Ok(None);
+        };
+        let open: Vec<Reading> = if start_ms < end_ms {
+            s.open
+                .range(start_ms..end_ms)
+                .map(|(_, r)| *r)
+                .take(limit.saturating_add(1))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Some((
+            s.id,
+            open,
+            self.db.begin_read().map_err(StoreError::db)?,
+        )))
+    }
+
+    /// The raw readings of series `id` in `[start_ms, end_ms)` from `txn` merged with
+    /// `open`, in blocks (see [`History::range_blocks`]); returns whether more than `limit`
+    /// matched.
+    #[allow(clippy::too_many_arguments)]
+    fn read_range(
+        &self,
+        id: u32,
+        open: Vec<Reading>,
+        txn: &ReadTransaction,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+    ) -> Result<bool, StoreError> {
+        if start_ms >= end_ms {
+            return Ok(false);
+        }
+        let table = txn.open_table(CHUNKS).map_err(StoreError::db)?;
+        let mut blocks = Blocks {
+            open: open.into_iter().peekable(),
+            sent: 0,
+            limit,
+            truncated: false,
+            stopped: false,
+            emit,
+        };
+        let take = |value: &[u8], blocks: &mut Blocks<'_, '_>| -> Result<(), StoreError> {
+            let (end, _, body) = split(value)?;
+            if end < start_ms {
+                return Ok(());
+            }
+            let rs: Vec<Reading> = chunk::decode(body)
+                .map_err(corrupt(id))?
+                .into_iter()
+                .filter(|r| r.ts_ms >= start_ms && r.ts_ms < end_ms)
+                .collect();
+            blocks.push(rs, end);
+            Ok(())
+        };
+        // The chunk starting at or before `start_ms` may reach into the range.
+        if let Some(e) = table
+            .range((id, i64::MIN)..=(id, start_ms))
+            .map_err(StoreError::db)?
+            .next_back()
+        {
+            let (_, v) = e.map_err(StoreError::db)?;
+            take(v.value(), &mut blocks)?;
+        }
+        if start_ms.saturating_add(1) < end_ms {
+            for e in table
+                .range((id, start_ms + 1)..(id, end_ms))
+                .map_err(StoreError::db)?
+            {
+                if blocks.done() {
+                    break;
+                }
+                let (_, v) = e.map_err(StoreError::db)?;
+                take(v.value(), &mut blocks)?;
+            }
+        }
+        blocks.push(Vec::new(), i64::MAX);
+        Ok(blocks.truncated)
+    }
+
     fn apply_locked(
         &self,
         st: &mut State,
@@ -410,7 +507,6 @@ impl DiskHistory {
                             sealed_end: None,
                             disk_latest: None,
                             open: BTreeMap::new(),
-                            late: false,
                         },
                     );
                 }
@@ -435,12 +531,11 @@ impl DiskHistory {
                 out.duplicates += 1;
                 continue;
             }
-            if s.sealed_end.is_some_and(|e| ts <= e) {
-                if self.on_disk(&mut txn, &mut cache, s.id, ts)? {
-                    out.duplicates += 1;
-                    continue;
-                }
-                s.late = true;
+            if s.sealed_end.is_some_and(|e| ts <= e)
+                && self.on_disk(&mut txn, &mut cache, s.id, ts)?
+            {
+                out.duplicates += 1;
+                continue;
             }
             s.open.insert(ts, Reading::from_wire(sample));
             s.count += 1;
@@ -469,55 +564,65 @@ impl DiskHistory {
             let mut series_t = txn.open_table(SERIES).map_err(StoreError::db)?;
             let mut offsets = txn.open_table(OFFSETS).map_err(StoreError::db)?;
             let mut meta = txn.open_table(META).map_err(StoreError::db)?;
-            let mut tiers = Vec::with_capacity(TIERS.len());
-            for t in TIERS {
-                tiers.push((
-                    t,
-                    txn.open_table(t.table).map_err(StoreError::db)?,
-                    txn.open_table(t.expiry).map_err(StoreError::db)?,
-                ));
-            }
             for (uuid, s) in &st.series {
                 if s.open.is_empty() && !s.dirty {
                     continue;
                 }
-                // Rollups of the new readings only (a late merge below re-encodes old
-                // readings, whose partials were written by their own flush).
-                for (tier, table, expiry) in &mut tiers {
-                    write_rollups(s, *tier, table, expiry)?;
-                }
                 let (mut sealed_end, mut disk_latest) = (s.sealed_end, s.disk_latest);
-                if let (Some(first), Some(last)) =
-                    (s.open.first_key_value(), s.open.last_key_value())
-                {
-                    let (first, last) = (*first.0, *last.0);
-                    let mut readings: Vec<Reading> = s.open.values().copied().collect();
-                    if s.late {
-                        // Merge with every chunk the new readings overlap.
-                        let mut overlapping = Vec::new();
-                        {
-                            let mut it = chunks
-                                .range((s.id, i64::MIN)..=(s.id, last))
-                                .map_err(StoreError::db)?;
-                            while let Some(e) = it.next_back() {
-                                let (k, v) = e.map_err(StoreError::db)?;
-                                let (end, _, _) = split(v.value())?;
-                                if end < first {
-                                    break;
-                                }
-                                overlapping.push((k.value().1, end, v.value().to_vec()));
+                // Late readings (at or before the newest on disk) merge into the chunk
+                // whose span holds them, or form a chunk in the gap they fall in; the rest
+                // is a new chunk after every other.
+                let split_at = s.sealed_end.map_or(i64::MIN, |e| e.saturating_add(1));
+                let late: Vec<Reading> = s.open.range(..split_at).map(|(_, r)| *r).collect();
+                let fresh: Vec<Reading> = s.open.range(split_at..).map(|(_, r)| *r).collect();
+                let mut writes: Vec<Vec<Reading>> = Vec::new();
+                if let (Some(lo), Some(hi)) = (late.first(), late.last()) {
+                    let mut spans = Vec::new();
+                    {
+                        let mut it = chunks
+                            .range((s.id, i64::MIN)..=(s.id, hi.ts_ms))
+                            .map_err(StoreError::db)?;
+                        while let Some(e) = it.next_back() {
+                            let (k, v) = e.map_err(StoreError::db)?;
+                            let (end, _, _) = split(v.value())?;
+                            if end < lo.ts_ms {
+                                break;
                             }
+                            spans.push((k.value().1, end, v.value().to_vec()));
                         }
-                        for (start, end, value) in overlapping {
-                            let (_, _, body) = split(&value)?;
-                            readings.extend(chunk::decode(body).map_err(corrupt(s.id))?);
-                            chunks.remove((s.id, start)).map_err(StoreError::db)?;
-                            expiry.remove((end, s.id, start)).map_err(StoreError::db)?;
+                    }
+                    spans.reverse();
+                    // Group: (span index, inside it?) — readings before span i and after
+                    // span i-1 form one gap group.
+                    let mut groups: BTreeMap<(usize, bool), Vec<Reading>> = BTreeMap::new();
+                    let mut si = 0;
+                    for r in late {
+                        while si < spans.len() && spans[si].1 < r.ts_ms {
+                            si += 1;
+                        }
+                        let inside = si < spans.len() && spans[si].0 <= r.ts_ms;
+                        groups.entry((si, inside)).or_default().push(r);
+                    }
+                    for ((si, inside), mut rs) in groups {
+                        if inside {
+                            let (start, end, value) = &spans[si];
+                            let (_, _, body) = split(value)?;
+                            rs.extend(chunk::decode(body).map_err(corrupt(s.id))?);
+                            rs.sort_by_key(|r| r.ts_ms);
+                            rs.dedup_by_key(|r| r.ts_ms);
+                            chunks.remove((s.id, *start)).map_err(StoreError::db)?;
+                            expiry
+                                .remove((*end, s.id, *start))
+                                .map_err(StoreError::db)?;
                             bytes -= value.len() as i128;
                         }
-                        readings.sort_by_key(|r| r.ts_ms);
-                        readings.dedup_by_key(|r| r.ts_ms);
+                        writes.push(rs);
                     }
+                }
+                if !fresh.is_empty() {
+                    writes.push(fresh);
+                }
+                for readings in writes {
                     let (first, last) = (readings[0].ts_ms, readings[readings.len() - 1].ts_ms);
                     let body = chunk::encode(&readings).map_err(corrupt(s.id))?;
                     let count = u32::try_from(readings.len())
@@ -561,7 +666,6 @@ impl DiskHistory {
         for (uuid, sealed_end, disk_latest) in sealed {
             if let Some(s) = st.series.get_mut(&uuid) {
                 s.open.clear();
-                s.late = false;
                 s.dirty = false;
                 s.sealed_end = sealed_end;
                 s.disk_latest = disk_latest;
@@ -635,58 +739,79 @@ fn finish(parts: BTreeMap<i64, Partial>, agg: Agg, limit: usize) -> (Vec<AggRow>
     )
 }
 
-/// Writes the partials of `s`'s open readings for `tier`: one chunk per UTC day.
-fn write_rollups(
-    s: &Series,
-    tier: Tier,
-    table: &mut RollupTable<'_>,
-    expiry: &mut RollupExpiry<'_>,
+/// Merges `parts` (of `tier`'s width, all of UTC day `day`) into series `id`'s chunk of
+/// that day.
+fn merge_into_tier(
+    id: u32,
+    day: i64,
+    parts: impl IntoIterator<Item = Partial>,
+    table: &mut TierTable<'_>,
+    expiry: &mut TierExpiry<'_>,
 ) -> Result<(), StoreError> {
-    let mut by_day: BTreeMap<i64, (i64, Vec<Partial>)> = BTreeMap::new();
-    for p in rollup::partials(s.open.values(), tier.width).into_values() {
-        let day = rollup::bucket_of(p.bucket, DAY_MS);
-        by_day
-            .entry(day)
-            .or_insert((i64::MAX, Vec::new()))
-            .1
-            .push(p);
+    let mut merged: BTreeMap<i64, Partial> = BTreeMap::new();
+    if let Some(old) = table.remove((id, day)).map_err(StoreError::db)? {
+        let (_, _, body) = split(old.value())?;
+        for p in rollup::decode(body).map_err(corrupt(id))? {
+            merged.insert(p.bucket, p);
+        }
     }
-    for (day, (first, parts)) in &mut by_day {
-        // The first reading of the day in this flush: unique per GPU (a reading is
-        // flushed once), so it keys the chunk.
-        *first = s
-            .open
-            .range(*day..day.saturating_add(DAY_MS))
-            .next()
-            .map_or(*day, |(k, _)| *k);
-        let end = parts.last().map_or(*day, |p| p.bucket + tier.width);
-        let body = rollup::encode(parts).map_err(corrupt(s.id))?;
-        let mut value = Vec::with_capacity(HEADER + body.len());
-        value.extend_from_slice(&end.to_le_bytes());
-        value.extend_from_slice(&(parts.len() as u32).to_le_bytes());
-        value.extend_from_slice(&body);
-        table
-            .insert((s.id, *day, *first), value.as_slice())
-            .map_err(StoreError::db)?;
-        expiry
-            .insert((end, s.id, *day, *first), value.len() as u64)
-            .map_err(StoreError::db)?;
+    for p in parts {
+        merged
+            .entry(p.bucket)
+            .and_modify(|q| q.merge(&p))
+            .or_insert(p);
     }
+    let parts: Vec<Partial> = merged.into_values().collect();
+    let end = day.saturating_add(DAY_MS);
+    let body = rollup::encode(&parts).map_err(corrupt(id))?;
+    let mut value = Vec::with_capacity(HEADER + body.len());
+    value.extend_from_slice(&end.to_le_bytes());
+    value.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    value.extend_from_slice(&body);
+    table
+        .insert((id, day), value.as_slice())
+        .map_err(StoreError::db)?;
+    expiry
+        .insert((end, id, day), value.len() as u64)
+        .map_err(StoreError::db)?;
     Ok(())
 }
 
-/// Deletes the chunk of expiry entry `key`, counting what it held.
+/// Partials of `width`, grouped by series and UTC day, waiting to be merged into a tier.
+type TierBatch = BTreeMap<(u32, i64), BTreeMap<i64, Partial>>;
+
+fn add_to_batch(batch: &mut TierBatch, id: u32, parts: impl IntoIterator<Item = Partial>) {
+    for p in parts {
+        let day = rollup::bucket_of(p.bucket, DAY_MS);
+        batch
+            .entry((id, day))
+            .or_default()
+            .entry(p.bucket)
+            .and_modify(|q| q.merge(&p))
+            .or_insert(p);
+    }
+}
+
+/// Deletes the raw chunk of expiry entry `key`, counting what it held and rolling its
+/// readings up into 1-minute partials (`rolled`).
 fn drop_chunk(
     key: (i64, u32, i64),
     chunks: &mut redb::Table<'_, (u32, i64), &[u8]>,
     expiry: &mut redb::Table<'_, (i64, u32, i64), u64>,
     dropped: &mut HashMap<u32, u64>,
     bytes: &mut u64,
+    rolled: &mut TierBatch,
 ) -> Result<(), StoreError> {
     let (_, id, start) = key;
     if let Some(v) = chunks.remove((id, start)).map_err(StoreError::db)? {
         let value = v.value();
-        let (_, count, _) = split(value)?;
+        let (_, count, body) = split(value)?;
+        let readings = chunk::decode(body).map_err(corrupt(id))?;
+        add_to_batch(
+            rolled,
+            id,
+            rollup::partials(&readings, TIERS[0].width).into_values(),
+        );
         *dropped.entry(id).or_default() += u64::from(count);
         *bytes = bytes.saturating_sub(value.len() as u64);
     }
@@ -740,69 +865,11 @@ impl History for DiskHistory {
         limit: usize,
         emit: &mut dyn FnMut(Vec<Reading>) -> bool,
     ) -> Result<Option<bool>, StoreError> {
-        // The open readings and the database snapshot are taken under one lock: a flush
-        // (which holds it through its commit) cannot move readings between them.
-        let (id, open, txn) = {
-            let st = self.lock();
-            let Some(s) = st.series.get(uuid) else {
-                return Ok(None);
-            };
-            if start_ms >= end_ms {
-                return Ok(Some(false));
-            }
-            let open: Vec<Reading> = s
-                .open
-                .range(start_ms..end_ms)
-                .map(|(_, r)| *r)
-                .take(limit.saturating_add(1))
-                .collect();
-            (s.id, open, self.db.begin_read().map_err(StoreError::db)?)
+        let Some((id, open, txn)) = self.snapshot(uuid, start_ms, end_ms, limit)? else {
+            return Ok(None);
         };
-        let table = txn.open_table(CHUNKS).map_err(StoreError::db)?;
-        let mut blocks = Blocks {
-            open: open.into_iter().peekable(),
-            sent: 0,
-            limit,
-            truncated: false,
-            stopped: false,
-            emit,
-        };
-        let take = |value: &[u8], blocks: &mut Blocks<'_, '_>| -> Result<(), StoreError> {
-            let (end, _, body) = split(value)?;
-            if end < start_ms {
-                return Ok(());
-            }
-            let rs: Vec<Reading> = chunk::decode(body)
-                .map_err(corrupt(id))?
-                .into_iter()
-                .filter(|r| r.ts_ms >= start_ms && r.ts_ms < end_ms)
-                .collect();
-            blocks.push(rs, end);
-            Ok(())
-        };
-        // The chunk starting at or before `start_ms` may reach into the range.
-        if let Some(e) = table
-            .range((id, i64::MIN)..=(id, start_ms))
-            .map_err(StoreError::db)?
-            .next_back()
-        {
-            let (_, v) = e.map_err(StoreError::db)?;
-            take(v.value(), &mut blocks)?;
-        }
-        if start_ms.saturating_add(1) < end_ms {
-            for e in table
-                .range((id, start_ms + 1)..(id, end_ms))
-                .map_err(StoreError::db)?
-            {
-                if blocks.done() {
-                    break;
-                }
-                let (_, v) = e.map_err(StoreError::db)?;
-                take(v.value(), &mut blocks)?;
-            }
-        }
-        blocks.push(Vec::new(), i64::MAX);
-        Ok(Some(blocks.truncated))
+        self.read_range(id, open, &txn, start_ms, end_ms, limit, emit)
+            .map(Some)
     }
 
     fn aggregate(
@@ -820,49 +887,42 @@ impl History for DiskHistory {
         // Whole buckets: the range is widened to multiples of the step.
         let start = rollup::bucket_of(start_ms, step_ms);
         let end = rollup::bucket_of(end_ms.saturating_sub(1), step_ms).saturating_add(step_ms);
-        // The coarsest tier whose buckets make up the step; raw readings otherwise.
-        let tier = TIERS.iter().rev().find(|t| step_ms % t.width == 0).copied();
-        let Some(tier) = tier else {
-            let Some((readings, _)) = self.range(uuid, start, end, usize::MAX - 1)? else {
-                return Ok(None);
-            };
-            return Ok(Some(finish(
-                rollup::partials(&readings, step_ms),
-                agg,
-                limit,
-            )));
+        // Every reading is in exactly one place: raw (open or on disk), or, once aged out,
+        // one tier. Raw readings, the tiers whose buckets make up the step, all from one
+        // snapshot (a sweep moving readings to a tier cannot be seen half done).
+        let Some((id, open, txn)) = self.snapshot(uuid, start, end, usize::MAX - 1)? else {
+            return Ok(None);
         };
-        // Flushed readings are in the tier; open ones are not yet: take both, under one
-        // lock, as `range` does.
-        let (id, mut parts, txn) = {
-            let st = self.lock();
-            let Some(s) = st.series.get(uuid) else {
-                return Ok(None);
-            };
-            let open = rollup::partials(s.open.range(start..end).map(|(_, r)| r), step_ms);
-            (s.id, open, self.db.begin_read().map_err(StoreError::db)?)
-        };
-        let table = txn.open_table(tier.table).map_err(StoreError::db)?;
-        let (first_day, last_day) = (
-            rollup::bucket_of(start, DAY_MS),
-            rollup::bucket_of(end.saturating_sub(1), DAY_MS),
-        );
-        let mut stored = Vec::new();
-        for e in table
-            .range((id, first_day, i64::MIN)..=(id, last_day, i64::MAX))
-            .map_err(StoreError::db)?
-        {
-            let (_, v) = e.map_err(StoreError::db)?;
-            let (_, _, body) = split(v.value())?;
-            stored.extend(
-                rollup::decode(body)
-                    .map_err(corrupt(id))?
-                    .into_iter()
-                    .filter(|p| p.bucket >= start && p.bucket < end),
+        let mut readings = Vec::new();
+        self.read_range(id, open, &txn, start, end, usize::MAX - 1, &mut |b| {
+            readings.extend(b);
+            true
+        })?;
+        let mut parts = rollup::partials(&readings, step_ms);
+        drop(readings);
+        for t in TIERS.iter().filter(|t| step_ms % t.width == 0) {
+            let table = txn.open_table(t.table).map_err(StoreError::db)?;
+            let (first_day, last_day) = (
+                rollup::bucket_of(start, DAY_MS),
+                rollup::bucket_of(end.saturating_sub(1), DAY_MS),
             );
-        }
-        for (b, p) in rollup::rebucket(stored, step_ms) {
-            parts.entry(b).and_modify(|q| q.merge(&p)).or_insert(p);
+            let mut stored = Vec::new();
+            for e in table
+                .range((id, first_day)..=(id, last_day))
+                .map_err(StoreError::db)?
+            {
+                let (_, v) = e.map_err(StoreError::db)?;
+                let (_, _, body) = split(v.value())?;
+                stored.extend(
+                    rollup::decode(body)
+                        .map_err(corrupt(id))?
+                        .into_iter()
+                        .filter(|p| p.bucket >= start && p.bucket < end),
+                );
+            }
+            for (b, p) in rollup::rebucket(stored, step_ms) {
+                parts.entry(b).and_modify(|q| q.merge(&p)).or_insert(p);
+            }
         }
         Ok(Some(finish(parts, agg, limit)))
     }
@@ -881,7 +941,9 @@ impl History for DiskHistory {
 
     fn sweep(&self, now_ms: i64) -> Result<Swept, StoreError> {
         let mut st = self.lock();
-        let cutoff = now_ms.saturating_sub(ms(self.cfg.retention));
+        // Whole hours: an hour's raw chunks age out together, so its 1-minute rollups are
+        // written once.
+        let cutoff = rollup::bucket_of(now_ms.saturating_sub(ms(self.cfg.retention)), HOUR_MS);
         let txn = self.db.begin_write().map_err(StoreError::db)?;
         let mut dropped: HashMap<u32, u64> = HashMap::new();
         let mut bytes = st.stored_bytes;
@@ -897,8 +959,16 @@ impl History for DiskHistory {
             {
                 victims.push(e.map_err(StoreError::db)?.0.value());
             }
+            let mut rolled = TierBatch::new();
             for key in victims {
-                drop_chunk(key, &mut chunks, &mut expiry, &mut dropped, &mut bytes)?;
+                drop_chunk(
+                    key,
+                    &mut chunks,
+                    &mut expiry,
+                    &mut dropped,
+                    &mut bytes,
+                    &mut rolled,
+                )?;
             }
             while self.cfg.retention_bytes > 0 && bytes > self.cfg.retention_bytes {
                 let Some(first) = expiry.first().map_err(StoreError::db)? else {
@@ -906,27 +976,45 @@ impl History for DiskHistory {
                 };
                 let key = first.0.value();
                 drop(first);
-                drop_chunk(key, &mut chunks, &mut expiry, &mut dropped, &mut bytes)?;
+                drop_chunk(
+                    key,
+                    &mut chunks,
+                    &mut expiry,
+                    &mut dropped,
+                    &mut bytes,
+                    &mut rolled,
+                )?;
             }
-            // Rollups, each tier by its own retention.
+            // Raw readings that aged out live on as 1-minute rollups; 1-minute rollups
+            // that age out (whole days) as 1-hour ones; then they go.
+            let keeps = [self.cfg.retention_1m, self.cfg.retention_1h];
             let mut has_rollups: std::collections::HashSet<u32> = std::collections::HashSet::new();
-            for (t, keep) in TIERS
-                .iter()
-                .zip([self.cfg.retention_1m, self.cfg.retention_1h])
-            {
-                let cutoff = now_ms.saturating_sub(ms(keep));
+            for (ti, (t, keep)) in TIERS.iter().zip(keeps).enumerate() {
                 let mut table = txn.open_table(t.table).map_err(StoreError::db)?;
                 let mut exp = txn.open_table(t.expiry).map_err(StoreError::db)?;
+                for ((id, day), parts) in std::mem::take(&mut rolled) {
+                    merge_into_tier(id, day, parts.into_values(), &mut table, &mut exp)?;
+                }
+                let tier_cutoff = now_ms.saturating_sub(ms(keep));
                 let mut victims = Vec::new();
                 for e in exp
-                    .range((i64::MIN, 0, i64::MIN, i64::MIN)..(cutoff, 0, i64::MIN, i64::MIN))
+                    .range((i64::MIN, 0, i64::MIN)..=(tier_cutoff, u32::MAX, i64::MAX))
                     .map_err(StoreError::db)?
                 {
                     victims.push(e.map_err(StoreError::db)?.0.value());
                 }
                 for key in victims {
-                    let (_, id, day, first) = key;
-                    table.remove((id, day, first)).map_err(StoreError::db)?;
+                    let (_, id, day) = key;
+                    let old = table.remove((id, day)).map_err(StoreError::db)?;
+                    if let (Some(v), Some(next)) = (old, TIERS.get(ti + 1)) {
+                        let (_, _, body) = split(v.value())?;
+                        let parts = rollup::decode(body).map_err(corrupt(id))?;
+                        add_to_batch(
+                            &mut rolled,
+                            id,
+                            rollup::rebucket(parts, next.width).into_values(),
+                        );
+                    }
                     exp.remove(key).map_err(StoreError::db)?;
                 }
                 let candidates = st
@@ -937,7 +1025,7 @@ impl History for DiskHistory {
                     .collect::<Vec<_>>();
                 for id in &candidates {
                     if table
-                        .range((*id, i64::MIN, i64::MIN)..=(*id, i64::MAX, i64::MAX))
+                        .range((*id, i64::MIN)..=(*id, i64::MAX))
                         .map_err(StoreError::db)?
                         .next()
                         .is_some()
@@ -1098,6 +1186,41 @@ mod tests {
     }
 
     #[test]
+    fn a_late_reading_joins_only_the_chunk_or_gap_it_falls_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = DiskHistory::open(cfg(dir.path())).unwrap();
+        h.apply(&batch("n", "GPU-1", &secs(0..10))).unwrap();
+        h.flush().unwrap();
+        h.apply(&batch("n", "GPU-1", &secs(20..30))).unwrap();
+        h.flush().unwrap();
+        // Late: one inside the first chunk, one in the gap; and a fresh one.
+        h.apply(&batch("n", "GPU-1", &[5_500, 15_000, 40_000]))
+            .unwrap();
+        h.flush().unwrap();
+        let spans: Vec<(i64, i64)> = {
+            let r = h.db.begin_read().unwrap();
+            let t = r.open_table(CHUNKS).unwrap();
+            t.iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value().1, split(v.value()).unwrap().0)
+                })
+                .collect()
+        };
+        assert_eq!(
+            spans,
+            [
+                (0, 9_000),
+                (15_000, 15_000),
+                (20_000, 29_000),
+                (40_000, 40_000)
+            ]
+        );
+        assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 100).0.len(), 23);
+    }
+
+    #[test]
     fn data_offsets_and_inventory_survive_a_reopen_but_unflushed_data_does_not() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -1150,17 +1273,20 @@ mod tests {
         h.apply(&batch("n", "GPU-old", &secs(1..=10))).unwrap();
         h.apply(&batch("n", "GPU-live", &secs(1..=10))).unwrap();
         h.flush().unwrap();
-        h.apply(&batch("n", "GPU-live", &secs(200..=210))).unwrap();
+        h.apply(&batch("n", "GPU-live", &secs(3700..=3710)))
+            .unwrap();
         h.flush().unwrap();
         let before = h.stored_bytes();
-        let mut swept = h.sweep(250_000).unwrap();
+        // Raw retention ends at whole hours: 100 s before now, rounded down to 1 h.
+        let mut swept = h.sweep(3_700_001).unwrap();
         swept.counts.sort();
         assert_eq!(swept.samples, 20);
         assert_eq!(
             swept.counts,
             [("GPU-live".to_string(), 11), ("GPU-old".to_string(), 0)]
         );
-        // GPU-old's hour of rollups (until 1 h + 100 s) keeps it known.
+        // GPU-old's 1-minute rollups (a day's chunk, kept until the day's end + 100 s) keep
+        // it known.
         assert!(swept.gone.is_empty());
         assert!(h.stored_bytes() < before);
         assert!(
@@ -1170,13 +1296,13 @@ mod tests {
                 .0
                 .is_empty()
         );
-        assert_eq!(times(&h, "GPU-live", 0, i64::MAX, 100).0, secs(200..=210));
+        assert_eq!(times(&h, "GPU-live", 0, i64::MAX, 100).0, secs(3700..=3710));
         drop(h);
         let h = DiskHistory::open(c).unwrap();
         let mut counts: Vec<u64> = h.series().unwrap().iter().map(|s| s.sample_count).collect();
         counts.sort_unstable();
         assert_eq!(counts, [0, 11]);
-        let mut swept = h.sweep(3_600_000 + 100_001).unwrap();
+        let mut swept = h.sweep(86_400_000 + 100_001).unwrap();
         swept.gone.sort();
         assert_eq!(swept.gone, ["GPU-live", "GPU-old"]);
         assert!(h.series().unwrap().is_empty());
@@ -1242,13 +1368,13 @@ mod tests {
     }
 
     #[test]
-    fn aggregates_from_tiers_equal_aggregates_of_the_raw_readings() {
+    fn aggregates_over_tiers_and_raw_readings_equal_aggregates_of_every_reading() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg(dir.path());
-        c.retention = Duration::from_secs(86_400);
+        c.retention = Duration::from_secs(7200);
         let h = DiskHistory::open(c).unwrap();
         // 2 h of readings in uneven flushes, the last part left unflushed, and a late
-        // batch that lands in already-flushed buckets.
+        // batch that lands in flushed chunks.
         let all: Vec<i64> = secs(0..7200)
             .into_iter()
             .filter(|t| t % 7000 != 0)
@@ -1261,30 +1387,48 @@ mod tests {
         }
         let late: Vec<i64> = (0..7200)
             .map(|k| k * 7000)
-            .filter(|t| *t < 7_200_000)
+            .filter(|t| *t < 1_200_000)
             .collect();
         h.apply(&batch("n", "GPU-1", &late)).unwrap();
-        let readings: Vec<Reading> = h.range("GPU-1", 0, i64::MAX, 100_000).unwrap().unwrap().0;
-        assert_eq!(readings.len(), 7200);
-        for agg in [Agg::Avg, Agg::Min, Agg::Max, Agg::Last, Agg::Count] {
-            for step in [60_000, 300_000, 3_600_000, 7_200_000] {
-                let want: Vec<_> =
-                    rollup::rows(rollup::partials(&readings, step).into_values(), agg)
-                        .iter()
-                        .map(|r| (r.ts_ms, r.values[0], r.values[5]))
-                        .collect();
-                assert_eq!(agg_of(&h, step, agg), want, "{agg:?} step {step}");
-            }
-        }
-        // A step of no tier (45 s) comes from the raw readings.
-        assert_eq!(agg_of(&h, 45_000, Agg::Count).len(), 160);
         h.flush().unwrap();
+        h.apply(&batch("n", "GPU-1", &secs(7200..7300))).unwrap();
+        let readings: Vec<Reading> = h.range("GPU-1", 0, i64::MAX, 100_000).unwrap().unwrap().0;
+        let stored = readings.len();
+        assert_eq!(stored, 7300 - (7200 / 7 - 1200 / 7));
+        let want = |step: i64, agg: Agg| -> Vec<(i64, Option<f64>, Option<f64>)> {
+            rollup::rows(rollup::partials(&readings, step).into_values(), agg)
+                .iter()
+                .map(|r| (r.ts_ms, r.values[0], r.values[5]))
+                .collect()
+        };
+        let check = |h: &DiskHistory| {
+            for agg in [Agg::Avg, Agg::Min, Agg::Max, Agg::Last, Agg::Count] {
+                for step in [60_000, 300_000, 3_600_000, 7_200_000] {
+                    assert_eq!(agg_of(h, step, agg), want(step, agg), "{agg:?} step {step}");
+                }
+            }
+        };
+        check(&h);
+        // The chunks ending in the first hour age out of raw retention into the 1-minute
+        // tier; the answers stay the same.
+        let swept = h.sweep(3_600_000 + 7_200_000).unwrap();
+        // Two flushed chunks of 1,234, and the 172 late readings merged into the first.
+        assert_eq!(swept.samples, 2 * 1234 + 172, "{swept:?}");
+        assert!(
+            h.range("GPU-1", 0, 2_400_000, 10)
+                .unwrap()
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        check(&h);
+        // A step no tier divides reads raw readings only.
         assert_eq!(
-            agg_of(&h, 60_000, Agg::Count)
+            agg_of(&h, 45_000, Agg::Count)
                 .iter()
                 .map(|r| r.1.unwrap())
                 .sum::<f64>(),
-            7200.0
+            (stored as u64 - swept.samples) as f64
         );
         let (rows, more) = h
             .aggregate("GPU-1", 0, 7_200_000, 60_000, Agg::Avg, 10)
@@ -1307,6 +1451,7 @@ mod tests {
         h.apply(&batch("n", "GPU-1", &secs(0..3600))).unwrap();
         h.flush().unwrap();
         let before = agg_of(&h, 3_600_000, Agg::Avg);
+        let minutes = agg_of(&h, 60_000, Agg::Max);
         let swept = h.sweep(3_600_000 + 700_000).unwrap();
         assert_eq!(swept.samples, 3600);
         assert!(swept.gone.is_empty(), "rollups remain: the GPU stays");
@@ -1318,9 +1463,9 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(agg_of(&h, 3_600_000, Agg::Avg), before);
-        assert_eq!(agg_of(&h, 60_000, Agg::Count).len(), 60);
-        // Past the 1-minute tier's retention only the hours are left; past the hour's,
-        // nothing, and the GPU goes.
+        assert_eq!(agg_of(&h, 60_000, Agg::Max), minutes);
+        // Past the 1-minute tier's retention the day becomes hours: still the same hour,
+        // no more minutes; past the hour tier's, nothing, and the GPU goes.
         let swept = h.sweep(3_600_000 + 91 * 86_400_000).unwrap();
         assert!(swept.gone.is_empty());
         assert!(agg_of(&h, 60_000, Agg::Count).is_empty());
