@@ -187,7 +187,7 @@ async fn get_gpu(
         ("end_time" = Option<String>, Query, description = "RFC 3339, exclusive; default now"),
         ("metrics" = Option<String>, Query, description = "Comma-separated metric names; default all"),
         ("limit" = Option<u32>, Query, description = "At most this many samples (1..=100000, default 10000)"),
-        ("step" = Option<String>, Query, description = "Bucket width (1s..366d, e.g. 1m, 15m, 1h): one sample per bucket, aligned to multiples of the step since the epoch; the window widens to whole buckets. Whole minutes and hours come from the rollup tiers (kept longer than raw samples)"),
+        ("step" = Option<String>, Query, description = "Bucket width (1s..366d, e.g. 1m, 15m, 1h): one sample per bucket, aligned to multiples of the step since the epoch; the window widens to whole buckets. Steps of whole minutes (hours) also read the 1-minute (1-hour) rollups, which outlive raw samples"),
         ("agg" = Option<String>, Query, description = "With step: avg (default), min, max, last or count")),
     responses(
         (status = 200, description = "Samples in time order", body = Telemetry<'_>),

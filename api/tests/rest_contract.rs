@@ -147,7 +147,7 @@ async fn step_and_agg_give_one_sample_per_bucket_in_metric_units() {
     let t = format!(
         "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T14:00:00Z&end_time=2026-09-21T15:00:00Z"
     );
-    // One hour bucket (answered from the 1-hour tier plus the unflushed buffer).
+    // One hour bucket (from the raw samples: nothing has aged into a rollup tier yet).
     use serde_json::json;
     for (agg, util, power) in [
         ("avg", json!(20), json!(100.5)),

@@ -108,13 +108,20 @@ fn fill(
             spent += t.elapsed();
         }
         if r % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            // The streamer's maintenance: a flush every 10 minutes, and sweeps (which
+            // compact completed hours), counted as ingest cost.
             let t = Instant::now();
             store.flush().unwrap();
+            store.sweep(T0 + r * 1000).unwrap();
             spent += t.elapsed();
         }
     }
     let t = Instant::now();
     store.flush().unwrap();
+    // The hours completed at the end get compacted too, as the next sweeps would.
+    for _ in 0..=gpus.div_ceil(250) {
+        store.sweep(T0 + rounds * 1000 + 3_600_000).unwrap();
+    }
     spent += t.elapsed();
     Filled {
         samples,

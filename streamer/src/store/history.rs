@@ -144,9 +144,9 @@ pub trait History: Send + Sync + 'static {
 
     /// Aggregates of `uuid`'s readings in buckets `step_ms` wide (aligned to multiples of
     /// the step since the epoch; the range is widened to whole buckets), oldest first, at
-    /// most `limit` buckets; the flag says whether there were more. Steps that are whole
-    /// hours or minutes are answered from the rollup tiers (kept longer than raw readings);
-    /// other steps from the raw readings. `None` when the GPU is unknown.
+    /// most `limit` buckets; the flag says whether there were more. Raw readings in the
+    /// window, plus the rollup tiers whose bucket width divides the step (they hold what
+    /// aged out of raw retention). `None` when the GPU is unknown.
     ///
     /// # Errors
     /// [`StoreError`] when reading fails.

@@ -1,6 +1,6 @@
 //! Rollups, free of I/O: per-bucket partial aggregates of a GPU's readings (min, max, sum,
-//! count and last of every column), which merge exactly, so partials written by different
-//! flushes for the same bucket combine into the bucket's true aggregate.
+//! count and last of every column), which merge exactly: partials of the same bucket made
+//! from different readings combine into the bucket's true aggregate.
 //!
 //! Stored partials (the 1-minute and 1-hour tiers) are encoded as six [`super::chunk`]s of
 //! [`Reading`]s, one row per bucket (its start as the time): min, max, sum, count, last,
