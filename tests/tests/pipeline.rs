@@ -361,3 +361,175 @@ async fn streamer_and_broker_killed_broker_back_empty_history_kept_and_new_recor
     let stamps = assert_exact_samples(&http, &base, &n.api_key, &list).await;
     assert!(stamps.values().all(|s| s.len() == 40));
 }
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap()
+        .format(&Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamer_killed_amid_rollups_keeps_every_sample_once_in_raw_or_rollups() {
+    use common_auth::RecordSigner;
+    use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
+    use msg_queue_client::wire::seal;
+    const ROUNDS: i64 = 1080; // 3 h at one sample per 10 s
+    let broker = Broker::start();
+    let n = Names::fresh("rollup-crash");
+    msg_queue_client::topic::ensure_topic(&broker.addr, &n.topic, 4, 1)
+        .await
+        .unwrap();
+    // Raw samples older than 1 h (whole hours) roll up while the data streams in.
+    let flags = [BUSY_STORE, &["--retention", "1h"]].concat();
+    let spawn = || {
+        spawn_streamer_with(
+            &broker,
+            &n,
+            free_port_of(&n),
+            &flags,
+            &[("SERVICE_TOKEN", n.token.clone())],
+        )
+    };
+    let mut streamer = spawn();
+    let (_api, base) = spawn_api(&n, free_port_of(&n));
+    let now = collector::sampler::now_ms();
+    let t0 = now - now.rem_euclid(3_600_000) - 3 * 3_600_000;
+    let fleet = SimulatedSource::new(SPEC);
+    let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &n.topic)).unwrap();
+    let signer = RecordSigner::new(&secrecy::SecretString::from(n.token.clone()));
+    // About 40 s of records, in time order, while the streamer is killed five times.
+    let produce = tokio::spawn(async move {
+        for r in 0..ROUNDS {
+            for node in 0..SPEC.nodes {
+                let rec = seal(&signer, &fleet.batch(node, t0 + r * 10_000));
+                producer.send(&rec).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(35)).await;
+        }
+    });
+    let http = reqwest::Client::new();
+    let mut seed = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos(),
+    );
+    println!("kill-moment seed {seed}");
+    for kill in 0..5 {
+        eventually(Duration::from_secs(60), "the streamer flushes", || async {
+            (streamer_counter(&http, &base, "streamer_store_flushes_total").await > 0).then_some(())
+        })
+        .await;
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let pause = Duration::from_millis(seed >> 33 & 0xff);
+        tokio::time::sleep(pause).await;
+        println!("kill {kill} after {pause:?}");
+        streamer.kill9();
+        streamer = spawn();
+    }
+    assert!(
+        !produce.is_finished(),
+        "every kill landed while records were still coming"
+    );
+    produce.await.unwrap();
+
+    let window = format!(
+        "start_time={}&end_time={}",
+        rfc3339(t0),
+        rfc3339(t0 + ROUNDS * 10_000)
+    );
+    let list = eventually(Duration::from_secs(90), "every sample counted once", || async {
+        let (s, body) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
+        let list = body["gpus"].as_array().filter(|g| s == 200 && g.len() == 16)?.clone();
+        for g in &list {
+            let uuid = g["uuid"].as_str()?;
+            let url = format!("{base}/api/v1/gpus/{uuid}/telemetry?{window}&step=3h&agg=count&metrics=gpu_utilization_percent");
+            let (_, body) = get_json(&http, &url, Some(&n.api_key)).await;
+            let total: f64 = body["samples"].as_array()?.iter().filter_map(|s| s["gpu_utilization_percent"].as_f64()).sum();
+            if total != ROUNDS as f64 {
+                return None;
+            }
+        }
+        Some(list)
+    })
+    .await;
+    drop(list);
+    // The list (the api's mirror) shows the newest round once it has caught up.
+    let newest = t0 + (ROUNDS - 1) * 10_000;
+    let list = eventually(
+        Duration::from_secs(30),
+        "the list shows the newest round",
+        || async {
+            let (_, body) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
+            let list = body["gpus"].as_array()?.clone();
+            list.iter()
+                .all(|g| g["last_seen"].as_str().map(ms) == Some(newest))
+                .then_some(list)
+        },
+    )
+    .await;
+    // Some hours were rolled up and left raw retention: what is raw is exact, and every
+    // minute's count, min and max (raw and rollups together) is that of the generated data.
+    let rolled_up = streamer_counter(&http, &base, "streamer_samples_swept_total").await;
+    for g in &list {
+        let uuid = g["uuid"].as_str().unwrap();
+        let node: u32 = g["node"].as_str().unwrap()[9..].parse().unwrap();
+        let index = g["index"].as_u64().unwrap() as u32;
+        let mut want: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+        for r in 0..ROUNDS {
+            let t = t0 + r * 10_000;
+            let s = SimulatedSource::sample(SPEC, node, index, uuid, t);
+            want.entry(t - t.rem_euclid(60_000))
+                .or_default()
+                .push(f64::from(s.power_usage_milliwatts.unwrap()) / 1000.0);
+        }
+        for (agg, f) in [
+            (
+                "count",
+                (|v: &Vec<f64>| v.len() as f64) as fn(&Vec<f64>) -> f64,
+            ),
+            ("min", |v| v.iter().cloned().fold(f64::MAX, f64::min)),
+            ("max", |v| v.iter().cloned().fold(f64::MIN, f64::max)),
+        ] {
+            let url = format!(
+                "{base}/api/v1/gpus/{uuid}/telemetry?{window}&step=1m&agg={agg}&metrics=power_usage_watts&limit=1000"
+            );
+            let (s, body) = get_json(&http, &url, Some(&n.api_key)).await;
+            assert_eq!(s, 200, "{body}");
+            let got: Vec<(i64, f64)> = body["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        ms(s["timestamp"].as_str().unwrap()),
+                        s["power_usage_watts"].as_f64().unwrap(),
+                    )
+                })
+                .collect();
+            let expected: Vec<(i64, f64)> = want.iter().map(|(t, v)| (*t, f(v))).collect();
+            assert_eq!(got, expected, "{uuid} {agg}");
+        }
+    }
+    let stamps = assert_exact_samples(&http, &base, &n.api_key, &list).await;
+    let raw: usize = stamps.values().map(Vec::len).sum();
+    println!("raw samples left {raw}, rolled up by the last streamer {rolled_up}");
+    assert!(raw < 16 * ROUNDS as usize, "some hours were rolled up");
+    let later = collector::sampler::now_ms();
+    if later - later.rem_euclid(3_600_000) == now - now.rem_euclid(3_600_000) {
+        assert!(raw > 0, "the newest hour is raw");
+    }
+}
+
+/// The gRPC port of a test's streamer, the same for every restart.
+fn free_port_of(n: &Names) -> u16 {
+    use std::sync::{Mutex, OnceLock};
+    static PORTS: OnceLock<Mutex<BTreeMap<String, u16>>> = OnceLock::new();
+    *PORTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(n.topic.clone())
+        .or_insert_with(free_port)
+}

@@ -145,6 +145,9 @@ struct Series {
     count: u64,
     // Newest time on disk.
     sealed_end: Option<i64>,
+    // Newest time of the raw chunks that aged out into rollups: readings at or before it
+    // are not stored again (they may be counted in a rollup already).
+    rolled_to: i64,
     // Hours before this are compacted (one chunk per hour where the flushes allowed).
     compacted_to: i64,
     // Newest reading on disk.
@@ -168,13 +171,20 @@ impl Series {
         }
     }
 
-    fn record(&self, sealed_end: Option<i64>, disk_latest: Option<Reading>, count: u64) -> Vec<u8> {
+    fn record(
+        &self,
+        sealed_end: Option<i64>,
+        disk_latest: Option<Reading>,
+        count: u64,
+        rolled_to: i64,
+    ) -> Vec<u8> {
         proto::SeriesRecord {
             id: self.id,
             info: Some(self.info.clone()),
             info_at_ms: self.info_at_ms,
             sample_count: count,
             sealed_end_ms: sealed_end,
+            rolled_to_ms: (rolled_to != i64::MIN).then_some(rolled_to),
             latest: disk_latest.map(|r| r.to_wire()),
         }
         .encode_to_vec()
@@ -293,6 +303,7 @@ impl DiskHistory {
                     count: rec.sample_count,
                     sealed_end: rec.sealed_end_ms,
                     compacted_to: i64::MIN,
+                    rolled_to: rec.rolled_to_ms.unwrap_or(i64::MIN),
                     disk_latest: rec.latest.as_ref().map(Reading::from_wire),
                     open: BTreeMap::new(),
                 },
@@ -509,6 +520,7 @@ impl DiskHistory {
                             count: 0,
                             sealed_end: None,
                             compacted_to: i64::MIN,
+                            rolled_to: i64::MIN,
                             disk_latest: None,
                             open: BTreeMap::new(),
                         },
@@ -527,7 +539,7 @@ impl DiskHistory {
                 continue;
             };
             let ts = sample.timestamp_ms;
-            if s.newest().is_some_and(|n| ts < n.saturating_sub(retention)) {
+            if ts <= s.rolled_to || s.newest().is_some_and(|n| ts < n.saturating_sub(retention)) {
                 out.expired += 1;
                 continue;
             }
@@ -645,7 +657,8 @@ impl DiskHistory {
                 series_t
                     .insert(
                         uuid.as_str(),
-                        s.record(sealed_end, disk_latest, s.count).as_slice(),
+                        s.record(sealed_end, disk_latest, s.count, s.rolled_to)
+                            .as_slice(),
                     )
                     .map_err(StoreError::db)?;
                 sealed.push((uuid.clone(), sealed_end, disk_latest));
@@ -863,8 +876,11 @@ fn drop_chunk(
     dropped: &mut HashMap<u32, u64>,
     bytes: &mut u64,
     rolled: &mut TierBatch,
+    rolled_ends: &mut HashMap<u32, i64>,
 ) -> Result<(), StoreError> {
-    let (_, id, start) = key;
+    let (end, id, start) = key;
+    let e = rolled_ends.entry(id).or_insert(end);
+    *e = (*e).max(end);
     if let Some(v) = chunks.remove((id, start)).map_err(StoreError::db)? {
         let value = v.value();
         let (_, count, body) = split(value)?;
@@ -1012,6 +1028,8 @@ impl History for DiskHistory {
         let mut out = Swept::default();
         let mut records: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut compacted: Vec<(u32, i64)> = Vec::new();
+        // Per series, the newest time of the raw chunks rolled up in this sweep.
+        let mut rolled_ends: HashMap<u32, i64> = HashMap::new();
         {
             let mut chunks = txn.open_table(CHUNKS).map_err(StoreError::db)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(StoreError::db)?;
@@ -1031,6 +1049,7 @@ impl History for DiskHistory {
                     &mut dropped,
                     &mut bytes,
                     &mut rolled,
+                    &mut rolled_ends,
                 )?;
             }
             while self.cfg.retention_bytes > 0 && bytes > self.cfg.retention_bytes {
@@ -1046,6 +1065,7 @@ impl History for DiskHistory {
                     &mut dropped,
                     &mut bytes,
                     &mut rolled,
+                    &mut rolled_ends,
                 )?;
             }
             // Raw readings that aged out live on as 1-minute rollups; 1-minute rollups
@@ -1136,7 +1156,13 @@ impl History for DiskHistory {
                     series_t.remove(uuid.as_str()).map_err(StoreError::db)?;
                     records.push((uuid.clone(), None));
                 } else {
-                    let rec = s.record(s.sealed_end, disk_latest, count - s.open.len() as u64);
+                    let rolled_to = rolled_ends.get(&s.id).copied().unwrap_or(i64::MIN);
+                    let rec = s.record(
+                        s.sealed_end,
+                        disk_latest,
+                        count - s.open.len() as u64,
+                        s.rolled_to.max(rolled_to),
+                    );
                     series_t
                         .insert(uuid.as_str(), rec.as_slice())
                         .map_err(StoreError::db)?;
@@ -1165,6 +1191,9 @@ impl History for DiskHistory {
                             continue;
                         };
                         s.count = s.count.saturating_sub(n);
+                        if let Some(r) = rolled_ends.get(&s.id) {
+                            s.rolled_to = s.rolled_to.max(*r);
+                        }
                         out.counts.push((uuid, s.count));
                     }
                 }
@@ -1590,6 +1619,11 @@ mod tests {
         );
         assert_eq!(agg_of(&h, 3_600_000, Agg::Avg), before);
         assert_eq!(agg_of(&h, 60_000, Agg::Max), minutes);
+        // A redelivery of readings already rolled up is not stored again (it would count
+        // twice): expired, also after a reopen.
+        let (a, _) = h.apply(&batch("n", "GPU-1", &secs(10..20))).unwrap();
+        assert_eq!((a.inserted, a.expired), (0, 10));
+        assert_eq!(agg_of(&h, 3_600_000, Agg::Avg), before);
         // Past the 1-minute tier's retention the day becomes hours: still the same hour,
         // no more minutes; past the hour tier's, nothing, and the GPU goes.
         let swept = h.sweep(3_600_000 + 91 * 86_400_000).unwrap();
