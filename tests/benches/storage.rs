@@ -180,6 +180,14 @@ async fn main() {
         "  on disk: {file} bytes = {:.3} bytes per metric point",
         file as f64 / f.points as f64
     );
+    {
+        let h = streamer::store::DiskHistory::open(DiskConfig::new(&dir)).unwrap();
+        println!(
+            "  of which chunk values (the data itself): {} bytes = {:.3} bytes per metric point; the rest is the database's pages, index and free space",
+            h.stored_bytes(),
+            h.stored_bytes() as f64 / f.points as f64
+        );
+    }
     let mut opens = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
@@ -425,6 +433,13 @@ async fn main() {
     }
     let vm_bytes = dir_bytes(&vm_dir);
     let ours_bytes = dir_bytes(&ours_dir);
+    let ours_values = streamer::store::DiskHistory::open(DiskConfig::new(&ours_dir))
+        .unwrap()
+        .stored_bytes();
+    println!(
+        "  ours: chunk values {ours_values} B = {:.3} B/point",
+        ours_values as f64 / f2.points as f64
+    );
     println!(
         "side by side: {vm_gpus} GPUs x {hours} h = {} metric points, same points both sides",
         f2.points
