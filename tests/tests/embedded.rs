@@ -79,7 +79,10 @@ async fn embedded_mode_keeps_what_it_served_across_a_clean_stop_and_a_kill_9() {
         },
     )
     .await;
-    println!("served before the kill: {:?}", served.iter().map(|g| g.1).collect::<Vec<_>>());
+    println!(
+        "served before the kill: {:?}",
+        served.iter().map(|g| g.1).collect::<Vec<_>>()
+    );
     // kill -9: nothing the API had served is lost (every batch is in the fsynced
     // write-ahead log before it is served).
     api.kill9();
