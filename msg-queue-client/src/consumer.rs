@@ -1,8 +1,10 @@
 //! The typed telemetry consumer: a consumer-group member whose *store* owns the offsets.
 //!
 //! On every partition assignment the consumer asks its [`OffsetSource`] where to start: the
-//! offset the store has durably covered, or `None` for "from the start of retention" (an
-//! in-memory store after a restart). Kafka group commits, made by [`TelemetryConsumer::commit`]
+//! offset the store has durably covered, or `None` for "from the start of retention" (a store
+//! that has covered nothing yet, such as a new data directory). A stored offset the broker no
+//! longer has (past its log end: topic recreated, broker replaced) is reported once and the
+//! partition read from its start. Kafka group commits, made by [`TelemetryConsumer::commit`]
 //! only after the caller stored the data, then serve lag monitoring, not correctness.
 
 use std::sync::Arc;
