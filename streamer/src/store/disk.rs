@@ -806,8 +806,9 @@ fn add_to_batch(batch: &mut TierBatch, id: u32, parts: impl IntoIterator<Item = 
 /// GPUs whose completed hours one sweep compacts at most.
 const COMPACT_PER_SWEEP: usize = 250;
 
-/// Merges series `id`'s chunks lying wholly within one UTC hour in `[from, to)` into one
-/// chunk per hour.
+/// Merges series `id`'s chunks that start in the same UTC hour of `[from, to)` into one
+/// chunk per hour (the last may reach into the next hour: chunks never overlap, so the next
+/// hour's start after it).
 fn compact_series(
     id: u32,
     from: i64,
@@ -823,9 +824,7 @@ fn compact_series(
         let start = k.value().1;
         let (end, _, _) = split(v.value())?;
         let hour = rollup::bucket_of(start, HOUR_MS);
-        if end < hour + HOUR_MS && end < to {
-            hours.entry(hour).or_default().push((start, end));
-        }
+        hours.entry(hour).or_default().push((start, end));
     }
     for group in hours.into_values().filter(|g| g.len() > 1) {
         let mut readings = Vec::new();
@@ -1117,7 +1116,7 @@ impl History for DiskHistory {
                     }
                 }
             }
-            // Compaction: a GPU's chunks that lie within one completed UTC hour become one
+            // Compaction: a GPU's chunks that start in one completed UTC hour become one
             // (flushes cut every 10 minutes; an hour-long chunk compresses better and wastes
             // less of its database page). A bounded number of GPUs per sweep.
             for s in st.series.values() {
@@ -1356,17 +1355,9 @@ mod tests {
         let before = times(&h, "GPU-1", 0, i64::MAX, 100_000).0;
         let bytes = h.stored_bytes();
         h.sweep(7_500_000).unwrap();
-        // 00:05-00:55 and 01:05-01:55 become one chunk each; 00:55-01:05 and 01:55-02:05
-        // span two hours and stay.
-        assert_eq!(
-            spans(&h),
-            [
-                (300_000, 3_299_000),
-                (3_300_000, 3_899_000),
-                (3_900_000, 6_899_000),
-                (6_900_000, 7_499_000)
-            ]
-        );
+        // The chunks starting in 00:00-01:00 become one (reaching 01:05), so do those
+        // starting in 01:00-02:00 (reaching 02:05).
+        assert_eq!(spans(&h), [(300_000, 3_899_000), (3_900_000, 7_499_000)]);
         assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 100_000).0, before);
         assert!(h.stored_bytes() < bytes);
         // Nothing more to do for the same hours.
