@@ -40,23 +40,8 @@ pub struct StreamerConfig {
     /// Directory of the durable store (created if missing; one streamer per directory).
     #[arg(long, env = "STREAMER_DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,
-    /// Raw samples kept (by age).
-    #[arg(long, env = "STREAMER_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
-    pub retention: Duration,
-    /// How long 1-minute rollups (min, max, avg, last, count) are kept.
-    #[arg(long = "retention-1m", env = "STREAMER_RETENTION_1M", default_value = "90d", value_parser = humantime::parse_duration)]
-    pub retention_1m: Duration,
-    /// How long 1-hour rollups are kept.
-    #[arg(long = "retention-1h", env = "STREAMER_RETENTION_1H", default_value = "730d", value_parser = humantime::parse_duration)]
-    pub retention_1h: Duration,
-    /// Also drop the oldest raw samples while their chunks exceed this many bytes (0: no
-    /// limit; e.g. 80% of the volume).
-    #[arg(long, env = "STREAMER_RETENTION_BYTES", default_value_t = 0)]
-    pub retention_bytes: u64,
-    /// How often buffered samples are written to disk. A kill re-reads at most this much
-    /// from Kafka, so keep it well under the topic's retention.
-    #[arg(long, env = "STREAMER_FLUSH_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub flush_interval: Duration,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// How often samples past retention are swept.
     #[arg(long, env = "STREAMER_SWEEP_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
@@ -78,12 +63,43 @@ impl StreamerConfig {
     /// The store settings these flags give.
     pub fn disk_config(&self) -> crate::store::DiskConfig {
         let mut d = crate::store::DiskConfig::new(&self.data_dir);
+        self.store.apply(&mut d);
+        d.max_open_samples = self.max_buffered_samples;
+        d
+    }
+}
+
+/// Retention and flush flags of a durable store: the streamer's, and the api's in embedded
+/// mode.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Raw samples kept (by age).
+    #[arg(long, env = "STREAMER_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// How long 1-minute rollups (min, max, avg, last, count) are kept.
+    #[arg(long = "retention-1m", env = "STREAMER_RETENTION_1M", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub retention_1m: Duration,
+    /// How long 1-hour rollups are kept.
+    #[arg(long = "retention-1h", env = "STREAMER_RETENTION_1H", default_value = "730d", value_parser = humantime::parse_duration)]
+    pub retention_1h: Duration,
+    /// Also drop the oldest raw samples while their chunks exceed this many bytes (0: no
+    /// limit; e.g. 80% of the volume).
+    #[arg(long, env = "STREAMER_RETENTION_BYTES", default_value_t = 0)]
+    pub retention_bytes: u64,
+    /// How often buffered samples are compressed to disk. After a kill the streamer
+    /// re-reads at most this much from Kafka (keep it well under the topic's retention);
+    /// the embedded api has them in its write-ahead log.
+    #[arg(long, env = "STREAMER_FLUSH_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
+}
+
+impl StoreArgs {
+    /// Sets these flags' fields of `d`.
+    pub fn apply(&self, d: &mut crate::store::DiskConfig) {
         d.retention = self.retention;
         d.retention_bytes = self.retention_bytes;
         d.retention_1m = self.retention_1m;
         d.retention_1h = self.retention_1h;
         d.flush_interval = self.flush_interval;
-        d.max_open_samples = self.max_buffered_samples;
-        d
     }
 }

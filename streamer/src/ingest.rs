@@ -10,18 +10,12 @@ use msg_queue_client::consumer::ConsumedRecord;
 use msg_queue_client::wire::{Reject, check_times, open};
 
 use crate::metrics::StreamerMetrics;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, now_ms};
 
 /// How far ahead of the streamer's clock a sample time may be (collector clock skew).
 /// A sample further ahead would push every real sample of its GPU out of the retention
 /// window, so its batch is rejected.
 pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// The outcome of one batch of records.
 #[derive(Debug, Default)]

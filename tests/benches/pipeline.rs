@@ -21,7 +21,7 @@ use collector::simulated::{FleetSpec, SimulatedSource};
 use common_auth::{KeyRing, RecordSigner};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use integration_tests::{Broker, unique};
+use integration_tests::{Broker, median, pct, unique};
 use msg_queue_client::consumer::{ConsumedRecord, ConsumerConfig, TelemetryConsumer};
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
 use msg_queue_client::wire::{SignedRecord, header, seal};
@@ -53,16 +53,6 @@ fn records() -> Vec<SignedRecord> {
         .flat_map(|r| (0..NODES).map(move |n| (r, n)))
         .map(|(r, n)| seal(&signer, &src.batch(n, T0 + r * 1000)))
         .collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// A store in a fresh temporary directory (removed when the store is dropped... or at

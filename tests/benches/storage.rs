@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use collector::simulated::{FleetSpec, SimulatedSource};
-use integration_tests::{Proc, args, bin, free_port};
+use integration_tests::{Proc, args, bin, free_port, median, pct};
 use msg_queue_client::metric;
 use streamer::store::{DiskConfig, Store};
 
@@ -38,16 +38,6 @@ fn env_u32(name: &str, default: u32) -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn dir_bytes(p: &Path) -> u64 {
@@ -421,16 +411,28 @@ async fn main() {
         .send()
         .await
         .unwrap();
-    // Merges run in the background: wait until the size settles.
-    let mut last = 0;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = dir_bytes(&vm_dir);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    // Merges run in the background: wait until none is active.
+    integration_tests::eventually(
+        Duration::from_secs(120),
+        "VictoriaMetrics merged",
+        || async {
+            let text = client
+                .get(format!("{vm_url}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let active: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("vm_active_merges"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum();
+            (active == 0.0).then_some(())
+        },
+    )
+    .await;
     let vm_bytes = dir_bytes(&vm_dir);
     let ours_bytes = dir_bytes(&ours_dir);
     let ours_values = streamer::store::DiskHistory::open(DiskConfig::new(&ours_dir))

@@ -198,6 +198,8 @@ struct State {
     // Covered in memory; durable with the next flush.
     pending: BTreeMap<i32, i64>,
     offsets_dirty: bool,
+    // Some series' inventory changed since the last flush (its `dirty` is set).
+    inventory_dirty: bool,
     durable: BTreeMap<i32, i64>,
     open_samples: usize,
     last_flush: Instant,
@@ -318,6 +320,7 @@ impl DiskHistory {
                 next_id,
                 pending: durable.clone(),
                 offsets_dirty: false,
+                inventory_dirty: false,
                 durable,
                 open_samples: 0,
                 last_flush: Instant::now(),
@@ -502,6 +505,7 @@ impl DiskHistory {
                         s.info = info.clone();
                         s.info_at_ms = batch.collected_at_ms;
                         s.dirty = true;
+                        st.inventory_dirty = true;
                     }
                 }
                 None => {
@@ -525,6 +529,7 @@ impl DiskHistory {
                             open: BTreeMap::new(),
                         },
                     );
+                    st.inventory_dirty = true;
                 }
             }
         }
@@ -564,8 +569,7 @@ impl DiskHistory {
     }
 
     fn flush_locked(&self, st: &mut State) -> Result<u64, StoreError> {
-        let pending =
-            st.open_samples > 0 || st.offsets_dirty || st.series.values().any(|s| s.dirty);
+        let pending = st.open_samples > 0 || st.offsets_dirty || st.inventory_dirty;
         if !pending {
             st.last_flush = Instant::now();
             return Ok(0);
@@ -685,6 +689,7 @@ impl DiskHistory {
         st.stored_bytes = u64::try_from(bytes.max(0)).unwrap_or(u64::MAX);
         st.durable = st.pending.clone();
         st.offsets_dirty = false;
+        st.inventory_dirty = false;
         st.open_samples = 0;
         st.last_flush = Instant::now();
         if let Some(wal) = &mut st.wal {
@@ -866,34 +871,43 @@ fn chunk_value(id: u32, readings: &[Reading]) -> Result<Vec<u8>, StoreError> {
     Ok(value)
 }
 
-/// Deletes the raw chunk of expiry entry `key`, counting what it held and rolling its
-/// readings up into 1-minute partials (`rolled`).
-fn drop_chunk(
-    key: (i64, u32, i64),
-    chunks: &mut redb::Table<'_, (u32, i64), &[u8]>,
-    expiry: &mut redb::Table<'_, (i64, u32, i64), u64>,
-    dropped: &mut HashMap<u32, u64>,
-    bytes: &mut u64,
-    rolled: &mut TierBatch,
-    rolled_ends: &mut HashMap<u32, i64>,
-) -> Result<(), StoreError> {
-    let (end, id, start) = key;
-    let e = rolled_ends.entry(id).or_insert(end);
-    *e = (*e).max(end);
-    if let Some(v) = chunks.remove((id, start)).map_err(StoreError::db)? {
-        let value = v.value();
-        let (_, count, body) = split(value)?;
-        let readings = chunk::decode(body).map_err(corrupt(id))?;
-        add_to_batch(
-            rolled,
-            id,
-            rollup::partials(&readings, TIERS[0].width).into_values(),
-        );
-        *dropped.entry(id).or_default() += u64::from(count);
-        *bytes = bytes.saturating_sub(value.len() as u64);
+/// What a sweep has dropped so far: samples per series, the chunk bytes left, the
+/// 1-minute partials of the dropped readings, and per series the newest time rolled up.
+#[derive(Default)]
+struct Aged {
+    dropped: HashMap<u32, u64>,
+    bytes: u64,
+    rolled: TierBatch,
+    rolled_ends: HashMap<u32, i64>,
+}
+
+impl Aged {
+    /// Deletes the raw chunk of expiry entry `key`, counting what it held and rolling its
+    /// readings up into 1-minute partials.
+    fn drop_chunk(
+        &mut self,
+        key: (i64, u32, i64),
+        chunks: &mut redb::Table<'_, (u32, i64), &[u8]>,
+        expiry: &mut redb::Table<'_, (i64, u32, i64), u64>,
+    ) -> Result<(), StoreError> {
+        let (end, id, start) = key;
+        let e = self.rolled_ends.entry(id).or_insert(end);
+        *e = (*e).max(end);
+        if let Some(v) = chunks.remove((id, start)).map_err(StoreError::db)? {
+            let value = v.value();
+            let (_, count, body) = split(value)?;
+            let readings = chunk::decode(body).map_err(corrupt(id))?;
+            add_to_batch(
+                &mut self.rolled,
+                id,
+                rollup::partials(&readings, TIERS[0].width).into_values(),
+            );
+            *self.dropped.entry(id).or_default() += u64::from(count);
+            self.bytes = self.bytes.saturating_sub(value.len() as u64);
+        }
+        expiry.remove(key).map_err(StoreError::db)?;
+        Ok(())
     }
-    expiry.remove(key).map_err(StoreError::db)?;
-    Ok(())
 }
 
 impl History for DiskHistory {
@@ -1013,7 +1027,7 @@ impl History for DiskHistory {
         let st = self.lock();
         st.open_samples >= self.cfg.max_open_samples
             || (st.last_flush.elapsed() >= self.cfg.flush_interval
-                && (st.open_samples > 0 || st.offsets_dirty || st.series.values().any(|s| s.dirty)))
+                && (st.open_samples > 0 || st.offsets_dirty || st.inventory_dirty))
     }
 
     fn sweep(&self, now_ms: i64) -> Result<Swept, StoreError> {
@@ -1022,13 +1036,13 @@ impl History for DiskHistory {
         // written once.
         let cutoff = rollup::bucket_of(now_ms.saturating_sub(ms(self.cfg.retention)), HOUR_MS);
         let txn = self.db.begin_write().map_err(StoreError::db)?;
-        let mut dropped: HashMap<u32, u64> = HashMap::new();
-        let mut bytes = st.stored_bytes;
+        let mut aged = Aged {
+            bytes: st.stored_bytes,
+            ..Aged::default()
+        };
         let mut out = Swept::default();
         let mut records: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        let mut compacted: Vec<(u32, i64)> = Vec::new();
-        // Per series, the newest time of the raw chunks rolled up in this sweep.
-        let mut rolled_ends: HashMap<u32, i64> = HashMap::new();
+        let mut compacted: Vec<(String, i64)> = Vec::new();
         {
             let mut chunks = txn.open_table(CHUNKS).map_err(StoreError::db)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(StoreError::db)?;
@@ -1039,42 +1053,32 @@ impl History for DiskHistory {
             {
                 victims.push(e.map_err(StoreError::db)?.0.value());
             }
-            let mut rolled = TierBatch::new();
             for key in victims {
-                drop_chunk(
-                    key,
-                    &mut chunks,
-                    &mut expiry,
-                    &mut dropped,
-                    &mut bytes,
-                    &mut rolled,
-                    &mut rolled_ends,
-                )?;
+                aged.drop_chunk(key, &mut chunks, &mut expiry)?;
             }
-            while self.cfg.retention_bytes > 0 && bytes > self.cfg.retention_bytes {
+            while self.cfg.retention_bytes > 0 && aged.bytes > self.cfg.retention_bytes {
                 let Some(first) = expiry.first().map_err(StoreError::db)? else {
                     break;
                 };
                 let key = first.0.value();
                 drop(first);
-                drop_chunk(
-                    key,
-                    &mut chunks,
-                    &mut expiry,
-                    &mut dropped,
-                    &mut bytes,
-                    &mut rolled,
-                    &mut rolled_ends,
-                )?;
+                aged.drop_chunk(key, &mut chunks, &mut expiry)?;
             }
             // Raw readings that aged out live on as 1-minute rollups; 1-minute rollups
             // that age out (whole days) as 1-hour ones; then they go.
             let keeps = [self.cfg.retention_1m, self.cfg.retention_1h];
+            // GPUs whose raw readings are all gone may still have rollups (then they stay).
+            let candidates: Vec<u32> = st
+                .series
+                .values()
+                .filter(|s| aged.dropped.contains_key(&s.id) || (s.count == 0 && s.open.is_empty()))
+                .map(|s| s.id)
+                .collect();
             let mut has_rollups: std::collections::HashSet<u32> = std::collections::HashSet::new();
             for (ti, (t, keep)) in TIERS.iter().zip(keeps).enumerate() {
                 let mut table = txn.open_table(t.table).map_err(StoreError::db)?;
                 let mut exp = txn.open_table(t.expiry).map_err(StoreError::db)?;
-                for ((id, day), parts) in std::mem::take(&mut rolled) {
+                for ((id, day), parts) in std::mem::take(&mut aged.rolled) {
                     merge_into_tier(id, day, parts.into_values(), &mut table, &mut exp)?;
                 }
                 let tier_cutoff = now_ms.saturating_sub(ms(keep));
@@ -1092,19 +1096,13 @@ impl History for DiskHistory {
                         let (_, _, body) = split(v.value())?;
                         let parts = rollup::decode(body).map_err(corrupt(id))?;
                         add_to_batch(
-                            &mut rolled,
+                            &mut aged.rolled,
                             id,
                             rollup::rebucket(parts, next.width).into_values(),
                         );
                     }
                     exp.remove(key).map_err(StoreError::db)?;
                 }
-                let candidates = st
-                    .series
-                    .values()
-                    .filter(|s| dropped.contains_key(&s.id) || (s.count == 0 && s.open.is_empty()))
-                    .map(|s| s.id)
-                    .collect::<Vec<_>>();
                 for id in &candidates {
                     if table
                         .range((*id, i64::MIN)..=(*id, i64::MAX))
@@ -1119,7 +1117,7 @@ impl History for DiskHistory {
             // Compaction: a GPU's chunks that start in one completed UTC hour become one
             // (flushes cut every 10 minutes; an hour-long chunk compresses better and wastes
             // less of its database page). A bounded number of GPUs per sweep.
-            for s in st.series.values() {
+            for (uuid, s) in &st.series {
                 if compacted.len() >= COMPACT_PER_SWEEP {
                     break;
                 }
@@ -1134,13 +1132,13 @@ impl History for DiskHistory {
                     horizon,
                     &mut chunks,
                     &mut expiry,
-                    &mut bytes,
+                    &mut aged.bytes,
                 )?;
-                compacted.push((s.id, horizon));
+                compacted.push((uuid.clone(), horizon));
             }
             let mut series_t = txn.open_table(SERIES).map_err(StoreError::db)?;
             for (uuid, s) in &st.series {
-                let n = match dropped.get(&s.id) {
+                let n = match aged.dropped.get(&s.id) {
                     Some(n) => *n,
                     // Raw readings gone earlier, rollups maybe now.
                     None if s.count == 0 && s.open.is_empty() => 0,
@@ -1155,7 +1153,7 @@ impl History for DiskHistory {
                     series_t.remove(uuid.as_str()).map_err(StoreError::db)?;
                     records.push((uuid.clone(), None));
                 } else {
-                    let rolled_to = rolled_ends.get(&s.id).copied().unwrap_or(i64::MIN);
+                    let rolled_to = aged.rolled_ends.get(&s.id).copied().unwrap_or(i64::MIN);
                     let rec = s.record(
                         s.sealed_end,
                         disk_latest,
@@ -1169,15 +1167,16 @@ impl History for DiskHistory {
                 }
             }
             let mut meta = txn.open_table(META).map_err(StoreError::db)?;
-            meta.insert(STORED_BYTES, bytes).map_err(StoreError::db)?;
+            meta.insert(STORED_BYTES, aged.bytes)
+                .map_err(StoreError::db)?;
         }
         txn.commit().map_err(StoreError::db)?;
-        for (id, horizon) in compacted {
-            if let Some(s) = st.series.values_mut().find(|s| s.id == id) {
+        for (uuid, horizon) in compacted {
+            if let Some(s) = st.series.get_mut(&uuid) {
                 s.compacted_to = horizon;
             }
         }
-        st.stored_bytes = bytes;
+        st.stored_bytes = aged.bytes;
         for (uuid, rec) in records {
             match rec {
                 None => {
@@ -1186,11 +1185,11 @@ impl History for DiskHistory {
                 }
                 Some(_) => {
                     if let Some(s) = st.series.get_mut(&uuid) {
-                        let Some(n) = dropped.get(&s.id).copied() else {
+                        let Some(n) = aged.dropped.get(&s.id).copied() else {
                             continue;
                         };
                         s.count = s.count.saturating_sub(n);
-                        if let Some(r) = rolled_ends.get(&s.id) {
+                        if let Some(r) = aged.rolled_ends.get(&s.id) {
                             s.rolled_to = s.rolled_to.max(*r);
                         }
                         out.counts.push((uuid, s.count));

@@ -205,7 +205,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How often [`run_maintenance`] asks whether a flush is due.
 pub const FLUSH_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
-fn now_ms() -> i64 {
+/// The streamer's clock, UTC ms (sample-time checks and retention sweeps).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
