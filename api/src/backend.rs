@@ -266,6 +266,7 @@ impl TelemetryBackend for GrpcBackend {
             start_ms,
             end_ms,
             limit,
+            accept_chunks: true,
         };
         match self.client.clone().stream_range(self.req(req)).await {
             Ok(r) => {
@@ -360,7 +361,7 @@ impl TelemetryBackend for StoreBackend {
     ) -> Result<Option<RangeStream>, BackendError> {
         let limit = (limit as usize).clamp(1, streamer::query::MAX_RANGE_SAMPLES);
         let Some(rx) =
-            streamer::store::stream_range(self.store.clone(), uuid, start_ms, end_ms, limit)
+            streamer::store::stream_range(self.store.clone(), uuid, start_ms, end_ms, limit, false)
         else {
             return Ok(None);
         };

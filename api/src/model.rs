@@ -300,13 +300,175 @@ fn write_sample(s: &GpuSample, only: Option<&[&'static MetricDef]>, out: &mut Ve
     out.push(b'}');
 }
 
+/// Samples written apart from their body (see [`TelemetryBody::push_written`]).
+#[derive(Debug)]
+pub struct WrittenSamples {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+/// `readings` as the sample objects of a telemetry body (`only` those metrics), for
+/// [`TelemetryBody::push_written`]: the CPU-heavy part of a long answer, on any thread.
+pub fn write_readings(
+    readings: &[streamer::store::Reading],
+    only: Option<&[&'static MetricDef]>,
+) -> WrittenSamples {
+    ReadingWriter::new(only).write_all(readings)
+}
+
+/// Writes stored readings as sample objects, byte for byte what [`write_sample`] writes for
+/// [`streamer::store::Reading::to_wire`], without the detour: each metric's column, key and
+/// number format are worked out once per answer, the date once per day.
+struct ReadingWriter {
+    fields: Vec<ReadingField>,
+    day: i64,
+    day_prefix: Vec<u8>,
+}
+
+struct ReadingField {
+    column: usize,
+    max: u64,
+    /// `,"name":`
+    key: Vec<u8>,
+    divisor: f64,
+    /// The divisor as 10^decimals when it is 1, 10, 100 or 1000.
+    decimals: Option<u32>,
+}
+
+/// Below this a value divided by at most 1000 prints as its exact decimal: doubles near it
+/// are far closer together than 0.001, so no shorter decimal names the same double.
+const EXACT_DECIMAL_BELOW: u64 = 1 << 50;
+
+impl ReadingWriter {
+    fn new(only: Option<&[&'static MetricDef]>) -> Self {
+        use streamer::store::reading::COLUMNS;
+        let defs: Vec<&'static MetricDef> = match only {
+            Some(d) => d.to_vec(),
+            None => metric::METRICS.iter().collect(),
+        };
+        let fields = defs
+            .into_iter()
+            .filter_map(|d| {
+                let column = COLUMNS.iter().position(|c| c.field == d.field)?;
+                Some(ReadingField {
+                    column,
+                    max: COLUMNS[column].max,
+                    key: format!(",\"{}\":", d.name).into_bytes(),
+                    divisor: d.divisor,
+                    decimals: (0..=3).find(|k| d.divisor == 10f64.powi(*k as i32)),
+                })
+            })
+            .collect();
+        Self {
+            fields,
+            day: i64::MIN,
+            day_prefix: Vec::new(),
+        }
+    }
+
+    /// Every reading, each preceded by a comma.
+    fn write_all(&mut self, readings: &[streamer::store::Reading]) -> WrittenSamples {
+        let mut bytes = Vec::with_capacity(readings.len() * 340);
+        for r in readings {
+            bytes.push(b',');
+            self.write(r, &mut bytes);
+        }
+        WrittenSamples {
+            bytes,
+            count: readings.len(),
+        }
+    }
+
+    fn write(&mut self, r: &streamer::store::Reading, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        self.write_time(r.ts_ms, out);
+        out.push(b'"');
+        for f in &self.fields {
+            let Some(v) = r.get(f.column) else { continue };
+            let v = v.min(f.max);
+            out.extend_from_slice(&f.key);
+            match f.decimals {
+                Some(k) if v < EXACT_DECIMAL_BELOW => write_decimal(v, k, out),
+                _ => write_number(v as f64 / f.divisor, out),
+            }
+        }
+        out.push(b'}');
+    }
+
+    fn write_time(&mut self, ms: i64, out: &mut Vec<u8>) {
+        let day = ms.div_euclid(86_400_000);
+        if day != self.day {
+            self.day = day;
+            self.day_prefix.clear();
+            write_rfc3339_ms(day * 86_400_000, &mut self.day_prefix);
+            // "YYYY-MM-DDT" (years outside 0000–9999 take the general path below).
+            if self.day_prefix.len() == 24 {
+                self.day_prefix.truncate(11);
+            } else {
+                self.day_prefix.clear();
+            }
+        }
+        if self.day_prefix.is_empty() {
+            write_rfc3339_ms(ms, out);
+            return;
+        }
+        out.extend_from_slice(&self.day_prefix);
+        let in_day = ms - day * 86_400_000;
+        let (h, rest) = (in_day / 3_600_000, in_day % 3_600_000);
+        let (m, rest) = (rest / 60_000, rest % 60_000);
+        let (s, milli) = (rest / 1000, rest % 1000);
+        let two = |v: i64| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+        let [h0, h1] = two(h);
+        let [m0, m1] = two(m);
+        let [s0, s1] = two(s);
+        out.extend_from_slice(&[
+            h0,
+            h1,
+            b':',
+            m0,
+            m1,
+            b':',
+            s0,
+            s1,
+            b'.',
+            b'0' + (milli / 100) as u8,
+            b'0' + (milli / 10 % 10) as u8,
+            b'0' + (milli % 10) as u8,
+            b'Z',
+        ]);
+    }
+}
+
+/// `v / 10^decimals` as its exact decimal, trailing zeros (and a bare point) dropped:
+/// what [`write_number`] writes for that quotient while `v < EXACT_DECIMAL_BELOW`.
+fn write_decimal(v: u64, decimals: u32, out: &mut Vec<u8>) {
+    let div = 10u64.pow(decimals);
+    let (int, mut frac) = (v / div, v % div);
+    out.extend_from_slice(itoa::Buffer::new().format(int).as_bytes());
+    if frac == 0 {
+        return;
+    }
+    let mut digits = decimals;
+    while frac % 10 == 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    out.push(b'.');
+    let mut buf = [b'0'; 3];
+    for i in (0..digits as usize).rev() {
+        buf[i] = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    out.extend_from_slice(&buf[..digits as usize]);
+}
+
 /// A telemetry body written piece by piece as blocks of readings arrive (a chunked HTTP
 /// body), byte for byte what [`write_telemetry`] writes in one go; gzip-compressed (each
 /// piece flushed, so it can be sent at once) when asked.
 pub struct TelemetryBody {
     buf: Vec<u8>,
     count: usize,
-    only: Option<Vec<&'static MetricDef>>,
+    writer: ReadingWriter,
     gzip: Option<flate2::write::GzEncoder<Vec<u8>>>,
 }
 
@@ -333,7 +495,7 @@ impl TelemetryBody {
         Self {
             buf,
             count: 0,
-            only,
+            writer: ReadingWriter::new(only.as_deref()),
             gzip: gzip
                 .then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast())),
         }
@@ -357,14 +519,20 @@ impl TelemetryBody {
 
     /// The next piece: these readings as samples.
     pub fn samples(&mut self, readings: &[streamer::store::Reading]) -> bytes::Bytes {
-        self.buf.reserve(readings.len() * 330);
-        for r in readings {
-            if self.count > 0 {
-                self.buf.push(b',');
-            }
-            write_sample(&r.to_wire(), self.only.as_deref(), &mut self.buf);
-            self.count += 1;
+        let w = self.writer.write_all(readings);
+        self.push_written(w)
+    }
+
+    /// The next piece: samples written by [`write_readings`] (on another thread, say).
+    pub fn push_written(&mut self, w: WrittenSamples) -> bytes::Bytes {
+        // Every sample came with a comma before it; the body's first has none.
+        let skip = usize::from(self.count == 0 && w.count > 0);
+        if self.buf.is_empty() && self.gzip.is_none() {
+            self.count += w.count;
+            return bytes::Bytes::from(w.bytes).slice(skip..);
         }
+        self.buf.extend_from_slice(&w.bytes[skip..]);
+        self.count += w.count;
         self.take(false)
     }
 
@@ -621,6 +789,76 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn readings_are_written_byte_for_byte_as_their_wire_samples() {
+        use streamer::store::Reading;
+        use streamer::store::reading::{COLUMNS, N_COLUMNS};
+        // Every metric has a column to be read from.
+        assert_eq!(ReadingWriter::new(None).fields.len(), metric::METRICS.len());
+        let edges = [
+            0,
+            1,
+            9,
+            10,
+            999,
+            1000,
+            1001,
+            1010,
+            1100,
+            312_500,
+            u64::from(u32::MAX),
+            u64::from(u32::MAX) + 1,
+            EXACT_DECIMAL_BELOW - 1,
+            EXACT_DECIMAL_BELOW,
+            EXACT_DECIMAL_BELOW + 1,
+            9_000_000_000_000_000,
+            u64::MAX,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let subset = [
+            metric::find("energy_consumed_joules").unwrap(),
+            metric::find("power_usage_watts").unwrap(),
+        ];
+        for only in [None, Some(&subset[..])] {
+            let mut writer = ReadingWriter::new(only);
+            for k in 0..20_000u64 {
+                // Times across days, years and the edges of the fast date path.
+                let ts = match k % 4 {
+                    0 => 1_790_000_000_000 + (k as i64) * 999,
+                    1 => (next() % 400_000_000_000_000) as i64 - 62_135_596_800_000,
+                    2 => -1 - (k as i64),
+                    _ => 253_402_300_799_000 + (k as i64),
+                };
+                let mut r = Reading::empty(ts);
+                for i in 0..N_COLUMNS {
+                    let v = match next() % 5 {
+                        0 => continue,
+                        1 => edges[(next() % edges.len() as u64) as usize],
+                        2 => next() % 1_000_000,
+                        3 => next() >> (next() % 64),
+                        _ => next() % (1 << 42),
+                    };
+                    r.set(i, v);
+                }
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                writer.write(&r, &mut fast);
+                write_sample(&r.to_wire(), only, &mut slow);
+                assert_eq!(
+                    String::from_utf8(fast).unwrap(),
+                    String::from_utf8(slow).unwrap(),
+                    "{r:?}"
+                );
+            }
+        }
+        assert_eq!(COLUMNS.len(), N_COLUMNS);
     }
 
     #[test]

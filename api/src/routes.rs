@@ -293,31 +293,58 @@ async fn telemetry(
         }
     };
     let gzip = accepts_gzip(&headers);
+    let writer_only = only.clone();
     let body = TelemetryBody::new(&uuid, start_ms, end_ms, only, gzip);
-    // Each block leaves as soon as it is written (a chunked body): the first bytes of a
-    // long range are on the wire before its last block is read from disk.
+    // Blocks are decoded and written as JSON on blocking threads, two at a time (the next
+    // while this one is sent), and leave in order as soon as each is ready (a chunked body):
+    // the first bytes of a long range are on the wire before its last block is read.
+    let written = futures::stream::once(async move { Ok(first) })
+        .chain(parts)
+        .map(move |part| {
+            let only = writer_only.clone();
+            async move {
+                let write = move |rs: Vec<streamer::store::Reading>| {
+                    crate::model::write_readings(&rs, only.as_deref())
+                };
+                let job = match part {
+                    Ok(RangePart::End { truncated }) => return Ok(Piece::End(truncated)),
+                    Err(error) => return Err(error.to_string()),
+                    Ok(RangePart::Readings(rs)) => {
+                        tokio::task::spawn_blocking(move || Ok(write(rs))).await
+                    }
+                    Ok(RangePart::Encoded(bytes)) => {
+                        tokio::task::spawn_blocking(move || {
+                            streamer::store::chunk::decode(&bytes)
+                                .map(write)
+                                .map_err(|e| format!("stored chunk does not decode: {e}"))
+                        })
+                        .await
+                    }
+                };
+                job.map_err(|e| e.to_string())?.map(Piece::Samples)
+            }
+        })
+        .buffered(2);
     let pieces = futures::stream::unfold(
-        (Some(first), parts, body, false),
-        |(mut next, mut parts, mut body, done)| async move {
+        (written.boxed(), body, false),
+        |(mut written, mut body, done)| async move {
             if done {
                 return None;
             }
-            let part = match next.take() {
-                Some(p) => Ok(p),
-                None => parts.next().await.unwrap_or_else(|| {
-                    Err(BackendError::Unavailable("range stream ended early".into()))
-                }),
-            };
-            let (piece, done) = match part {
-                Ok(RangePart::Readings(rs)) => (Ok(body.samples(&rs)), false),
-                Ok(RangePart::End { truncated }) => (Ok(body.finish(truncated)), true),
+            let next = written
+                .next()
+                .await
+                .unwrap_or_else(|| Err("range stream ended early".into()));
+            let (piece, done) = match next {
+                Ok(Piece::Samples(w)) => (Ok(body.push_written(w)), false),
+                Ok(Piece::End(truncated)) => (Ok(body.finish(truncated)), true),
                 Err(error) => {
                     // Headers are sent: all that is left is to cut the body short.
                     tracing::warn!(%error, "range stream failed mid-answer");
-                    (Err(std::io::Error::other(error.to_string())), true)
+                    (Err(std::io::Error::other(error)), true)
                 }
             };
-            Some((piece, (None, parts, body, done)))
+            Some((piece, (written, body, done)))
         },
     );
     let mut resp = Response::new(Body::from_stream(pieces));
@@ -331,6 +358,12 @@ async fn telemetry(
     }
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     Ok(resp)
+}
+
+/// A piece of a telemetry body, written off the async workers.
+enum Piece {
+    Samples(crate::model::WrittenSamples),
+    End(bool),
 }
 
 /// Whether the request's `Accept-Encoding` allows gzip (not with `q=0`).

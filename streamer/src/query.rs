@@ -190,17 +190,20 @@ pub fn block_of(readings: &[Reading]) -> ReadingBlock {
     ReadingBlock {
         timestamps_ms: readings.iter().map(|r| r.ts_ms).collect(),
         columns,
-        last: false,
-        truncated: false,
+        ..Default::default()
     }
 }
 
-/// The readings of a [`ReadingBlock`]; a column whose values do not match its presence is
-/// an error (a broken peer), a column this build does not know is skipped.
+/// The readings of a [`ReadingBlock`] (its stored chunk decoded, or its columns); a column
+/// whose values do not match its presence is an error (a broken peer), a column this build
+/// does not know is skipped.
 ///
 /// # Errors
-/// A message naming the malformed column.
+/// A message naming the malformed column, or why the chunk does not decode.
 pub fn readings_of(b: &ReadingBlock) -> Result<Vec<Reading>, String> {
+    if !b.chunk.is_empty() {
+        return crate::store::chunk::decode(&b.chunk).map_err(|e| e.to_string());
+    }
     let mut out: Vec<Reading> = b.timestamps_ms.iter().map(|t| Reading::empty(*t)).collect();
     let n = out.len();
     for c in &b.columns {
@@ -379,6 +382,7 @@ impl TelemetryQuery for QueryService {
             r.start_ms,
             r.end_ms,
             limit,
+            r.accept_chunks,
         )
         .ok_or_else(|| Status::not_found(format!("unknown GPU {}", r.uuid)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -388,6 +392,10 @@ impl TelemetryQuery for QueryService {
             while let Some(part) = parts.recv().await {
                 let msg = match part {
                     Ok(crate::store::RangePart::Readings(rs)) => Ok(block_of(&rs)),
+                    Ok(crate::store::RangePart::Encoded(chunk)) => Ok(ReadingBlock {
+                        chunk,
+                        ..Default::default()
+                    }),
                     Ok(crate::store::RangePart::End { truncated }) => Ok(ReadingBlock {
                         last: true,
                         truncated,

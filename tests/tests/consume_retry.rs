@@ -17,7 +17,7 @@ use streamer::StoreOffsets;
 use streamer::ingest::Ingestor;
 use streamer::metrics::StreamerMetrics;
 use streamer::store::{
-    Agg, AggRow, Applied, DiskConfig, DiskHistory, History, Reading, SeriesState, Store,
+    Agg, AggRow, Applied, Block, DiskConfig, DiskHistory, History, Reading, SeriesState, Store,
     StoreError, Swept,
 };
 
@@ -64,9 +64,10 @@ impl History for FlakyHistory {
         s: i64,
         e: i64,
         l: usize,
-        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+        encoded: bool,
+        emit: &mut dyn FnMut(Block) -> bool,
     ) -> Result<Option<bool>, StoreError> {
-        self.inner.range_blocks(uuid, s, e, l, emit)
+        self.inner.range_blocks(uuid, s, e, l, encoded, emit)
     }
     fn aggregate(
         &self,

@@ -25,7 +25,7 @@ use prost::Message as _;
 use redb::{Database, ReadTransaction, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 use super::chunk;
-use super::history::{Applied, History, SeriesState, StoreError, Swept};
+use super::history::{Applied, Block, History, SeriesState, StoreError, Swept};
 use super::reading::Reading;
 use super::rollup::{self, Agg, AggRow, Partial};
 use super::wal::Wal;
@@ -441,7 +441,8 @@ impl DiskHistory {
         start_ms: i64,
         end_ms: i64,
         limit: usize,
-        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+        encoded: bool,
+        emit: &mut dyn FnMut(Block) -> bool,
     ) -> Result<bool, StoreError> {
         if start_ms >= end_ms {
             return Ok(false);
@@ -455,27 +456,39 @@ impl DiskHistory {
             stopped: false,
             emit,
         };
-        let take = |value: &[u8], blocks: &mut Blocks<'_, '_>| -> Result<(), StoreError> {
-            let (end, _, body) = split(value)?;
-            if end < start_ms {
-                return Ok(());
-            }
-            let rs: Vec<Reading> = chunk::decode(body)
-                .map_err(corrupt(id))?
-                .into_iter()
-                .filter(|r| r.ts_ms >= start_ms && r.ts_ms < end_ms)
-                .collect();
-            blocks.push(rs, end);
-            Ok(())
-        };
+        let take =
+            |first: i64, value: &[u8], blocks: &mut Blocks<'_, '_>| -> Result<(), StoreError> {
+                let (end, count, body) = split(value)?;
+                if end < start_ms {
+                    return Ok(());
+                }
+                // Wholly in the range, no open reading among its own, within the limit: as
+                // stored.
+                if encoded
+                    && first >= start_ms
+                    && end < end_ms
+                    && blocks.open.peek().is_none_or(|r| r.ts_ms > end)
+                    && blocks.sent + count as usize <= blocks.limit
+                {
+                    blocks.push_encoded(body.to_vec(), count as usize);
+                    return Ok(());
+                }
+                let rs: Vec<Reading> = chunk::decode(body)
+                    .map_err(corrupt(id))?
+                    .into_iter()
+                    .filter(|r| r.ts_ms >= start_ms && r.ts_ms < end_ms)
+                    .collect();
+                blocks.push(rs, end);
+                Ok(())
+            };
         // The chunk starting at or before `start_ms` may reach into the range.
         if let Some(e) = table
             .range((id, i64::MIN)..=(id, start_ms))
             .map_err(StoreError::db)?
             .next_back()
         {
-            let (_, v) = e.map_err(StoreError::db)?;
-            take(v.value(), &mut blocks)?;
+            let (k, v) = e.map_err(StoreError::db)?;
+            take(k.value().1, v.value(), &mut blocks)?;
         }
         if start_ms.saturating_add(1) < end_ms {
             for e in table
@@ -485,8 +498,8 @@ impl DiskHistory {
                 if blocks.done() {
                     break;
                 }
-                let (_, v) = e.map_err(StoreError::db)?;
-                take(v.value(), &mut blocks)?;
+                let (k, v) = e.map_err(StoreError::db)?;
+                take(k.value().1, v.value(), &mut blocks)?;
             }
         }
         blocks.push(Vec::new(), i64::MAX);
@@ -707,7 +720,7 @@ struct Blocks<'e, 'f> {
     limit: usize,
     truncated: bool,
     stopped: bool,
-    emit: &'e mut (dyn FnMut(Vec<Reading>) -> bool + 'f),
+    emit: &'e mut (dyn FnMut(Block) -> bool + 'f),
 }
 
 impl Blocks<'_, '_> {
@@ -740,7 +753,19 @@ impl Blocks<'_, '_> {
             merged.truncate(self.limit - self.sent);
         }
         self.sent += merged.len();
-        if !merged.is_empty() && !(self.emit)(merged) {
+        if !merged.is_empty() && !(self.emit)(Block::Readings(merged)) {
+            self.stopped = true;
+        }
+    }
+
+    /// A stored chunk whose readings all count (the caller checked the range, the limit
+    /// and that no open reading falls among them).
+    fn push_encoded(&mut self, bytes: Vec<u8>, count: usize) {
+        if self.done() {
+            return;
+        }
+        self.sent += count;
+        if !(self.emit)(Block::Encoded { bytes, count }) {
             self.stopped = true;
         }
     }
@@ -919,8 +944,11 @@ impl History for DiskHistory {
         limit: usize,
     ) -> Result<Option<(Vec<Reading>, bool)>, StoreError> {
         let mut out = Vec::new();
-        let truncated = self.range_blocks(uuid, start_ms, end_ms, limit, &mut |b| {
-            out.extend(b);
+        // Not `encoded`: every block comes as readings.
+        let truncated = self.range_blocks(uuid, start_ms, end_ms, limit, false, &mut |b| {
+            if let Block::Readings(rs) = b {
+                out.extend(rs);
+            }
             true
         })?;
         Ok(truncated.map(|t| (out, t)))
@@ -954,12 +982,13 @@ impl History for DiskHistory {
         start_ms: i64,
         end_ms: i64,
         limit: usize,
-        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+        encoded: bool,
+        emit: &mut dyn FnMut(Block) -> bool,
     ) -> Result<Option<bool>, StoreError> {
         let Some((id, open, txn)) = self.snapshot(uuid, start_ms, end_ms, limit)? else {
             return Ok(None);
         };
-        self.read_range(id, open, &txn, start_ms, end_ms, limit, emit)
+        self.read_range(id, open, &txn, start_ms, end_ms, limit, encoded, emit)
             .map(Some)
     }
 
@@ -985,10 +1014,21 @@ impl History for DiskHistory {
             return Ok(None);
         };
         let mut readings = Vec::new();
-        self.read_range(id, open, &txn, start, end, usize::MAX - 1, &mut |b| {
-            readings.extend(b);
-            true
-        })?;
+        self.read_range(
+            id,
+            open,
+            &txn,
+            start,
+            end,
+            usize::MAX - 1,
+            false,
+            &mut |b| {
+                if let Block::Readings(rs) = b {
+                    readings.extend(rs);
+                }
+                true
+            },
+        )?;
         let mut parts = rollup::partials(&readings, step_ms);
         drop(readings);
         for t in TIERS.iter().filter(|t| step_ms % t.width == 0) {
@@ -1253,8 +1293,8 @@ mod tests {
         assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 100), (secs(1..=7), false));
     }
 
-    #[test]
-    fn ranges_are_half_open_ordered_and_truncated_across_chunks_and_buffers() {
+    /// GPU-1 with seconds 1–10, 11–20 and 21–30 in three stored chunks, 31–35 open.
+    fn three_chunks_and_five_open() -> (tempfile::TempDir, DiskHistory) {
         let dir = tempfile::tempdir().unwrap();
         let h = DiskHistory::open(cfg(dir.path())).unwrap();
         for part in [1..=10, 11..=20, 21..=30] {
@@ -1262,6 +1302,12 @@ mod tests {
             h.flush().unwrap();
         }
         h.apply(&batch("n", "GPU-1", &secs(31..=35))).unwrap();
+        (dir, h)
+    }
+
+    #[test]
+    fn ranges_are_half_open_ordered_and_truncated_across_chunks_and_buffers() {
+        let (_dir, h) = three_chunks_and_five_open();
         assert_eq!(times(&h, "GPU-1", 5_000, 33_000, 100), (secs(5..33), false));
         assert_eq!(times(&h, "GPU-1", 0, i64::MAX, 12), (secs(1..=12), true));
         assert_eq!(times(&h, "GPU-1", 29_000, 40_000, 3), (secs(29..=31), true));
@@ -1278,6 +1324,62 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    /// `range_blocks` with `encoded`: what came as stored bytes (times only) and the times
+    /// of everything, decoded.
+    fn encoded_read(
+        h: &DiskHistory,
+        start: i64,
+        end: i64,
+        limit: usize,
+    ) -> (Vec<Vec<i64>>, Vec<i64>, bool) {
+        let (mut stored, mut all) = (Vec::new(), Vec::new());
+        let more = h
+            .range_blocks("GPU-1", start, end, limit, true, &mut |b| {
+                let encoded = matches!(b, Block::Encoded { .. });
+                let count = match &b {
+                    Block::Encoded { count, .. } => Some(*count),
+                    Block::Readings(_) => None,
+                };
+                let ts: Vec<i64> = b.into_readings().unwrap().iter().map(|r| r.ts_ms).collect();
+                if encoded {
+                    assert_eq!(count, Some(ts.len()));
+                    stored.push(ts.clone());
+                }
+                all.extend(ts);
+                true
+            })
+            .unwrap()
+            .unwrap();
+        (stored, all, more)
+    }
+
+    #[test]
+    fn whole_chunks_in_the_range_come_as_stored_bytes_the_rest_as_readings() {
+        let (_dir, h) = three_chunks_and_five_open();
+        // Whole: the middle chunk; cut by the range: the first and the last.
+        let (stored, all, more) = encoded_read(&h, 5_000, 25_000, 100);
+        assert_eq!(stored, [secs(11..=20)]);
+        assert_eq!((all, more), (secs(5..25), false));
+        // Open readings (31..35) come as readings after the stored chunks.
+        let (stored, all, more) = encoded_read(&h, 11_000, 33_000, 100);
+        assert_eq!(stored, [secs(11..=20), secs(21..=30)]);
+        assert_eq!((all, more), (secs(11..33), false));
+        let (stored, all, more) = encoded_read(&h, 0, i64::MAX, 1000);
+        assert_eq!(stored, [secs(1..=10), secs(11..=20), secs(21..=30)]);
+        assert_eq!((all, more), (secs(1..=35), false));
+        // A chunk that would pass the limit is cut, as readings.
+        let (stored, all, more) = encoded_read(&h, 0, i64::MAX, 15);
+        assert_eq!(stored, [secs(1..=10)]);
+        assert_eq!((all, more), (secs(1..=15), true));
+        // A late open reading inside a stored chunk's span: that chunk comes as readings.
+        h.apply(&batch("n", "GPU-1", &[15_500])).unwrap();
+        let (stored, all, _) = encoded_read(&h, 0, 31_000, 1000);
+        assert_eq!(stored, [secs(1..=10), secs(21..=30)]);
+        let mut want = secs(1..=30);
+        want.insert(15, 15_500);
+        assert_eq!(all, want);
     }
 
     #[test]

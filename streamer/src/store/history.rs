@@ -3,6 +3,7 @@
 
 use msg_queue_client::wire::{GpuInfo, GpuSample, TelemetryBatch};
 
+use super::chunk::ChunkError;
 use super::reading::Reading;
 use super::rollup::{Agg, AggRow};
 
@@ -86,6 +87,34 @@ pub struct Swept {
     pub gone: Vec<String>,
 }
 
+/// One block of a range read ([`History::range_blocks`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Block {
+    /// Readings, oldest first.
+    Readings(Vec<Reading>),
+    /// A stored chunk as it is on disk ([`super::chunk`] format): `count` readings, every
+    /// one of them in the range asked for.
+    Encoded {
+        /// The chunk's bytes.
+        bytes: Vec<u8>,
+        /// How many readings it holds.
+        count: usize,
+    },
+}
+
+impl Block {
+    /// The block's readings (decoding an encoded chunk).
+    ///
+    /// # Errors
+    /// [`ChunkError`] for bytes that are not a valid chunk.
+    pub fn into_readings(self) -> Result<Vec<Reading>, ChunkError> {
+        match self {
+            Self::Readings(rs) => Ok(rs),
+            Self::Encoded { bytes, .. } => super::chunk::decode(&bytes),
+        }
+    }
+}
+
 /// A durable, idempotent telemetry history.
 ///
 /// Contract:
@@ -129,7 +158,9 @@ pub trait History: Send + Sync + 'static {
 
     /// [`History::range`] in blocks, for streaming a long range: `emit` gets the readings
     /// oldest first, a block at a time (about one stored chunk each), and returns `false` to
-    /// stop early. Returns whether more than `limit` matched; `None` when the GPU is unknown.
+    /// stop early. With `encoded`, a stored chunk that lies wholly in the range may come as
+    /// its stored bytes ([`Block::Encoded`]): a server passes it on without decoding it.
+    /// Returns whether more than `limit` matched; `None` when the GPU is unknown.
     ///
     /// # Errors
     /// [`StoreError`] when reading fails (some blocks may have been emitted).
@@ -139,7 +170,8 @@ pub trait History: Send + Sync + 'static {
         start_ms: i64,
         end_ms: i64,
         limit: usize,
-        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+        encoded: bool,
+        emit: &mut dyn FnMut(Block) -> bool,
     ) -> Result<Option<bool>, StoreError>;
 
     /// Aggregates of `uuid`'s readings in buckets `step_ms` wide (aligned to multiples of

@@ -29,7 +29,7 @@ use crate::metrics::StreamerMetrics;
 use std::sync::atomic::Ordering;
 
 pub use disk::{DiskConfig, DiskHistory};
-pub use history::{Applied, History, SeriesState, StoreError, Swept};
+pub use history::{Applied, Block, History, SeriesState, StoreError, Swept};
 pub use latest::{GpuState, GpuView, LatestIndex};
 pub use reading::Reading;
 pub use rollup::{Agg, AggRow};
@@ -107,10 +107,11 @@ impl Store {
         start_ms: i64,
         end_ms: i64,
         limit: usize,
-        emit: &mut dyn FnMut(Vec<Reading>) -> bool,
+        encoded: bool,
+        emit: &mut dyn FnMut(Block) -> bool,
     ) -> Result<Option<bool>, StoreError> {
         self.history
-            .range_blocks(uuid, start_ms, end_ms, limit, emit)
+            .range_blocks(uuid, start_ms, end_ms, limit, encoded, emit)
     }
 
     /// See [`History::aggregate`]. Blocks.
@@ -164,6 +165,9 @@ impl Store {
 pub enum RangePart {
     /// Readings, oldest first, after those of the parts before.
     Readings(Vec<Reading>),
+    /// The same as a stored chunk's bytes ([`chunk`] format, every reading in the range):
+    /// only when asked for with `encoded`.
+    Encoded(Vec<u8>),
     /// The end: whether more matched than the limit.
     End {
         /// More matched than the limit.
@@ -180,14 +184,19 @@ pub fn stream_range(
     start_ms: i64,
     end_ms: i64,
     limit: usize,
+    encoded: bool,
 ) -> Option<tokio::sync::mpsc::Receiver<Result<RangePart, StoreError>>> {
     if !store.latest().contains(&uuid) {
         return None;
     }
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let read = store.range_blocks(&uuid, start_ms, end_ms, limit, &mut |b| {
-            tx.blocking_send(Ok(RangePart::Readings(b))).is_ok()
+        let read = store.range_blocks(&uuid, start_ms, end_ms, limit, encoded, &mut |b| {
+            let part = match b {
+                Block::Readings(rs) => RangePart::Readings(rs),
+                Block::Encoded { bytes, .. } => RangePart::Encoded(bytes),
+            };
+            tx.blocking_send(Ok(part)).is_ok()
         });
         let last = match read {
             Ok(t) => Ok(RangePart::End {

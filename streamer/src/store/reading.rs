@@ -12,6 +12,8 @@ pub struct Column {
     pub id: u8,
     /// The wire field it holds.
     pub field: &'static str,
+    /// The largest value the wire field holds (what [`Reading::to_wire`] clamps to).
+    pub max: u64,
     get: fn(&GpuSample) -> Option<u64>,
     set: fn(&mut GpuSample, u64),
 }
@@ -25,6 +27,7 @@ macro_rules! col {
         Column {
             id: $id,
             field: stringify!($f),
+            max: u32::MAX as u64,
             get: |s| s.$f.map(u64::from),
             set: |s, v| s.$f = Some(narrow(v)),
         }
@@ -33,6 +36,7 @@ macro_rules! col {
         Column {
             id: $id,
             field: stringify!($f),
+            max: u64::MAX,
             get: |s| s.$f,
             set: |s, v| s.$f = Some(v),
         }
