@@ -18,6 +18,7 @@ pub mod history;
 pub mod latest;
 pub mod reading;
 pub mod rollup;
+mod segment;
 mod wal;
 
 use std::sync::Arc;
