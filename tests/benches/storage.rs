@@ -64,6 +64,8 @@ struct Filled {
     samples: u64,
     points: u64,
     store_secs: f64,
+    /// The longest flush + sweep (ingest waits for it: both hold the store's lock).
+    longest_maintenance: Duration,
 }
 
 /// Fills a store in `dir` with `gpus` × `hours` of simulated 1 s samples, `visit` seeing
@@ -86,6 +88,7 @@ fn fill(
     });
     let rounds = i64::from(hours) * 3600;
     let (mut samples, mut points, mut spent) = (0u64, 0u64, Duration::ZERO);
+    let mut longest = Duration::ZERO;
     for r in 0..rounds {
         for n in 0..nodes {
             let b = src.batch(n, T0 + r * 1000);
@@ -107,6 +110,7 @@ fn fill(
             store.flush().unwrap();
             store.sweep(T0 + r * 1000).unwrap();
             spent += t.elapsed();
+            longest = longest.max(t.elapsed());
         }
     }
     let t = Instant::now();
@@ -120,6 +124,7 @@ fn fill(
         samples,
         points,
         store_secs: spent.as_secs_f64(),
+        longest_maintenance: longest,
     }
 }
 
@@ -156,7 +161,12 @@ async fn latency(
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{url}");
-        bytes = r.bytes().await.unwrap().len();
+        // Read as it arrives (as a streaming parser would), until the last byte.
+        let mut r = r;
+        bytes = 0;
+        while let Some(piece) = r.chunk().await.unwrap() {
+            bytes += piece.len();
+        }
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     (pct(&mut ms.clone(), 0.5), pct(&mut ms, 0.99), bytes)
@@ -180,6 +190,10 @@ async fn main() {
         "  ingest (apply + compress + commit, one thread): {:.0} points/s ({:.0} samples/s)",
         f.points as f64 / f.store_secs,
         f.samples as f64 / f.store_secs
+    );
+    println!(
+        "  longest flush + sweep (10 simulated minutes of the fleet; ingest waits for it): {:.0} ms",
+        f.longest_maintenance.as_secs_f64() * 1000.0
     );
     println!(
         "  on disk: {file} bytes = {:.3} bytes per metric point",
@@ -323,6 +337,28 @@ async fn main() {
     );
     drop(api);
     drop(streamer);
+    // This machine's own noise, in the same run: the same work in this process, no
+    // sockets (read the 24 h, write its JSON), one thread, the same number of times.
+    {
+        let store = Store::open_disk(DiskConfig::new(&dir)).unwrap();
+        let mut ms = Vec::new();
+        for _ in 0..WARMUP + REQUESTS {
+            let t = Instant::now();
+            let (r, _) = store
+                .range(&uuid, T0 - 86_400_000, T0 + 2 * 86_400_000, 100_000)
+                .unwrap()
+                .unwrap();
+            let json = api::model::write_readings(&r, None);
+            std::hint::black_box(json);
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let mut ms = ms.split_off(WARMUP);
+        let (p50, p99) = (pct(&mut ms.clone(), 0.5), pct(&mut ms, 0.99));
+        println!(
+            "  machine noise: the same read + JSON in process, one thread: p50 {p50:.1} ms, p99 {p99:.1} ms (p99/p50 {:.1})",
+            p99 / p50
+        );
+    }
 
     // 3. Side by side with VictoriaMetrics.
     let vm_bin = ["victoria-metrics", "/usr/bin/victoria-metrics"]

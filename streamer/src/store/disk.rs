@@ -1,10 +1,13 @@
 //! [`DiskHistory`]: the durable history in a data directory.
 //!
-//! - `history.redb` (an embedded ACID key-value store) holds, per GPU ("series"), sealed
-//!   chunks of compressed readings ([`super::chunk`]), keyed `(series id, first time)`;
-//!   an expiry index `(last time, series id, first time)` for retention sweeps; one
-//!   record per GPU (inventory, count, newest sample); and the Kafka offsets the data
-//!   covers — all written in one transaction per flush.
+//! - `history.redb` (an embedded ACID key-value store) holds, per GPU ("series"), the index
+//!   of its sealed chunks of compressed readings ([`super::chunk`]), keyed `(series id,
+//!   first time)`, each pointing into a segment file; an expiry index `(last time, series
+//!   id, first time)` for retention sweeps; one record per GPU (inventory, count, newest
+//!   sample); the segment files' accounting; the rollup tiers; and the Kafka offsets the
+//!   data covers — all written in one transaction per flush.
+//! - Chunk bodies live in append-only segment files under `segments/` ([`super::segment`]),
+//!   written and fsynced before the transaction that refers to them commits.
 //! - New readings wait in per-GPU open buffers in memory until the next flush (every
 //!   `flush_interval`, or sooner when `max_open_samples` are waiting). They are covered by
 //!   the Kafka log: an offset becomes durable only in the flush that makes its samples
@@ -14,6 +17,8 @@
 //! - Idempotence on (GPU, time): a reading already buffered is a duplicate; one at or
 //!   before the newest sealed time is looked up in its chunk. Late readings are merged
 //!   with the chunks they overlap at flush, so chunks of a GPU never overlap.
+//! - Sweeps compact (10-minute flush chunks into one per hour, hours into one per 6-hour
+//!   block), age raw chunks out into rollups, and reclaim dead segment space.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
