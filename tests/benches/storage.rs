@@ -64,7 +64,7 @@ struct Filled {
     samples: u64,
     points: u64,
     store_secs: f64,
-    /// The longest flush + sweep (ingest waits for it: both hold the store's lock).
+    /// The longest flush or sweep (ingest waits for it: both hold the store's lock).
     longest_maintenance: Duration,
 }
 
@@ -106,19 +106,25 @@ fn fill(
         if r % FLUSH_EVERY == FLUSH_EVERY - 1 {
             // The streamer's maintenance: a flush every 10 minutes, and sweeps (which
             // compact completed hours), counted as ingest cost.
+            // Each call holds the store: the longest is the longest pause of ingest.
             let t = Instant::now();
             store.flush().unwrap();
-            store.sweep(T0 + r * 1000).unwrap();
-            spent += t.elapsed();
             longest = longest.max(t.elapsed());
+            loop {
+                let t1 = Instant::now();
+                let (_, more) = store.sweep(T0 + r * 1000).unwrap();
+                longest = longest.max(t1.elapsed());
+                if !more {
+                    break;
+                }
+            }
+            spent += t.elapsed();
         }
     }
     let t = Instant::now();
     store.flush().unwrap();
     // The hours completed at the end get compacted too, as the next sweeps would.
-    for _ in 0..=gpus.div_ceil(250) {
-        store.sweep(T0 + rounds * 1000 + 3_600_000).unwrap();
-    }
+    while store.sweep(T0 + rounds * 1000 + 3_600_000).unwrap().1 {}
     spent += t.elapsed();
     Filled {
         samples,
@@ -192,7 +198,7 @@ async fn main() {
         f.samples as f64 / f.store_secs
     );
     println!(
-        "  longest flush + sweep (10 simulated minutes of the fleet; ingest waits for it): {:.0} ms",
+        "  longest pause of ingest: one flush (10 simulated minutes of the fleet) or one sweep (retention, compaction within its budget): {:.0} ms",
         f.longest_maintenance.as_secs_f64() * 1000.0
     );
     println!(

@@ -131,6 +131,11 @@ pub struct DiskConfig {
     pub retention_1h: Duration,
     /// A segment file takes appends until it holds this many bytes.
     pub segment_bytes: u64,
+    /// Time one sweep spends compacting at most (after its first GPU): a sweep holds the
+    /// store (ingest and queries wait), so the rest waits for the next sweep, which
+    /// `run_maintenance` starts a second later. A 6-hour block of one GPU takes about 15 ms
+    /// to compact: without a budget, 250 of them held the store for 3.9 s.
+    pub compact_budget: Duration,
 }
 
 impl DiskConfig {
@@ -147,6 +152,7 @@ impl DiskConfig {
             retention_1m: Duration::from_secs(90 * 86_400),
             retention_1h: Duration::from_secs(730 * 86_400),
             segment_bytes: 64 << 20,
+            compact_budget: Duration::from_millis(200),
         }
     }
 }
@@ -1290,6 +1296,7 @@ type SweptTxn = (
 impl DiskHistory {
     /// A sweep's transaction, committed; the memory state is the caller's to update.
     fn sweep_txn(&self, st: &mut State, now_ms: i64) -> Result<SweptTxn, StoreError> {
+        let started = Instant::now();
         // Whole hours: an hour's raw chunks age out together, so its 1-minute rollups are
         // written once.
         let cutoff = rollup::bucket_of(now_ms.saturating_sub(ms(self.cfg.retention)), HOUR_MS);
@@ -1376,13 +1383,16 @@ impl DiskHistory {
             // those of a completed 6-hour block one (see `compact_series`). A bounded
             // number of GPUs per sweep.
             for (uuid, s) in &st.series {
-                if compacted.len() >= COMPACT_PER_SWEEP {
-                    break;
-                }
                 let Some(sealed) = s.sealed_end else { continue };
                 let horizon = rollup::bucket_of(sealed, HOUR_MS);
                 if s.compacted_to >= horizon {
                     continue;
+                }
+                if compacted.len() >= COMPACT_PER_SWEEP
+                    || (!compacted.is_empty() && started.elapsed() >= self.cfg.compact_budget)
+                {
+                    out.more = true;
+                    break;
                 }
                 // From the start of the block the last compaction stopped in: its hourly
                 // chunks become one when the block completes.
@@ -1676,6 +1686,26 @@ mod tests {
         let again = spans(&h);
         h.sweep(7_500_000).unwrap();
         assert_eq!(spans(&h), again);
+    }
+
+    #[test]
+    fn compaction_past_its_budget_goes_on_in_the_next_sweeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.retention = Duration::from_secs(86_400);
+        c.compact_budget = Duration::ZERO;
+        let h = DiskHistory::open(c).unwrap();
+        ten_minute_flushes(&h, &["GPU-1", "GPU-2", "GPU-3"], 12, false);
+        // One GPU a sweep: two sweeps leave work, the third finishes.
+        let mores: Vec<bool> = (0..4).map(|_| h.sweep(7_500_000).unwrap().more).collect();
+        assert_eq!(mores, [true, true, false, false]);
+        for g in ["GPU-1", "GPU-2", "GPU-3"] {
+            assert_eq!(
+                times(&h, g, 0, i64::MAX, 100_000).0,
+                secs(300..300 + 12 * 600)
+            );
+        }
+        assert_eq!(spans(&h).len(), 6, "two hours for each of three GPUs");
     }
 
     /// A directory with two days of retention and 64 KiB segments.

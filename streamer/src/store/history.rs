@@ -85,6 +85,8 @@ pub struct Swept {
     pub counts: Vec<(String, u64)>,
     /// GPUs with nothing left (forgotten).
     pub gone: Vec<String>,
+    /// Compaction stopped at its time budget with work left: sweep again soon.
+    pub more: bool,
 }
 
 /// One block of a range read ([`History::range_blocks`]).

@@ -350,6 +350,7 @@ mod tests {
             samples: 2,
             counts: vec![],
             gone: vec!["GPU-2".into(), "GPU-3".into()],
+            more: false,
         });
         assert_eq!(order(&idx, None), ["GPU-1"]);
     }
@@ -399,6 +400,7 @@ mod tests {
             samples: 1,
             counts: vec![("GPU-1".into(), 0)],
             gone: vec![],
+            more: false,
         });
         assert_eq!(idx.changed_since(v2).0.len(), 1);
     }

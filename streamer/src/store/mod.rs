@@ -140,14 +140,15 @@ impl Store {
         self.history.flush()
     }
 
-    /// Drops what is past retention as of `now_ms`; returns the samples dropped. Blocks.
+    /// Drops what is past retention as of `now_ms` and compacts; returns the samples dropped
+    /// and whether compaction has work left (then sweep again soon). Blocks.
     ///
     /// # Errors
     /// [`StoreError`] from the history.
-    pub fn sweep(&self, now_ms: i64) -> Result<u64, StoreError> {
+    pub fn sweep(&self, now_ms: i64) -> Result<(u64, bool), StoreError> {
         let swept = self.history.sweep(now_ms)?;
         self.latest.swept(&swept);
-        Ok(swept.samples)
+        Ok((swept.samples, swept.more))
     }
 
     /// The latest index.
@@ -212,6 +213,9 @@ pub fn stream_range(
 
 /// How often [`run_maintenance`] sweeps.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// The pause between sweeps while compaction has work left (each sweep holds the store for
+/// at most its compaction budget, `COMPACT_BUDGET` in `disk.rs`).
+pub const COMPACTION_PAUSE: Duration = Duration::from_secs(1);
 /// How often [`run_maintenance`] asks whether a flush is due.
 pub const FLUSH_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -234,6 +238,7 @@ pub async fn run_maintenance(
     let mut tick = tokio::time::interval(FLUSH_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = tokio::time::Instant::now();
+    let mut next_sweep = sweep_interval;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -251,14 +256,21 @@ pub async fn run_maintenance(
                 Err(error) => tracing::error!(%error, "flush task failed"),
             }
         }
-        if last_sweep.elapsed() >= sweep_interval {
+        if last_sweep.elapsed() >= next_sweep {
             last_sweep = tokio::time::Instant::now();
+            next_sweep = sweep_interval;
             let s = store.clone();
             match tokio::task::spawn_blocking(move || s.sweep(now_ms())).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(dropped)) => {
-                    metrics.samples_swept.fetch_add(dropped, Ordering::Relaxed);
-                    tracing::debug!(dropped, "swept samples past retention");
+                Ok(Ok((dropped, more))) => {
+                    if dropped > 0 {
+                        metrics.samples_swept.fetch_add(dropped, Ordering::Relaxed);
+                        tracing::debug!(dropped, "swept samples past retention");
+                    }
+                    // Compaction left work at its time budget: go on shortly, letting
+                    // ingest and queries in between.
+                    if more {
+                        next_sweep = COMPACTION_PAUSE;
+                    }
                 }
                 Ok(Err(error)) => {
                     metrics.error("store");
