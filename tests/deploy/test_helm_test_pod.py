@@ -34,11 +34,13 @@ def busybox(script, api_key):
 
 
 @pytest.fixture(scope="module")
-def api():
+def api(tmp_path_factory):
     assert API_BIN.exists(), "build the workspace first (scripts/test does): cargo build --workspace"
     port = free_port()
+    data = tmp_path_factory.mktemp("api-data")
     proc = subprocess.Popen(
-        [str(API_BIN), "--embedded", "--listen", f"127.0.0.1:{port}", "--source", "simulated", "--interval", "100ms"],
+        [str(API_BIN), "--embedded", "--listen", f"127.0.0.1:{port}", "--source", "simulated", "--interval", "100ms",
+         "--data-dir", str(data)],
         env={"API_KEY": KEY, "RUST_LOG": "warn", "PATH": "/usr/bin:/bin"},
         stdout=subprocess.DEVNULL,
     )
