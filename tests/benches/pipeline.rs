@@ -57,9 +57,12 @@ fn records() -> Vec<SignedRecord> {
 
 /// A store in a fresh temporary directory (removed when the store is dropped... or at
 /// exit: Linux keeps the open database file).
-fn temp_store() -> Arc<Store> {
+/// A store in a new temporary directory, removed when the returned guard drops (keep it as
+/// long as the store: segment files are created as data arrives).
+fn temp_store() -> (tempfile::TempDir, Arc<Store>) {
     let dir = tempfile::tempdir().unwrap();
-    Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap())
+    let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
+    (dir, store)
 }
 
 fn ingestor(store: Arc<Store>) -> Ingestor {
@@ -75,7 +78,7 @@ async fn end_to_end(broker: &Broker, recs: &[SignedRecord]) -> f64 {
     msg_queue_client::topic::ensure_topic(&broker.addr, &topic, 12, 1)
         .await
         .unwrap();
-    let store = temp_store();
+    let (_dir, store) = temp_store();
     let ing = ingestor(store.clone());
     let consumer = TelemetryConsumer::new(
         &ConsumerConfig::new(&broker.addr, unique("g"), &topic),
@@ -184,7 +187,7 @@ async fn main() {
     let f = fetched(&recs);
     let mut rates = Vec::new();
     for _ in 0..5 {
-        let store = temp_store();
+        let (_dir, store) = temp_store();
         let ing = ingestor(store.clone());
         let t = Instant::now();
         for chunk in f.chunks(2000) {
@@ -212,7 +215,7 @@ async fn main() {
     drop(broker);
 
     // 3. GET /api/v1/gpus with 10,000 GPUs.
-    let store = temp_store();
+    let (_dir, store) = temp_store();
     let ing = ingestor(store.clone());
     for chunk in f.chunks(2000) {
         ing.process(chunk).unwrap();
@@ -305,7 +308,7 @@ async fn main() {
     );
 
     // 4. 24 h of one GPU at 1 s.
-    let one = temp_store();
+    let (_one_dir, one) = temp_store();
     let src = SimulatedSource::new(FleetSpec {
         nodes: 1,
         gpus_per_node: 1,
