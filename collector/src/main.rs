@@ -13,8 +13,9 @@ async fn main() -> std::process::ExitCode {
     let cfg = CollectorConfig::parse();
     match collector::run(cfg, shutdown_signal()).await {
         Ok(summary) => {
-            // A plain line on stdout, for operators and scripts.
-            let _ = writeln!(std::io::stdout(), "collector stopped: {summary}");
+            // A plain line on stderr, with the logs: stdout is the data (`--output json`
+            // writes JSON lines there, and a consumer parses every line).
+            let _ = writeln!(std::io::stderr(), "collector stopped: {summary}");
             std::process::ExitCode::SUCCESS
         }
         Err(error) => {

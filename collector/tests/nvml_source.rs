@@ -160,3 +160,34 @@ fn collector_without_service_token_says_which_secret_and_where_it_looked() {
         "collector: service token is missing: /nonexistent-secrets/service-token not found or empty; env SERVICE_TOKEN is unset"
     );
 }
+
+#[test]
+fn json_output_keeps_stdout_to_json_lines_and_the_summary_on_stderr() {
+    let out = Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args([
+            "--source",
+            "simulated",
+            "--sim-nodes",
+            "2",
+            "--output",
+            "json",
+            "--rounds",
+            "3",
+            "--interval",
+            "10ms",
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    // One batch per node and round, every line a JSON object.
+    assert_eq!(lines.len(), 6, "{stdout}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v.is_object(), "{l}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("collector stopped: rounds=3"), "{stderr}");
+}

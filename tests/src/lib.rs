@@ -104,7 +104,7 @@ pub fn nvml_double() -> PathBuf {
     bin("libnvidia_ml.so")
 }
 
-/// A child process, killed on drop; its stdout lines are collected.
+/// A child process, killed on drop; its stdout and stderr lines are collected.
 #[derive(Debug)]
 pub struct Proc {
     /// The child.
@@ -140,7 +140,7 @@ impl Proc {
         }
         cmd.args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .stdin(Stdio::null());
         cmd.env(
             "RUST_LOG",
@@ -153,12 +153,21 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
+        let tx_err = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     break;
                 }
+            }
+        });
+        // Logs and summaries: shown as before (the test's stderr), and matched too.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = tx_err.send(line);
             }
         });
         Proc {
@@ -169,7 +178,7 @@ impl Proc {
         }
     }
 
-    /// Waits up to `timeout` for a stdout line containing `needle`; returns it.
+    /// Waits up to `timeout` for a line (stdout or stderr) containing `needle`; returns it.
     pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
         if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
             return l.clone();
@@ -185,7 +194,7 @@ impl Proc {
                     }
                 }
                 Err(_) => panic!(
-                    "{}: no stdout line containing {needle:?} within {timeout:?}; exit: {:?}; saw: {:?}",
+                    "{}: no line containing {needle:?} within {timeout:?}; exit: {:?}; saw: {:?}",
                     self.name,
                     self.child.try_wait(),
                     self.seen
