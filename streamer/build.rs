@@ -3,11 +3,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
-        .extern_path(".telemetry.v1", "::msg_queue_client::wire::proto")
+        .extern_path(".telemetry.v1", "::telemetry_wire::wire::proto")
         .compile_with_config(
             config,
             &["proto/query.proto", "proto/storage.proto"],
-            &["proto", "../msg-queue-client/proto"],
+            &["proto", "../telemetry-wire/proto"],
         )?;
     Ok(())
 }

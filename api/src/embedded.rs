@@ -13,9 +13,9 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use collector::config::SourceKind;
 use collector::metrics::CollectorMetrics;
 use collector::sampler::{BatchSink, run_sampler};
-use msg_queue_client::wire::TelemetryBatch;
 use streamer::metrics::StreamerMetrics;
 use streamer::store::Store;
+use telemetry_wire::wire::TelemetryBatch;
 
 use crate::backend::StoreBackend;
 use crate::config::ApiConfig;

@@ -1,11 +1,11 @@
 //! JSON shapes of the REST API.
 
-use msg_queue_client::metric::{self, MetricDef};
-use msg_queue_client::wire::GpuSample;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use streamer::query::proto::GpuStatus;
 use streamer::store::GpuView;
+use telemetry_wire::metric::{self, MetricDef};
+use telemetry_wire::wire::GpuSample;
 use time::OffsetDateTime;
 use time::macros::format_description;
 

@@ -1,6 +1,6 @@
 //! The OpenAPI document (generated from the handlers' annotations) and the `/docs` page.
 
-use msg_queue_client::metric::METRICS;
+use telemetry_wire::metric::METRICS;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 

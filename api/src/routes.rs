@@ -14,7 +14,7 @@ use axum::routing::get;
 use common_auth::KeyRing;
 use common_auth::http::{ApiKeyAuth, require_api_key};
 use futures::StreamExt as _;
-use msg_queue_client::metric::{self, MetricDef};
+use telemetry_wire::metric::{self, MetricDef};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use msg_queue_client::wire::SignedRecord;
+use telemetry_wire::wire::SignedRecord;
 use tokio::net::TcpListener;
 
 use crate::buffer::Buffer;

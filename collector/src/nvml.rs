@@ -10,10 +10,10 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::Path;
 
-use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
+use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 
 use crate::source::{GpuSource, SourceError};
 

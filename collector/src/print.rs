@@ -2,10 +2,10 @@
 //! names them. No broker, no service token: for checking what NVML reports on a node
 //! (`collector --output json --rounds 1`) and for the real-GPU check script.
 
-use msg_queue_client::metric;
-use msg_queue_client::wire::TelemetryBatch;
 use serde_json::{Map, Value, json};
 use std::io::Write as _;
+use telemetry_wire::metric;
+use telemetry_wire::wire::TelemetryBatch;
 
 use crate::sampler::BatchSink;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use msg_queue_client::producer::TelemetryProducer;
-use msg_queue_client::wire::SignedRecord;
+use telemetry_wire::wire::SignedRecord;
 use tokio::time::Instant;
 
 use crate::buffer::Buffer;

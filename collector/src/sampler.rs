@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use std::sync::Mutex;
 
-use common_auth::{KeyRing, RecordSigner};
-use msg_queue_client::wire::{SignedRecord, TelemetryBatch, seal};
+use common_auth::KeyRing;
 use secrecy::{ExposeSecret, SecretString};
+use telemetry_wire::RecordSigner;
+use telemetry_wire::wire::{SignedRecord, TelemetryBatch, seal};
 use tokio::time::MissedTickBehavior;
 
 use crate::buffer::Buffer;

@@ -3,7 +3,7 @@
 //! real ones (a slow load wave, noise, power and temperature following load, a monotonic
 //! energy counter); tests recompute exactly what any sample must have been.
 
-use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
+use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 
 use crate::source::{GpuSource, SourceError};
 

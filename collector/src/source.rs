@@ -1,6 +1,6 @@
 //! The seam between "where GPU readings come from" and the rest of the collector.
 
-use msg_queue_client::wire::TelemetryBatch;
+use telemetry_wire::wire::TelemetryBatch;
 
 /// Something that can read GPUs: NVML on a real node, or a simulated fleet.
 pub trait GpuSource: Send {

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use collector::nvml::NvmlSource;
 use collector::source::{GpuSource, SourceError};
-use msg_queue_client::wire::GpuSample;
+use telemetry_wire::wire::GpuSample;
 
 /// `target/debug/libnvidia_ml.so`, built by `cargo build --workspace`.
 fn double() -> PathBuf {

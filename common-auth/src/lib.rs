@@ -12,8 +12,8 @@
 //!   the previous value is accepted and how long senders keep using it.
 //! - [`reload`]: [`SecretArgs`] (the shared secret flags) and hot reload of rotated values
 //!   from the mounted secret directory.
-//! - [`signing`]: [`RecordSigner`] / [`RecordVerifier`], HMAC-SHA256 over a record's key and
-//!   value with a key id that tells a rotated token from a forged signature.
+//! - Record signatures (HMAC-SHA256 keyed by the service token) are part of the wire format:
+//!   `telemetry_wire::signing`.
 //! - [`http`]: the axum middleware that requires the API key.
 //! - [`grpc`]: tonic interceptors that require / attach the service token.
 //!
@@ -24,12 +24,10 @@ pub mod http;
 mod keyring;
 pub mod reload;
 pub mod secret;
-pub mod signing;
 
 pub use keyring::{KeyRing, RotationPolicy};
 pub use reload::SecretArgs;
 pub use secret::{SecretSpec, load_secret};
-pub use signing::{RecordSigner, RecordVerifier, VerifyError};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

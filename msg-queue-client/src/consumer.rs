@@ -17,8 +17,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
-use crate::wire::{RecordParts, header};
 use crate::{QueueError, kafka};
+use telemetry_wire::wire::{RecordParts, header};
 
 /// Tells the consumer where to resume a partition.
 pub trait OffsetSource: Send + Sync + 'static {
@@ -181,7 +181,7 @@ impl ConsumedRecord {
             .and_then(|(_, v)| v.as_deref())
     }
 
-    /// The parts [`crate::wire::open`] checks.
+    /// The parts [`telemetry_wire::wire::open`] checks.
     pub fn parts(&self) -> RecordParts<'_> {
         RecordParts {
             key: self.key.as_deref(),

@@ -8,8 +8,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::consumer::ConsumedRecord;
-use crate::wire::header;
 use crate::{QueueError, kafka};
+use telemetry_wire::wire::header;
 
 /// Produces rejected records to the dead-letter topic.
 #[derive(Clone)]

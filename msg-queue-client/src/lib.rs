@@ -1,9 +1,6 @@
-//! Everything that crosses the message queue: the wire format and the Kafka plumbing.
+//! The Kafka plumbing for telemetry records (the record format itself, free of I/O, is the
+//! `telemetry-wire` crate).
 //!
-//! - [`wire`]: protobuf types ([`wire::TelemetryBatch`], [`wire::GpuInfo`],
-//!   [`wire::GpuSample`]), the schema version, [`wire::seal`] / [`wire::open`] (encode + sign,
-//!   verify + decode). No I/O: unit- and property-tested, shared by collector and streamer.
-//! - [`metric`]: the one table of metric names, units and how each is read off a sample.
 //! - [`topic`]: creating the telemetry and dead-letter topics if missing.
 //! - [`producer`]: [`producer::TelemetryProducer`], idempotent, acks=all, compressed; rebuilds
 //!   itself after a fatal error instead of stalling.
@@ -15,10 +12,8 @@
 
 pub mod consumer;
 pub mod dead_letter;
-pub mod metric;
 pub mod producer;
 pub mod topic;
-pub mod wire;
 
 /// Default topic for telemetry batches.
 pub const DEFAULT_TOPIC: &str = "gpu-telemetry";

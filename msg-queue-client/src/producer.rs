@@ -22,8 +22,8 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use crate::wire::{SCHEMA_VERSION, SignedRecord, header};
 use crate::{QueueError, kafka};
+use telemetry_wire::wire::{SCHEMA_VERSION, SignedRecord, header};
 
 /// Producer settings.
 #[derive(Debug, Clone)]

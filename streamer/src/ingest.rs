@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use common_auth::{KeyRing, RecordVerifier};
+use common_auth::KeyRing;
 use msg_queue_client::consumer::ConsumedRecord;
-use msg_queue_client::wire::{Reject, check_times, open};
+use telemetry_wire::RecordVerifier;
+use telemetry_wire::wire::{Reject, check_times, open};
 
 use crate::metrics::StreamerMetrics;
 use crate::store::{Store, StoreError, now_ms};

@@ -120,7 +120,7 @@ pub fn state(g: GpuStatus) -> Option<GpuState> {
 }
 
 /// The wire samples of `readings` (uuid empty: a range is of one GPU).
-pub fn samples(readings: &[Reading]) -> Vec<msg_queue_client::wire::GpuSample> {
+pub fn samples(readings: &[Reading]) -> Vec<telemetry_wire::wire::GpuSample> {
     readings.iter().map(Reading::to_wire).collect()
 }
 

@@ -18,17 +18,18 @@ use std::time::{Duration, Instant};
 use api::backend::{GrpcBackend, StoreBackend, TelemetryBackend};
 use api::routes::{AppState, router};
 use collector::simulated::{FleetSpec, SimulatedSource};
-use common_auth::{KeyRing, RecordSigner};
+use common_auth::KeyRing;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use integration_tests::{Broker, median, pct, unique};
 use msg_queue_client::consumer::{ConsumedRecord, ConsumerConfig, TelemetryConsumer};
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
-use msg_queue_client::wire::{SignedRecord, header, seal};
 use secrecy::SecretString;
 use streamer::ingest::Ingestor;
 use streamer::metrics::StreamerMetrics;
 use streamer::store::{DiskConfig, Store};
+use telemetry_wire::RecordSigner;
+use telemetry_wire::wire::{SignedRecord, header, seal};
 
 const NODES: u32 = 1250; // × 8 GPUs = 10,000 GPUs
 const ROUNDS: i64 = 30; // × 10,000 = 300,000 samples

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use collector::simulated::{FleetSpec, SimulatedSource};
 use integration_tests::{Proc, args, bin, free_port, median, pct};
-use msg_queue_client::metric;
 use streamer::store::{DiskConfig, Store};
+use telemetry_wire::metric;
 
 const T0: i64 = 1_790_000_000_000;
 
@@ -74,7 +74,7 @@ fn fill(
     dir: &Path,
     gpus: u32,
     hours: u32,
-    mut visit: impl FnMut(&msg_queue_client::wire::TelemetryBatch),
+    mut visit: impl FnMut(&telemetry_wire::wire::TelemetryBatch),
 ) -> Filled {
     let mut cfg = DiskConfig::new(dir);
     cfg.retention = Duration::from_secs(3650 * 86_400);

@@ -106,3 +106,24 @@ def test_compose_wires_the_stack_with_secrets_files_and_hardening(secrets_dir):
     # Without the profile, no real-GPU collector.
     r = compose("config", "--services", secrets_dir=secrets_dir)
     assert "collector-gpu" not in r.stdout.split()
+
+
+def test_the_dependency_layer_copies_every_workspace_member_with_its_build_inputs():
+    # A crate added to the workspace but missing here breaks `docker build` only at its
+    # first real run: check the manifests, build scripts and protos are all copied, and
+    # that every member gets a stub source.
+    import tomllib
+
+    text = DOCKERFILE.read_text()
+    layer = text.split("COPY . .", 1)[0]
+    members = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["members"]
+    stubs = re.search(r"for crate in ([^;]+); do", layer).group(1).split()
+    assert sorted(stubs) == sorted(members)
+    for m in members:
+        copies = [line.split()[1:-1] for line in layer.splitlines() if line.startswith(f"COPY {m}/")]
+        copied = {p for c in copies for p in c}
+        assert f"{m}/Cargo.toml" in copied, m
+        if (ROOT / m / "build.rs").exists():
+            assert f"{m}/build.rs" in copied, m
+        if (ROOT / m / "proto").is_dir():
+            assert f"{m}/proto" in copied, m

@@ -6,12 +6,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use collector::simulated::{FleetSpec, SimulatedSource};
-use common_auth::{KeyRing, RecordSigner};
+use common_auth::KeyRing;
 use integration_tests::{Broker, eventually, unique};
 use msg_queue_client::consumer::{ConsumerConfig, TelemetryConsumer};
 use msg_queue_client::dead_letter::DeadLetterProducer;
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
-use msg_queue_client::wire::{TelemetryBatch, seal};
 use secrecy::SecretString;
 use streamer::StoreOffsets;
 use streamer::ingest::Ingestor;
@@ -20,6 +19,8 @@ use streamer::store::{
     Agg, AggRow, Applied, Block, DiskConfig, DiskHistory, History, Reading, SeriesState, Store,
     StoreError, Swept,
 };
+use telemetry_wire::RecordSigner;
+use telemetry_wire::wire::{TelemetryBatch, seal};
 
 /// A history whose first `apply` and `cover` calls fail.
 struct FlakyHistory {

@@ -3,19 +3,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common_auth::RecordSigner;
 use integration_tests::{
     Broker, Names, eventually, free_port, get_json, get_text, metric_value, spawn_api,
     spawn_streamer, unique,
 };
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
-use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch, header, seal};
 use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use secrecy::SecretString;
+use telemetry_wire::RecordSigner;
+use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch, header, seal};
 
 fn batch(node: &str, uuid: &str, util: u32) -> TelemetryBatch {
     TelemetryBatch {

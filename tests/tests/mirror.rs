@@ -9,9 +9,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common_auth::KeyRing;
 use integration_tests::eventually;
-use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 use serde_json::Value;
 use streamer::store::{DiskConfig, Store};
+use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 use tower::ServiceExt;
 
 const KEY: &str = "test-api-key";

@@ -8,8 +8,8 @@ use integration_tests::{
     Broker, Names, eventually, free_port, get_json, get_text, metric_value, spawn_api,
     spawn_collector, spawn_streamer, spawn_streamer_with,
 };
-use msg_queue_client::metric;
 use serde_json::Value;
+use telemetry_wire::metric;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -371,9 +371,9 @@ fn rfc3339(ms: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamer_killed_amid_rollups_keeps_every_sample_once_in_raw_or_rollups() {
-    use common_auth::RecordSigner;
     use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
-    use msg_queue_client::wire::seal;
+    use telemetry_wire::RecordSigner;
+    use telemetry_wire::wire::seal;
     const ROUNDS: i64 = 1080; // 3 h at one sample per 10 s
     let broker = Broker::start();
     let n = Names::fresh("rollup-crash");

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use common_auth::RecordSigner;
 use integration_tests::{Broker, eventually, unique};
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
-use msg_queue_client::wire::{SCHEMA_VERSION, TelemetryBatch, seal};
 use secrecy::SecretString;
+use telemetry_wire::RecordSigner;
+use telemetry_wire::wire::{SCHEMA_VERSION, TelemetryBatch, seal};
 
-fn record(n: i64) -> msg_queue_client::wire::SignedRecord {
+fn record(n: i64) -> telemetry_wire::wire::SignedRecord {
     let batch = TelemetryBatch {
         schema_version: SCHEMA_VERSION,
         node: "node-a".into(),

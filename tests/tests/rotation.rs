@@ -179,9 +179,9 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_streamer_still_verifies_records_signed_before_a_rotation_with_the_retired_token()
  {
-    use common_auth::RecordSigner;
     use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
-    use msg_queue_client::wire::seal;
+    use telemetry_wire::RecordSigner;
+    use telemetry_wire::wire::seal;
 
     let secrets = tempfile::tempdir().unwrap();
     let dir = secrets.path().to_str().unwrap().to_string();

@@ -25,9 +25,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use msg_queue_client::wire::{GpuInfo, TelemetryBatch};
 use prost::Message as _;
 use redb::{Database, ReadTransaction, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use telemetry_wire::wire::{GpuInfo, TelemetryBatch};
 
 use super::chunk;
 use super::history::{Applied, Block, History, SeriesState, StoreError, Swept};
@@ -1469,7 +1469,7 @@ impl DiskHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msg_queue_client::wire::GpuSample;
+    use telemetry_wire::wire::GpuSample;
 
     fn batch(node: &str, uuid: &str, ts: &[i64]) -> TelemetryBatch {
         super::super::test_batch(node, uuid, 0, ts)

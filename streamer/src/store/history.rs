@@ -1,7 +1,7 @@
 //! The durable history seam: [`History`], what the streamer and the embedded mode write
 //! through and range queries read from.
 
-use msg_queue_client::wire::{GpuInfo, GpuSample, TelemetryBatch};
+use telemetry_wire::wire::{GpuInfo, GpuSample, TelemetryBatch};
 
 use super::chunk::ChunkError;
 use super::reading::Reading;

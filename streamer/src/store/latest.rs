@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 
-use msg_queue_client::wire::{GpuInfo, GpuSample, TelemetryBatch};
+use telemetry_wire::wire::{GpuInfo, GpuSample, TelemetryBatch};
 
 use super::history::{SeriesState, Swept};
 

@@ -24,7 +24,7 @@ mod wal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use msg_queue_client::wire::TelemetryBatch;
+use telemetry_wire::wire::TelemetryBatch;
 
 use crate::metrics::StreamerMetrics;
 use std::sync::atomic::Ordering;
@@ -294,7 +294,7 @@ pub async fn run_maintenance(
 /// A batch of one GPU with a reading at each of `ts` (for the store's unit tests).
 #[cfg(test)]
 pub(crate) fn test_batch(node: &str, uuid: &str, index: u32, ts: &[i64]) -> TelemetryBatch {
-    use msg_queue_client::wire::{GpuInfo, GpuSample, SCHEMA_VERSION};
+    use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION};
     TelemetryBatch {
         schema_version: SCHEMA_VERSION,
         node: node.into(),

@@ -3,7 +3,7 @@
 //! MHz). Chunks on disk name each column by its [`Column::id`], which never changes, so a
 //! column added later (a new wire field) leaves old chunks readable.
 
-use msg_queue_client::wire::GpuSample;
+use telemetry_wire::wire::GpuSample;
 
 /// One stored metric column.
 #[derive(Debug, Clone, Copy)]
@@ -166,7 +166,7 @@ mod tests {
         };
         let back = Reading::from_wire(&full).to_wire();
         assert_eq!(back, full);
-        for m in msg_queue_client::metric::METRICS {
+        for m in telemetry_wire::metric::METRICS {
             assert!(m.value(&back).is_some(), "{} is stored", m.name);
         }
     }

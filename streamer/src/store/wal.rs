@@ -10,8 +10,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use msg_queue_client::wire::TelemetryBatch;
 use prost::Message as _;
+use telemetry_wire::wire::TelemetryBatch;
 
 use super::history::StoreError;
 

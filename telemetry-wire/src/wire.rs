@@ -5,10 +5,10 @@
 //!   samples stay in order.
 //! - value: a protobuf [`TelemetryBatch`].
 //! - headers: [`header::KEY_ID`], [`header::SIGNATURE`] (HMAC-SHA256 over key and value, see
-//!   [`common_auth::signing`]) and [`header::SCHEMA_VERSION`] (informational; the version
+//!   [`crate::signing`]) and [`header::SCHEMA_VERSION`] (informational; the version
 //!   that counts is inside the signed value).
 
-use common_auth::{RecordSigner, RecordVerifier, VerifyError};
+use crate::signing::{RecordSigner, RecordVerifier, VerifyError};
 use prost::Message;
 
 /// Generated protobuf types (package `telemetry.v1`).

@@ -26,7 +26,13 @@ pub fn key_id(token: &SecretString) -> String {
     let mut h = Sha256::new();
     h.update(b"gpu-telemetry-key-id/v1");
     h.update(token.expose_secret().as_bytes());
-    hex::encode(&h.finalize()[..8])
+    let digest = h.finalize();
+    let mut out = String::with_capacity(16);
+    for b in &digest[..8] {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
 }
 
 fn mac_for(token: &SecretString) -> HmacSha256 {
