@@ -81,13 +81,15 @@ pub fn docs_page() -> String {
             }
         }
     }
-    h.push_str("<h2>Metrics</h2><table><tr><th>name</th><th>unit</th><th>NVML source</th><th>meaning</th></tr>");
+    h.push_str("<h2>Metrics</h2><table><tr><th>name</th><th>unit</th><th>kind</th><th>NVML source</th><th>dcgm-exporter field</th><th>meaning</th></tr>");
     for m in METRICS {
         h.push_str(&format!(
-            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
             m.name,
             esc(m.unit),
+            m.kind.as_str(),
             esc(m.nvml),
+            esc(m.dcgm),
             esc(m.description)
         ));
     }

@@ -387,6 +387,22 @@ async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
     .unwrap();
     assert!(html.contains("GET /api/v1/gpus/{uuid}/telemetry"));
     assert!(html.contains("<code>power_usage_watts</code>"));
+    // Every metric of the catalog, with its kind and dcgm-exporter field.
+    for m in telemetry_wire::metric::METRICS {
+        assert!(
+            html.contains(&format!("<code>{}</code>", m.name)),
+            "{}",
+            m.name
+        );
+        assert!(
+            html.contains(&format!("<code>{}</code>", m.dcgm)),
+            "{}",
+            m.dcgm
+        );
+    }
+    assert!(html.contains(
+        "<td>counter</td><td>nvmlDeviceGetTotalEnergyConsumption</td><td><code>DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION</code></td>"
+    ));
 }
 
 #[tokio::test]

@@ -1,8 +1,29 @@
-//! The metric catalog: one table of every metric name the API serves, its unit, the NVML
-//! call it comes from, and how it is read off a [`GpuSample`]. The README's metric table is
-//! this table; the API's `metrics=` parameter accepts exactly these names.
+//! The metric catalog: one table of every metric name the API serves, its unit, its kind
+//! (gauge or counter), the NVML call it comes from, the DCGM field it corresponds to, and how
+//! it is read off a [`GpuSample`]. Generated from it: the README's metric table
+//! ([`markdown_table`], a test keeps them equal), the API's `metrics=` names and its
+//! reference page, and the Prometheus names ([`MetricDef::prometheus_name`]).
 
 use crate::wire::GpuSample;
+
+/// Whether a metric is a level or a running total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A value that goes up and down (utilization, temperature, power).
+    Gauge,
+    /// A running total that only grows (until the driver reloads): rate it, do not average.
+    Counter,
+}
+
+impl Kind {
+    /// `gauge` or `counter` (Prometheus's words).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gauge => "gauge",
+            Self::Counter => "counter",
+        }
+    }
+}
 
 /// One metric.
 #[derive(Debug, Clone, Copy)]
@@ -11,6 +32,11 @@ pub struct MetricDef {
     pub name: &'static str,
     /// Unit, e.g. `W`.
     pub unit: &'static str,
+    /// Gauge or counter.
+    pub kind: Kind,
+    /// The dcgm-exporter field with the same meaning, e.g. `DCGM_FI_DEV_POWER_USAGE` (units
+    /// may differ: DCGM reports framebuffer in MiB and energy in mJ).
+    pub dcgm: &'static str,
     /// What it measures.
     pub description: &'static str,
     /// The NVML function it is read with.
@@ -28,13 +54,24 @@ impl MetricDef {
     pub fn value(&self, s: &GpuSample) -> Option<f64> {
         (self.read)(s)
     }
+
+    /// The Prometheus name: `gpu_` + the name, and `_total` for a counter
+    /// (`gpu_energy_consumed_joules_total`).
+    pub fn prometheus_name(&self) -> String {
+        match self.kind {
+            Kind::Gauge => format!("gpu_{}", self.name),
+            Kind::Counter => format!("gpu_{}_total", self.name),
+        }
+    }
 }
 
 macro_rules! metric {
-    ($name:literal, $unit:literal, $nvml:literal, $desc:literal, $field:ident, $div:literal) => {
+    ($name:literal, $unit:literal, $kind:ident, $nvml:literal, $dcgm:literal, $desc:literal, $field:ident, $div:literal) => {
         MetricDef {
             name: $name,
             unit: $unit,
+            kind: Kind::$kind,
+            dcgm: $dcgm,
             description: $desc,
             nvml: $nvml,
             field: stringify!($field),
@@ -49,7 +86,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "gpu_utilization_percent",
         "%",
+        Gauge,
         "nvmlDeviceGetUtilizationRates",
+        "DCGM_FI_DEV_GPU_UTIL",
         "Percent of time a kernel was running over the last sample period",
         gpu_utilization_percent,
         1.0
@@ -57,7 +96,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "memory_utilization_percent",
         "%",
+        Gauge,
         "nvmlDeviceGetUtilizationRates",
+        "DCGM_FI_DEV_MEM_COPY_UTIL",
         "Percent of time device memory was being read or written",
         memory_utilization_percent,
         1.0
@@ -65,7 +106,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "memory_used_bytes",
         "B",
+        Gauge,
         "nvmlDeviceGetMemoryInfo_v2",
+        "DCGM_FI_DEV_FB_USED",
         "Device memory in use",
         memory_used_bytes,
         1.0
@@ -73,7 +116,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "memory_total_bytes",
         "B",
+        Gauge,
         "nvmlDeviceGetMemoryInfo_v2",
+        "DCGM_FI_DEV_FB_TOTAL",
         "Device memory installed",
         memory_total_bytes,
         1.0
@@ -81,7 +126,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "temperature_celsius",
         "°C",
+        Gauge,
         "nvmlDeviceGetTemperature",
+        "DCGM_FI_DEV_GPU_TEMP",
         "GPU die temperature",
         temperature_celsius,
         1.0
@@ -89,7 +136,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "power_usage_watts",
         "W",
+        Gauge,
         "nvmlDeviceGetPowerUsage",
+        "DCGM_FI_DEV_POWER_USAGE",
         "Board power draw",
         power_usage_milliwatts,
         1000.0
@@ -97,7 +146,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "power_limit_watts",
         "W",
+        Gauge,
         "nvmlDeviceGetEnforcedPowerLimit",
+        "DCGM_FI_DEV_ENFORCED_POWER_LIMIT",
         "Enforced power limit",
         power_limit_milliwatts,
         1000.0
@@ -105,7 +156,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "energy_consumed_joules",
         "J",
+        Counter,
         "nvmlDeviceGetTotalEnergyConsumption",
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
         "Energy since the driver loaded (counter)",
         energy_consumed_millijoules,
         1000.0
@@ -113,7 +166,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "sm_clock_mhz",
         "MHz",
+        Gauge,
         "nvmlDeviceGetClockInfo(SM)",
+        "DCGM_FI_DEV_SM_CLOCK",
         "Streaming multiprocessor clock",
         sm_clock_mhz,
         1.0
@@ -121,7 +176,9 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "memory_clock_mhz",
         "MHz",
+        Gauge,
         "nvmlDeviceGetClockInfo(MEM)",
+        "DCGM_FI_DEV_MEM_CLOCK",
         "Memory clock",
         memory_clock_mhz,
         1.0
@@ -129,12 +186,33 @@ pub const METRICS: &[MetricDef] = &[
     metric!(
         "fan_speed_percent",
         "%",
+        Gauge,
         "nvmlDeviceGetFanSpeed",
+        "DCGM_FI_DEV_FAN_SPEED",
         "Fan speed as percent of maximum (absent on passively cooled boards)",
         fan_speed_percent,
         1.0
     ),
 ];
+
+/// The README's metric table (Markdown), generated from [`METRICS`].
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| metric | unit | kind | NVML | dcgm-exporter field | meaning |\n|---|---|---|---|---|---|\n",
+    );
+    for m in METRICS {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | `{}` | {} |\n",
+            m.name,
+            m.unit,
+            m.kind.as_str(),
+            m.nvml,
+            m.dcgm,
+            m.description
+        ));
+    }
+    out
+}
 
 /// Looks a metric up by name.
 pub fn find(name: &str) -> Option<&'static MetricDef> {
@@ -183,20 +261,31 @@ mod tests {
     }
 
     #[test]
-    fn readme_metric_table_is_this_catalog() {
+    fn readme_metric_table_is_the_generated_one() {
         let readme = include_str!("../../README.md");
-        for m in METRICS {
-            let row = format!("| `{}` | {} | {} |", m.name, m.unit, m.nvml);
-            assert!(readme.contains(&row), "README lacks the row starting {row}");
-        }
-        let rows = readme
-            .lines()
-            .filter(|l| l.starts_with("| `") && l.contains("| nvmlDevice"))
-            .count();
+        let begin = "<!-- metric table: generated from telemetry-wire/src/metric.rs -->\n";
+        let end = "<!-- end of metric table -->";
+        let table = readme
+            .split_once(begin)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(t, _)| t)
+            .expect("README has the metric table markers");
         assert_eq!(
-            rows,
-            METRICS.len(),
-            "README lists a metric the catalog does not have"
+            table,
+            markdown_table(),
+            "README's metric table differs from the catalog; replace it with:\n{}",
+            markdown_table()
         );
+    }
+
+    #[test]
+    fn prometheus_names_follow_the_conventions() {
+        let names: Vec<String> = METRICS.iter().map(MetricDef::prometheus_name).collect();
+        assert!(names.contains(&"gpu_power_usage_watts".to_string()));
+        assert!(names.contains(&"gpu_energy_consumed_joules_total".to_string()));
+        for (m, n) in METRICS.iter().zip(&names) {
+            assert_eq!(n.ends_with("_total"), m.kind == Kind::Counter, "{n}");
+            assert!(m.dcgm.starts_with("DCGM_FI_"), "{}", m.name);
+        }
     }
 }
