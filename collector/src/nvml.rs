@@ -149,6 +149,13 @@ impl FieldErrors {
         let sm = self.field(index, "sm_clock", d.clock_info(Clock::SM));
         let memclk = self.field(index, "memory_clock", d.clock_info(Clock::Memory));
         let fan = self.field(index, "fan_speed", d.fan_speed(0));
+        let sm_max = self.field(index, "sm_clock_max", d.max_clock_info(Clock::SM));
+        let mem_max = self.field(index, "memory_clock_max", d.max_clock_info(Clock::Memory));
+        let enc = self.field(index, "encoder_utilization", d.encoder_utilization());
+        let dec = self.field(index, "decoder_utilization", d.decoder_utilization());
+        let replays = self.field(index, "pcie_replay_count", d.pcie_replay_counter());
+        let link_gen = self.field(index, "pcie_link_generation", d.current_pcie_link_gen());
+        let link_width = self.field(index, "pcie_link_width", d.current_pcie_link_width());
         GpuSample {
             uuid,
             timestamp_ms: now_ms,
@@ -163,6 +170,15 @@ impl FieldErrors {
             sm_clock_mhz: sm,
             memory_clock_mhz: memclk,
             fan_speed_percent: fan,
+            memory_free_bytes: mem.as_ref().map(|m| m.free),
+            memory_reserved_bytes: mem.as_ref().map(|m| m.reserved),
+            sm_clock_max_mhz: sm_max,
+            memory_clock_max_mhz: mem_max,
+            encoder_utilization_percent: enc.map(|u| u.utilization),
+            decoder_utilization_percent: dec.map(|u| u.utilization),
+            pcie_replay_count: replays.map(u64::from),
+            pcie_link_generation: link_gen,
+            pcie_link_width: link_width,
         }
     }
 }

@@ -9,6 +9,8 @@ use crate::source::{GpuSource, SourceError};
 
 /// Installed memory of the simulated board (80 GiB).
 pub const MEMORY_TOTAL_BYTES: u64 = 80 * 1024 * 1024 * 1024;
+/// Device memory the driver and firmware keep for themselves.
+pub const MEMORY_RESERVED_BYTES: u64 = 512 * 1024 * 1024;
 /// Enforced power limit of the simulated board.
 pub const POWER_LIMIT_MILLIWATTS: u32 = 700_000;
 
@@ -115,6 +117,7 @@ impl SimulatedSource {
         let util_pct = util.round() as u32;
         let mem_frac = 0.15 + 0.8 * (base / 100.0) + 0.02 * wave;
         let mem_used = ((MEMORY_TOTAL_BYTES as f64 * mem_frac) as u64) & !((1 << 20) - 1);
+        let mem_used = mem_used.min(MEMORY_TOTAL_BYTES - MEMORY_RESERVED_BYTES);
         let temp = 32.0 + util * 0.42 + unit(mix(noise)) * 2.0;
         let power_mw = 68_000 + (util * 5_900.0) as u32 + (mix(noise ^ 7) % 3_000) as u32;
         // Energy: a counter since "driver load" that only grows (≈ 350 W average).
@@ -134,6 +137,21 @@ impl SimulatedSource {
             memory_clock_mhz: Some(2619),
             // Passively cooled boards report no fan: absent, not zero.
             fan_speed_percent: None,
+            memory_free_bytes: Some(MEMORY_TOTAL_BYTES - MEMORY_RESERVED_BYTES - mem_used),
+            memory_reserved_bytes: Some(MEMORY_RESERVED_BYTES),
+            sm_clock_max_mhz: Some(1980),
+            memory_clock_max_mhz: Some(2619),
+            // Compute GPUs: the video engines idle.
+            encoder_utilization_percent: Some(0),
+            decoder_utilization_percent: Some(0),
+            // One GPU in 16 sits on a flaky riser: a replay every few minutes.
+            pcie_replay_count: Some(if h.is_multiple_of(16) {
+                (timestamp_ms.max(0) as u64).saturating_sub(1_600_000_000_000) / 200_000
+            } else {
+                0
+            }),
+            pcie_link_generation: Some(5),
+            pcie_link_width: Some(16),
         }
     }
 

@@ -59,6 +59,15 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
             sm_clock_mhz: Some(1980),
             memory_clock_mhz: Some(2619),
             fan_speed_percent: None, // NOT_SUPPORTED: absent, not zero
+            memory_free_bytes: Some(85_899_345_920 - 536_870_912 - 21_474_836_480),
+            memory_reserved_bytes: Some(536_870_912),
+            sm_clock_max_mhz: Some(1980),
+            memory_clock_max_mhz: Some(2619),
+            encoder_utilization_percent: Some(12),
+            decoder_utilization_percent: Some(3),
+            pcie_replay_count: Some(7),
+            pcie_link_generation: Some(5),
+            pcie_link_width: Some(16),
         }
     );
     let g1 = &b.samples[1];
@@ -72,6 +81,19 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
         "a real zero stays zero"
     );
     assert_eq!(g1.power_usage_milliwatts, Some(69_800));
+    assert_eq!(
+        (
+            g1.encoder_utilization_percent,
+            g1.decoder_utilization_percent
+        ),
+        (None, None),
+        "no video engines: absent"
+    );
+    assert_eq!(g1.pcie_replay_count, Some(0), "a counter at zero is a zero");
+    assert_eq!(
+        (g1.pcie_link_generation, g1.pcie_link_width),
+        (Some(4), Some(8))
+    );
     assert_eq!(src.field_errors(), 0, "NotSupported is not an error");
 }
 

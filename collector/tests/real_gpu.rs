@@ -8,7 +8,9 @@ use collector::nvml::NvmlSource;
 use collector::source::GpuSource;
 
 const FIELDS: &str = "uuid,name,pci.bus_id,driver_version,memory.total,memory.used,temperature.gpu,\
-power.draw,enforced.power.limit,clocks.sm,clocks.mem,utilization.gpu";
+power.draw,enforced.power.limit,clocks.sm,clocks.mem,utilization.gpu,memory.free,memory.reserved,\
+clocks.max.sm,clocks.max.memory,utilization.encoder,utilization.decoder,pcie.link.gen.current,\
+pcie.link.width.current";
 
 fn smi() -> HashMap<String, HashMap<&'static str, String>> {
     let out = Command::new("nvidia-smi")
@@ -71,54 +73,106 @@ fn nvml_source_agrees_with_nvidia_smi() {
             == Some(row["pci.bus_id"].to_ascii_lowercase());
         ok &= info.driver_version.as_deref() == Some(row["driver_version"].as_str());
         let mib = |b: Option<u64>| b.map(|b| b as f64 / 1_048_576.0);
-        ok &= close(
-            "memory_total_mib",
-            mib(s.memory_total_bytes),
-            num(row, "memory.total"),
-            1.0,
-        );
-        ok &= close(
-            "memory_used_mib",
-            mib(s.memory_used_bytes),
-            num(row, "memory.used"),
-            512.0,
-        );
-        ok &= close(
-            "temperature_celsius",
-            s.temperature_celsius.map(f64::from),
-            num(row, "temperature.gpu"),
-            3.0,
-        );
-        ok &= close(
-            "power_usage_watts",
-            s.power_usage_milliwatts.map(|v| f64::from(v) / 1000.0),
-            num(row, "power.draw"),
-            60.0,
-        );
-        ok &= close(
-            "power_limit_watts",
-            s.power_limit_milliwatts.map(|v| f64::from(v) / 1000.0),
-            num(row, "enforced.power.limit"),
-            1.0,
-        );
-        ok &= close(
-            "sm_clock_mhz",
-            s.sm_clock_mhz.map(f64::from),
-            num(row, "clocks.sm"),
-            300.0,
-        );
-        ok &= close(
-            "memory_clock_mhz",
-            s.memory_clock_mhz.map(f64::from),
-            num(row, "clocks.mem"),
-            100.0,
-        );
-        ok &= close(
-            "gpu_utilization_percent",
-            s.gpu_utilization_percent.map(f64::from),
-            num(row, "utilization.gpu"),
-            50.0,
-        );
+        let n = |v: Option<u32>| v.map(f64::from);
+        let w = |v: Option<u32>| v.map(|v| f64::from(v) / 1000.0);
+        // (what, ours, nvidia-smi's field, tolerance)
+        let checks = [
+            (
+                "memory_total_mib",
+                mib(s.memory_total_bytes),
+                "memory.total",
+                1.0,
+            ),
+            (
+                "memory_used_mib",
+                mib(s.memory_used_bytes),
+                "memory.used",
+                512.0,
+            ),
+            (
+                "memory_free_mib",
+                mib(s.memory_free_bytes),
+                "memory.free",
+                512.0,
+            ),
+            (
+                "memory_reserved_mib",
+                mib(s.memory_reserved_bytes),
+                "memory.reserved",
+                1.0,
+            ),
+            (
+                "temperature_celsius",
+                n(s.temperature_celsius),
+                "temperature.gpu",
+                3.0,
+            ),
+            (
+                "power_usage_watts",
+                w(s.power_usage_milliwatts),
+                "power.draw",
+                60.0,
+            ),
+            (
+                "power_limit_watts",
+                w(s.power_limit_milliwatts),
+                "enforced.power.limit",
+                1.0,
+            ),
+            ("sm_clock_mhz", n(s.sm_clock_mhz), "clocks.sm", 300.0),
+            (
+                "memory_clock_mhz",
+                n(s.memory_clock_mhz),
+                "clocks.mem",
+                100.0,
+            ),
+            (
+                "sm_clock_max_mhz",
+                n(s.sm_clock_max_mhz),
+                "clocks.max.sm",
+                0.0,
+            ),
+            (
+                "memory_clock_max_mhz",
+                n(s.memory_clock_max_mhz),
+                "clocks.max.memory",
+                0.0,
+            ),
+            (
+                "gpu_utilization_percent",
+                n(s.gpu_utilization_percent),
+                "utilization.gpu",
+                50.0,
+            ),
+            (
+                "encoder_util_percent",
+                n(s.encoder_utilization_percent),
+                "utilization.encoder",
+                50.0,
+            ),
+            (
+                "decoder_util_percent",
+                n(s.decoder_utilization_percent),
+                "utilization.decoder",
+                50.0,
+            ),
+            // An idle GPU may drop its link generation between the two reads.
+            (
+                "pcie_link_generation",
+                n(s.pcie_link_generation),
+                "pcie.link.gen.current",
+                3.0,
+            ),
+            (
+                "pcie_link_width",
+                n(s.pcie_link_width),
+                "pcie.link.width.current",
+                0.0,
+            ),
+        ];
+        for (what, ours, field, tolerance) in checks {
+            ok &= close(what, ours, num(row, field), tolerance);
+        }
     }
     assert!(ok, "the collector and nvidia-smi disagree (see above)");
 }

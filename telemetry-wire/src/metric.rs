@@ -193,6 +193,96 @@ pub const METRICS: &[MetricDef] = &[
         fan_speed_percent,
         1.0
     ),
+    metric!(
+        "memory_free_bytes",
+        "B",
+        Gauge,
+        "nvmlDeviceGetMemoryInfo_v2",
+        "DCGM_FI_DEV_FB_FREE",
+        "Device memory not allocated",
+        memory_free_bytes,
+        1.0
+    ),
+    metric!(
+        "memory_reserved_bytes",
+        "B",
+        Gauge,
+        "nvmlDeviceGetMemoryInfo_v2",
+        "DCGM_FI_DEV_FB_RESERVED",
+        "Device memory reserved by the driver and firmware",
+        memory_reserved_bytes,
+        1.0
+    ),
+    metric!(
+        "sm_clock_max_mhz",
+        "MHz",
+        Gauge,
+        "nvmlDeviceGetMaxClockInfo(SM)",
+        "DCGM_FI_DEV_MAX_SM_CLOCK",
+        "Highest streaming multiprocessor clock",
+        sm_clock_max_mhz,
+        1.0
+    ),
+    metric!(
+        "memory_clock_max_mhz",
+        "MHz",
+        Gauge,
+        "nvmlDeviceGetMaxClockInfo(MEM)",
+        "DCGM_FI_DEV_MAX_MEM_CLOCK",
+        "Highest memory clock",
+        memory_clock_max_mhz,
+        1.0
+    ),
+    metric!(
+        "encoder_utilization_percent",
+        "%",
+        Gauge,
+        "nvmlDeviceGetEncoderUtilization",
+        "DCGM_FI_DEV_ENC_UTIL",
+        "Percent of time the video encoder was busy",
+        encoder_utilization_percent,
+        1.0
+    ),
+    metric!(
+        "decoder_utilization_percent",
+        "%",
+        Gauge,
+        "nvmlDeviceGetDecoderUtilization",
+        "DCGM_FI_DEV_DEC_UTIL",
+        "Percent of time the video decoder was busy",
+        decoder_utilization_percent,
+        1.0
+    ),
+    metric!(
+        "pcie_replays",
+        "1",
+        Counter,
+        "nvmlDeviceGetPcieReplayCounter",
+        "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+        "PCIe transfers retried after a link error since the driver loaded (counter)",
+        pcie_replay_count,
+        1.0
+    ),
+    metric!(
+        "pcie_link_generation",
+        "1",
+        Gauge,
+        "nvmlDeviceGetCurrPcieLinkGeneration",
+        "DCGM_FI_DEV_PCIE_LINK_GEN",
+        "Current PCIe link generation (a link that trained below its maximum runs slower)",
+        pcie_link_generation,
+        1.0
+    ),
+    metric!(
+        "pcie_link_width",
+        "lanes",
+        Gauge,
+        "nvmlDeviceGetCurrPcieLinkWidth",
+        "DCGM_FI_DEV_PCIE_LINK_WIDTH",
+        "Current PCIe link width",
+        pcie_link_width,
+        1.0
+    ),
 ];
 
 /// The README's metric table (Markdown), generated from [`METRICS`].

@@ -20,7 +20,7 @@ pub mod proto {
 pub use proto::{GpuInfo, GpuSample, TelemetryBatch};
 
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Header names.
 pub mod header {
@@ -233,13 +233,26 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_batch_from_an_older_collector_is_still_read() {
+        let mut old = batch();
+        old.schema_version = 1;
+        let rec = seal(&RecordSigner::new(&token()), &old);
+        let got = open(&RecordVerifier::new([&token()]), parts(&rec)).unwrap();
+        assert_eq!(got, old);
+        assert_eq!(
+            got.samples[0].memory_free_bytes, None,
+            "version 2 fields absent"
+        );
+    }
+
+    #[test]
     fn each_reject_has_its_reason() {
         let v = RecordVerifier::new([&token()]);
         let signer = RecordSigner::new(&token());
         let reason = |b: &TelemetryBatch| open(&v, parts(&seal(&signer, b))).unwrap_err().reason();
 
         let mut b = batch();
-        b.schema_version = 2;
+        b.schema_version = SCHEMA_VERSION + 1;
         assert_eq!(reason(&b), "unsupported_schema_version");
         let mut b = batch();
         b.samples[0].uuid = "GPU-unknown".into();

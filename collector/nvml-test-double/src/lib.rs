@@ -2,7 +2,8 @@
 //! two fixed GPUs, so the real `nvml-wrapper` code path runs in CI without a GPU.
 //!
 //! GPU 0 answers every query. GPU 1 answers `NVML_ERROR_NOT_SUPPORTED` for the energy counter
-//! (as a board without it would) and reads 0 % utilization (a real zero, not an absence).
+//! and the video encoder and decoder (as a board without them would) and reads 0 %
+//! utilization (a real zero, not an absence).
 //! Neither supports fan speed (passively cooled, like an H100 SXM). The values are the
 //! constants below; `collector/tests/nvml_source.rs` asserts them exactly.
 //!
@@ -38,6 +39,14 @@ struct Gpu {
     energy_mj: Option<u64>,
     sm_mhz: u32,
     mem_mhz: u32,
+    mem_reserved: u64,
+    sm_max_mhz: u32,
+    mem_max_mhz: u32,
+    enc_util: Option<u32>,
+    dec_util: Option<u32>,
+    pcie_replays: u32,
+    link_gen: u32,
+    link_width: u32,
 }
 
 static GPUS: [Gpu; 2] = [
@@ -57,6 +66,14 @@ static GPUS: [Gpu; 2] = [
         energy_mj: Some(123_456_789),
         sm_mhz: 1980,
         mem_mhz: 2619,
+        mem_reserved: 536_870_912,
+        sm_max_mhz: 1980,
+        mem_max_mhz: 2619,
+        enc_util: Some(12),
+        dec_util: Some(3),
+        pcie_replays: 7,
+        link_gen: 5,
+        link_width: 16,
     },
     Gpu {
         name: "NVIDIA H100 80GB HBM3",
@@ -74,6 +91,15 @@ static GPUS: [Gpu; 2] = [
         energy_mj: None,
         sm_mhz: 345,
         mem_mhz: 2619,
+        mem_reserved: 536_870_912,
+        sm_max_mhz: 1980,
+        mem_max_mhz: 2619,
+        enc_util: None,
+        dec_util: None,
+        pcie_replays: 0,
+        // A link that trained below its best: Gen 4, 8 lanes.
+        link_gen: 4,
+        link_width: 8,
     },
 ];
 
@@ -243,9 +269,9 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(d: Device, m: *mut MemoryV2)
             return INVALID_ARGUMENT;
         }
         m.total = g.mem_total;
-        m.reserved = 0;
+        m.reserved = g.mem_reserved;
         m.used = g.mem_used;
-        m.free = g.mem_total - g.mem_used;
+        m.free = g.mem_total - g.mem_reserved - g.mem_used;
         SUCCESS
     })
 }
@@ -257,22 +283,6 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(d: Device, sensor: c_int, t: *
             return NOT_SUPPORTED;
         }
         unsafe { *t = g.temp };
-        SUCCESS
-    })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(d: Device, p: *mut c_uint) -> Ret {
-    with_gpu!(d, |g| {
-        unsafe { *p = g.power_mw };
-        SUCCESS
-    })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(d: Device, p: *mut c_uint) -> Ret {
-    with_gpu!(d, |g| {
-        unsafe { *p = g.power_limit_mw };
         SUCCESS
     })
 }
@@ -291,17 +301,28 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
     })
 }
 
+/// A clock of `g` by NVML's clock type (graphics and SM share one clock here, memory is 2),
+/// current or maximum.
+unsafe fn clock(g: &Gpu, clock: c_int, max: bool, mhz: *mut c_uint) -> Ret {
+    let v = match (clock, max) {
+        (0 | 1, false) => g.sm_mhz,
+        (2, false) => g.mem_mhz,
+        (0 | 1, true) => g.sm_max_mhz,
+        (2, true) => g.mem_max_mhz,
+        _ => return NOT_SUPPORTED,
+    };
+    unsafe { *mhz = v };
+    SUCCESS
+}
+
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetClockInfo(d: Device, clock: c_int, mhz: *mut c_uint) -> Ret {
-    with_gpu!(d, |g| {
-        let v = match clock {
-            0 | 1 => g.sm_mhz,
-            2 => g.mem_mhz,
-            _ => return NOT_SUPPORTED,
-        };
-        unsafe { *mhz = v };
-        SUCCESS
-    })
+pub unsafe extern "C" fn nvmlDeviceGetClockInfo(d: Device, c: c_int, mhz: *mut c_uint) -> Ret {
+    with_gpu!(d, |g| unsafe { clock(g, c, false, mhz) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(d: Device, c: c_int, mhz: *mut c_uint) -> Ret {
+    with_gpu!(d, |g| unsafe { clock(g, c, true, mhz) })
 }
 
 #[unsafe(no_mangle)]
@@ -322,4 +343,56 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
         }
         SUCCESS
     })
+}
+
+unsafe fn video_util(v: Option<u32>, util: *mut c_uint, period_us: *mut c_uint) -> Ret {
+    match v {
+        Some(v) => {
+            unsafe {
+                *util = v;
+                *period_us = 167_000;
+            }
+            SUCCESS
+        }
+        None => NOT_SUPPORTED,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetEncoderUtilization(
+    d: Device,
+    util: *mut c_uint,
+    period_us: *mut c_uint,
+) -> Ret {
+    with_gpu!(d, |g| unsafe { video_util(g.enc_util, util, period_us) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetDecoderUtilization(
+    d: Device,
+    util: *mut c_uint,
+    period_us: *mut c_uint,
+) -> Ret {
+    with_gpu!(d, |g| unsafe { video_util(g.dec_util, util, period_us) })
+}
+
+/// NVML getters that write one `unsigned int` of the GPU.
+macro_rules! uint_getter {
+    ($($name:ident => $field:ident),* $(,)?) => {$(
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(d: Device, v: *mut c_uint) -> Ret {
+            with_gpu!(d, |g| {
+                unsafe { *v = g.$field };
+                SUCCESS
+            })
+        }
+    )*};
+}
+
+uint_getter! {
+    nvmlDeviceGetPowerUsage => power_mw,
+    nvmlDeviceGetEnforcedPowerLimit => power_limit_mw,
+    nvmlDeviceGetPcieReplayCounter => pcie_replays,
+    nvmlDeviceGetCurrPcieLinkGeneration => link_gen,
+    nvmlDeviceGetCurrPcieLinkWidth => link_width,
 }

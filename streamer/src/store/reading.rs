@@ -44,7 +44,9 @@ macro_rules! col {
 }
 
 /// Number of columns.
-pub const N_COLUMNS: usize = 11;
+pub const N_COLUMNS: usize = 20;
+// A reading's presence bits are a u32.
+const _: () = assert!(N_COLUMNS <= 32);
 
 /// Every column, in wire field order.
 pub const COLUMNS: [Column; N_COLUMNS] = [
@@ -59,6 +61,16 @@ pub const COLUMNS: [Column; N_COLUMNS] = [
     col!(9, sm_clock_mhz, u32),
     col!(10, memory_clock_mhz, u32),
     col!(11, fan_speed_percent, u32),
+    // Schema version 2.
+    col!(12, memory_free_bytes, u64),
+    col!(13, memory_reserved_bytes, u64),
+    col!(14, sm_clock_max_mhz, u32),
+    col!(15, memory_clock_max_mhz, u32),
+    col!(16, encoder_utilization_percent, u32),
+    col!(17, decoder_utilization_percent, u32),
+    col!(18, pcie_replay_count, u64),
+    col!(19, pcie_link_generation, u32),
+    col!(20, pcie_link_width, u32),
 ];
 
 /// The position in [`COLUMNS`] of column `id`, if this build knows it.
@@ -71,7 +83,7 @@ pub fn column_index(id: u8) -> Option<usize> {
 pub struct Reading {
     /// Sample time, UTC ms.
     pub ts_ms: i64,
-    present: u16,
+    present: u32,
     values: [u64; N_COLUMNS],
 }
 
@@ -162,6 +174,15 @@ mod tests {
             sm_clock_mhz: Some(9),
             memory_clock_mhz: Some(10),
             fan_speed_percent: Some(11),
+            memory_free_bytes: Some(12),
+            memory_reserved_bytes: Some(13),
+            sm_clock_max_mhz: Some(14),
+            memory_clock_max_mhz: Some(15),
+            encoder_utilization_percent: Some(16),
+            decoder_utilization_percent: Some(17),
+            pcie_replay_count: Some(18),
+            pcie_link_generation: Some(19),
+            pcie_link_width: Some(20),
             ..Default::default()
         };
         let back = Reading::from_wire(&full).to_wire();
