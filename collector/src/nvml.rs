@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::Path;
 
-use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+use nvml_wrapper::enum_wrappers::device::{
+    Clock, EccCounter, MemoryError, PerformancePolicy, TemperatureSensor,
+};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
@@ -116,10 +118,12 @@ impl NvmlSource {
     }
 }
 
-/// Per-field read errors: logged once per (GPU, field), all counted.
+/// Per-field read errors: logged once per (GPU, field), all counted; fields the GPU does not
+/// support are logged once too (and not counted: absent is their value).
 #[derive(Debug, Default)]
 struct FieldErrors {
     warned: HashSet<(u32, &'static str)>,
+    unsupported: HashSet<(u32, &'static str)>,
     count: u64,
 }
 
@@ -127,7 +131,12 @@ impl FieldErrors {
     fn field<T>(&mut self, index: u32, field: &'static str, r: Result<T, NvmlError>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
-            Err(NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_)) => None,
+            Err(e @ (NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_))) => {
+                if self.unsupported.insert((index, field)) {
+                    tracing::info!(gpu = index, field, reason = %e, "not available on this GPU; left absent");
+                }
+                None
+            }
             Err(error) => {
                 self.count += 1;
                 if self.warned.insert((index, field)) {
@@ -156,6 +165,21 @@ impl FieldErrors {
         let replays = self.field(index, "pcie_replay_count", d.pcie_replay_counter());
         let link_gen = self.field(index, "pcie_link_generation", d.current_pcie_link_gen());
         let link_width = self.field(index, "pcie_link_width", d.current_pcie_link_width());
+        use {EccCounter::*, MemoryError::*, PerformancePolicy as Policy};
+        let [ecc_cv, ecc_uv, ecc_ca, ecc_ua] = [
+            ("ecc_corrected_volatile", Corrected, Volatile),
+            ("ecc_uncorrected_volatile", Uncorrected, Volatile),
+            ("ecc_corrected_aggregate", Corrected, Aggregate),
+            ("ecc_uncorrected_aggregate", Uncorrected, Aggregate),
+        ]
+        .map(|(field, error, counter)| {
+            self.field(index, field, d.total_ecc_errors(error, counter))
+        });
+        let [power_viol, thermal_viol] = [
+            ("power_violation", Policy::Power),
+            ("thermal_violation", Policy::Thermal),
+        ]
+        .map(|(field, policy)| self.field(index, field, d.violation_status(policy)));
         GpuSample {
             uuid,
             timestamp_ms: now_ms,
@@ -179,6 +203,12 @@ impl FieldErrors {
             pcie_replay_count: replays.map(u64::from),
             pcie_link_generation: link_gen,
             pcie_link_width: link_width,
+            ecc_corrected_volatile: ecc_cv,
+            ecc_uncorrected_volatile: ecc_uv,
+            ecc_corrected_aggregate: ecc_ca,
+            ecc_uncorrected_aggregate: ecc_ua,
+            power_violation_ns: power_viol.map(|v| v.violation_time),
+            thermal_violation_ns: thermal_viol.map(|v| v.violation_time),
         }
     }
 }

@@ -152,6 +152,17 @@ impl SimulatedSource {
             }),
             pcie_link_generation: Some(5),
             pcie_link_width: Some(16),
+            ecc_corrected_volatile: Some(0),
+            ecc_uncorrected_volatile: Some(0),
+            ecc_corrected_aggregate: Some(h % 5),
+            ecc_uncorrected_aggregate: Some(0),
+            // One GPU in 8 runs against its power limit a tenth of the time.
+            power_violation_ns: Some(if (h >> 8).is_multiple_of(8) {
+                (timestamp_ms.max(0) as u64).saturating_sub(1_600_000_000_000) * 100_000
+            } else {
+                0
+            }),
+            thermal_violation_ns: Some(0),
         }
     }
 

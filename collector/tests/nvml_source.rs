@@ -68,6 +68,12 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
             pcie_replay_count: Some(7),
             pcie_link_generation: Some(5),
             pcie_link_width: Some(16),
+            ecc_corrected_volatile: Some(3),
+            ecc_uncorrected_volatile: Some(0),
+            ecc_corrected_aggregate: Some(41),
+            ecc_uncorrected_aggregate: Some(1),
+            power_violation_ns: Some(2_500_000_000),
+            thermal_violation_ns: Some(0),
         }
     );
     let g1 = &b.samples[1];
@@ -94,7 +100,42 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
         (g1.pcie_link_generation, g1.pcie_link_width),
         (Some(4), Some(8))
     );
+    assert_eq!(
+        (
+            g1.ecc_corrected_volatile,
+            g1.ecc_uncorrected_aggregate,
+            g1.power_violation_ns
+        ),
+        (None, None, Some(0)),
+        "ECC off: absent; no violation: zero"
+    );
     assert_eq!(src.field_errors(), 0, "NotSupported is not an error");
+}
+
+#[test]
+fn a_field_the_gpu_does_not_support_is_logged_once_not_every_round() {
+    let lib = double();
+    let out = json_rounds(
+        &["--source", "nvml", "--nvml-lib", lib.to_str().unwrap()],
+        "info",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = |field: &str| {
+        stderr
+            .lines()
+            .filter(|l| {
+                l.contains("not available on this GPU") && l.contains(&format!("field=\"{field}\""))
+            })
+            .count()
+    };
+    // GPU 1 lacks these; fan speed neither GPU has: once per GPU, over three rounds.
+    assert_eq!(lines("energy"), 1, "{stderr}");
+    assert_eq!(lines("encoder_utilization"), 1, "{stderr}");
+    assert_eq!(lines("ecc_corrected_volatile"), 1, "{stderr}");
+    assert_eq!(lines("fan_speed"), 2, "{stderr}");
+    // Three rounds of two GPUs on stdout.
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 3);
 }
 
 #[test]
@@ -185,22 +226,7 @@ fn collector_without_service_token_says_which_secret_and_where_it_looked() {
 
 #[test]
 fn json_output_keeps_stdout_to_json_lines_and_the_summary_on_stderr() {
-    let out = Command::new(env!("CARGO_BIN_EXE_collector"))
-        .args([
-            "--source",
-            "simulated",
-            "--sim-nodes",
-            "2",
-            "--output",
-            "json",
-            "--rounds",
-            "3",
-            "--interval",
-            "10ms",
-        ])
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
+    let out = json_rounds(&["--source", "simulated", "--sim-nodes", "2"], "off");
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
@@ -212,4 +238,14 @@ fn json_output_keeps_stdout_to_json_lines_and_the_summary_on_stderr() {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("collector stopped: rounds=3"), "{stderr}");
+}
+
+/// Three quick rounds of the collector binary with `--output json` (no broker).
+fn json_rounds(source: &[&str], log: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(source)
+        .args(["--output", "json", "--rounds", "3", "--interval", "10ms"])
+        .env("RUST_LOG", log)
+        .output()
+        .unwrap()
 }

@@ -10,7 +10,8 @@ use collector::source::GpuSource;
 const FIELDS: &str = "uuid,name,pci.bus_id,driver_version,memory.total,memory.used,temperature.gpu,\
 power.draw,enforced.power.limit,clocks.sm,clocks.mem,utilization.gpu,memory.free,memory.reserved,\
 clocks.max.sm,clocks.max.memory,utilization.encoder,utilization.decoder,pcie.link.gen.current,\
-pcie.link.width.current";
+pcie.link.width.current,ecc.errors.corrected.volatile.total,ecc.errors.uncorrected.volatile.total,\
+ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total";
 
 fn smi() -> HashMap<String, HashMap<&'static str, String>> {
     let out = Command::new("nvidia-smi")
@@ -75,6 +76,7 @@ fn nvml_source_agrees_with_nvidia_smi() {
         let mib = |b: Option<u64>| b.map(|b| b as f64 / 1_048_576.0);
         let n = |v: Option<u32>| v.map(f64::from);
         let w = |v: Option<u32>| v.map(|v| f64::from(v) / 1000.0);
+        let c = |v: Option<u64>| v.map(|v| v as f64);
         // (what, ours, nvidia-smi's field, tolerance)
         let checks = [
             (
@@ -167,6 +169,31 @@ fn nvml_source_agrees_with_nvidia_smi() {
                 "pcie_link_width",
                 n(s.pcie_link_width),
                 "pcie.link.width.current",
+                0.0,
+            ),
+            // ECC off: nvidia-smi prints [N/A] and the collector leaves them absent.
+            (
+                "ecc_corrected_volatile",
+                c(s.ecc_corrected_volatile),
+                "ecc.errors.corrected.volatile.total",
+                0.0,
+            ),
+            (
+                "ecc_uncorrected_volatile",
+                c(s.ecc_uncorrected_volatile),
+                "ecc.errors.uncorrected.volatile.total",
+                0.0,
+            ),
+            (
+                "ecc_corrected_aggregate",
+                c(s.ecc_corrected_aggregate),
+                "ecc.errors.corrected.aggregate.total",
+                0.0,
+            ),
+            (
+                "ecc_uncorrected_aggregate",
+                c(s.ecc_uncorrected_aggregate),
+                "ecc.errors.uncorrected.aggregate.total",
                 0.0,
             ),
         ];

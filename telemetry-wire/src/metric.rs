@@ -283,6 +283,66 @@ pub const METRICS: &[MetricDef] = &[
         pcie_link_width,
         1.0
     ),
+    metric!(
+        "ecc_corrected_errors_volatile",
+        "1",
+        Counter,
+        "nvmlDeviceGetTotalEccErrors(CORRECTED, VOLATILE)",
+        "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",
+        "Corrected (single-bit) ECC errors since the driver loaded (counter; absent with ECC off)",
+        ecc_corrected_volatile,
+        1.0
+    ),
+    metric!(
+        "ecc_uncorrected_errors_volatile",
+        "1",
+        Counter,
+        "nvmlDeviceGetTotalEccErrors(UNCORRECTED, VOLATILE)",
+        "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+        "Uncorrected (double-bit) ECC errors since the driver loaded (counter)",
+        ecc_uncorrected_volatile,
+        1.0
+    ),
+    metric!(
+        "ecc_corrected_errors_aggregate",
+        "1",
+        Counter,
+        "nvmlDeviceGetTotalEccErrors(CORRECTED, AGGREGATE)",
+        "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL",
+        "Corrected ECC errors over the board's life (counter)",
+        ecc_corrected_aggregate,
+        1.0
+    ),
+    metric!(
+        "ecc_uncorrected_errors_aggregate",
+        "1",
+        Counter,
+        "nvmlDeviceGetTotalEccErrors(UNCORRECTED, AGGREGATE)",
+        "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
+        "Uncorrected ECC errors over the board's life (counter)",
+        ecc_uncorrected_aggregate,
+        1.0
+    ),
+    metric!(
+        "power_violation_seconds",
+        "s",
+        Counter,
+        "nvmlDeviceGetViolationStatus(POWER)",
+        "DCGM_FI_DEV_POWER_VIOLATION",
+        "Time the clocks were held down by the power limit since the driver loaded (counter)",
+        power_violation_ns,
+        1e9
+    ),
+    metric!(
+        "thermal_violation_seconds",
+        "s",
+        Counter,
+        "nvmlDeviceGetViolationStatus(THERMAL)",
+        "DCGM_FI_DEV_THERMAL_VIOLATION",
+        "Time the clocks were held down by the thermal limit since the driver loaded (counter)",
+        thermal_violation_ns,
+        1e9
+    ),
 ];
 
 /// The README's metric table (Markdown), generated from [`METRICS`].

@@ -1,9 +1,9 @@
 //! A test build of `libnvidia-ml.so`: the NVML C functions the collector calls, answering for
 //! two fixed GPUs, so the real `nvml-wrapper` code path runs in CI without a GPU.
 //!
-//! GPU 0 answers every query. GPU 1 answers `NVML_ERROR_NOT_SUPPORTED` for the energy counter
-//! and the video encoder and decoder (as a board without them would) and reads 0 %
-//! utilization (a real zero, not an absence).
+//! GPU 0 answers every query. GPU 1 answers `NVML_ERROR_NOT_SUPPORTED` for the energy counter,
+//! the video encoder and decoder and the ECC counters (as a board without them, or with ECC
+//! off, would) and reads 0 % utilization (a real zero, not an absence).
 //! Neither supports fan speed (passively cooled, like an H100 SXM). The values are the
 //! constants below; `collector/tests/nvml_source.rs` asserts them exactly.
 //!
@@ -47,6 +47,10 @@ struct Gpu {
     pcie_replays: u32,
     link_gen: u32,
     link_width: u32,
+    /// corrected volatile, uncorrected volatile, corrected aggregate, uncorrected aggregate
+    ecc: Option<[u64; 4]>,
+    /// power, thermal (ns)
+    violation_ns: [u64; 2],
 }
 
 static GPUS: [Gpu; 2] = [
@@ -74,6 +78,8 @@ static GPUS: [Gpu; 2] = [
         pcie_replays: 7,
         link_gen: 5,
         link_width: 16,
+        ecc: Some([3, 0, 41, 1]),
+        violation_ns: [2_500_000_000, 0],
     },
     Gpu {
         name: "NVIDIA H100 80GB HBM3",
@@ -100,6 +106,8 @@ static GPUS: [Gpu; 2] = [
         // A link that trained below its best: Gen 4, 8 lanes.
         link_gen: 4,
         link_width: 8,
+        ecc: None,
+        violation_ns: [0, 0],
     },
 ];
 
@@ -395,4 +403,49 @@ uint_getter! {
     nvmlDeviceGetPcieReplayCounter => pcie_replays,
     nvmlDeviceGetCurrPcieLinkGeneration => link_gen,
     nvmlDeviceGetCurrPcieLinkWidth => link_width,
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
+    d: Device,
+    error_type: c_int,
+    counter_type: c_int,
+    count: *mut c_ulonglong,
+) -> Ret {
+    with_gpu!(d, |g| {
+        let Some(ecc) = g.ecc else {
+            return NOT_SUPPORTED;
+        };
+        let i = match (error_type, counter_type) {
+            (0 | 1, 0 | 1) => (error_type + 2 * counter_type) as usize,
+            _ => return INVALID_ARGUMENT,
+        };
+        unsafe { *count = ecc[i] };
+        SUCCESS
+    })
+}
+
+#[repr(C)]
+pub struct ViolationTime {
+    reference_time: c_ulonglong,
+    violation_time: c_ulonglong,
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetViolationStatus(
+    d: Device,
+    policy: c_int,
+    v: *mut ViolationTime,
+) -> Ret {
+    with_gpu!(d, |g| {
+        let ns = match policy {
+            0 | 1 => g.violation_ns[policy as usize],
+            _ => return NOT_SUPPORTED,
+        };
+        unsafe {
+            (*v).reference_time = 1_790_000_000_000_000;
+            (*v).violation_time = ns;
+        }
+        SUCCESS
+    })
 }

@@ -44,7 +44,7 @@ macro_rules! col {
 }
 
 /// Number of columns.
-pub const N_COLUMNS: usize = 20;
+pub const N_COLUMNS: usize = 26;
 // A reading's presence bits are a u32.
 const _: () = assert!(N_COLUMNS <= 32);
 
@@ -71,6 +71,12 @@ pub const COLUMNS: [Column; N_COLUMNS] = [
     col!(18, pcie_replay_count, u64),
     col!(19, pcie_link_generation, u32),
     col!(20, pcie_link_width, u32),
+    col!(21, ecc_corrected_volatile, u64),
+    col!(22, ecc_uncorrected_volatile, u64),
+    col!(23, ecc_corrected_aggregate, u64),
+    col!(24, ecc_uncorrected_aggregate, u64),
+    col!(25, power_violation_ns, u64),
+    col!(26, thermal_violation_ns, u64),
 ];
 
 /// The position in [`COLUMNS`] of column `id`, if this build knows it.
@@ -183,6 +189,12 @@ mod tests {
             pcie_replay_count: Some(18),
             pcie_link_generation: Some(19),
             pcie_link_width: Some(20),
+            ecc_corrected_volatile: Some(21),
+            ecc_uncorrected_volatile: Some(22),
+            ecc_corrected_aggregate: Some(23),
+            ecc_uncorrected_aggregate: Some(24),
+            power_violation_ns: Some(25),
+            thermal_violation_ns: Some(26),
             ..Default::default()
         };
         let back = Reading::from_wire(&full).to_wire();
