@@ -127,3 +127,7 @@ def test_the_dependency_layer_copies_every_workspace_member_with_its_build_input
             assert f"{m}/build.rs" in copied, m
         if (ROOT / m / "proto").is_dir():
             assert f"{m}/proto" in copied, m
+        # Cargo refuses a manifest whose declared benches are missing: each gets a stub.
+        manifest = tomllib.loads((ROOT / m / "Cargo.toml").read_text())
+        for bench in manifest.get("bench", []):
+            assert f"{m}/benches/{bench['name']}.rs" in layer, (m, bench["name"])

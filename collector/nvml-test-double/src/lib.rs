@@ -8,7 +8,9 @@
 //! constants below; `collector/tests/nvml_source.rs` asserts them exactly.
 //!
 //! With the env var `NVML_TEST_DOUBLE_INIT_ERROR` set, `nvmlInit_v2` fails with
-//! `NVML_ERROR_DRIVER_NOT_LOADED`, to test the collector's init-failure path.
+//! `NVML_ERROR_DRIVER_NOT_LOADED`, to test the collector's init-failure path. With
+//! `NVML_TEST_DOUBLE_GPUS=N` (3–64) it has N GPUs: the two above, then copies of GPU 0 with
+//! their own UUID and bus (for benchmarks of a full node).
 #![allow(non_snake_case, missing_docs, clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void};
@@ -23,6 +25,7 @@ const DRIVER_NOT_LOADED: Ret = 9;
 
 type Device = *mut c_void;
 
+#[derive(Clone, Copy)]
 struct Gpu {
     name: &'static str,
     uuid: &'static str,
@@ -111,9 +114,33 @@ static GPUS: [Gpu; 2] = [
     },
 ];
 
+/// The GPUs this process sees (see the module docs).
+fn gpus() -> &'static [Gpu] {
+    static ALL: std::sync::OnceLock<Vec<Gpu>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let n = std::env::var("NVML_TEST_DOUBLE_GPUS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| (3..=64).contains(n))
+            .unwrap_or(GPUS.len());
+        let mut all = GPUS.to_vec();
+        for i in GPUS.len()..n {
+            let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+            all.push(Gpu {
+                uuid: leak(format!("GPU-{i:08x}-2222-3333-4444-555555555555")),
+                serial: leak(format!("16501234567{i:02}")),
+                bus_id: leak(format!("00000000:{:02X}:00.0", 0x18 + i)),
+                bus: 0x18 + i as u32,
+                ..GPUS[0]
+            });
+        }
+        all
+    })
+}
+
 fn gpu(d: Device) -> Option<&'static Gpu> {
     let i = d as usize;
-    if i == 0 { None } else { GPUS.get(i - 1) }
+    if i == 0 { None } else { gpus().get(i - 1) }
 }
 
 unsafe fn write_str(s: &str, buf: *mut c_char, len: c_uint) -> Ret {
@@ -171,13 +198,13 @@ pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(v: *mut c_int) -> Ret
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(n: *mut c_uint) -> Ret {
-    unsafe { *n = GPUS.len() as c_uint };
+    unsafe { *n = gpus().len() as c_uint };
     SUCCESS
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: c_uint, d: *mut Device) -> Ret {
-    if i as usize >= GPUS.len() {
+    if i as usize >= gpus().len() {
         return INVALID_ARGUMENT;
     }
     unsafe { *d = (i as usize + 1) as Device };
@@ -190,7 +217,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, d: *mut 
         return INVALID_ARGUMENT;
     }
     let wanted = unsafe { std::ffi::CStr::from_ptr(uuid) };
-    match GPUS
+    match gpus()
         .iter()
         .position(|g| g.uuid.as_bytes() == wanted.to_bytes())
     {
