@@ -124,6 +124,8 @@ impl NvmlSource {
 struct FieldErrors {
     warned: HashSet<(u32, &'static str)>,
     unsupported: HashSet<(u32, &'static str)>,
+    // GPUs that fell off the bus (NVML's GPU_IS_LOST), until they answer again.
+    lost: HashSet<u32>,
     count: u64,
 }
 
@@ -131,6 +133,10 @@ impl FieldErrors {
     fn field<T>(&mut self, index: u32, field: &'static str, r: Result<T, NvmlError>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
+            Err(NvmlError::GpuLost) => {
+                self.gone(index);
+                None
+            }
             Err(e @ (NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_))) => {
                 if self.unsupported.insert((index, field)) {
                     tracing::info!(gpu = index, field, reason = %e, "not available on this GPU; left absent");
@@ -147,8 +153,31 @@ impl FieldErrors {
         }
     }
 
-    fn read(&mut self, d: &Device<'_>, index: u32, uuid: String, now_ms: i64) -> GpuSample {
-        let util = self.field(index, "utilization", d.utilization_rates());
+    /// GPU `index` answered GPU_IS_LOST: said once until it answers again, counted each time.
+    fn gone(&mut self, index: u32) {
+        self.count += 1;
+        if self.lost.insert(index) {
+            tracing::error!(
+                gpu = index,
+                "GPU fell off the bus (NVML: GPU is lost); no samples from it until it answers again"
+            );
+        }
+    }
+
+    /// One GPU's reading; `None` while it is off the bus (said once, counted each round).
+    fn read(&mut self, d: &Device<'_>, index: u32, uuid: String, now_ms: i64) -> Option<GpuSample> {
+        let util = match d.utilization_rates() {
+            Err(NvmlError::GpuLost) => {
+                self.gone(index);
+                return None;
+            }
+            r => {
+                if self.lost.remove(&index) {
+                    tracing::warn!(gpu = index, "GPU answers again");
+                }
+                self.field(index, "utilization", r)
+            }
+        };
         let mem = self.field(index, "memory", d.memory_info());
         let temperature_celsius =
             self.field(index, "temperature", d.temperature(TemperatureSensor::Gpu));
@@ -180,7 +209,11 @@ impl FieldErrors {
             ("thermal_violation", Policy::Thermal),
         ]
         .map(|(field, policy)| self.field(index, field, d.violation_status(policy)));
-        GpuSample {
+        // Fallen off the bus in the middle of this round: nothing half read is sent.
+        if self.lost.contains(&index) {
+            return None;
+        }
+        Some(GpuSample {
             uuid,
             timestamp_ms: now_ms,
             gpu_utilization_percent: util.as_ref().map(|u| u.gpu),
@@ -209,7 +242,7 @@ impl FieldErrors {
             ecc_uncorrected_aggregate: ecc_ua,
             power_violation_ns: power_viol.map(|v| v.violation_time),
             thermal_violation_ns: thermal_viol.map(|v| v.violation_time),
-        }
+        })
     }
 }
 
@@ -228,7 +261,7 @@ impl GpuSource for NvmlSource {
                     continue;
                 }
             };
-            samples.push(self.errors.read(&device, index, uuid, now_ms));
+            samples.extend(self.errors.read(&device, index, uuid, now_ms));
         }
         Ok(vec![TelemetryBatch {
             schema_version: SCHEMA_VERSION,

@@ -249,3 +249,46 @@ fn json_rounds(source: &[&str], log: &str) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+#[test]
+fn a_gpu_that_falls_off_the_bus_stops_reporting_with_one_error_line_and_the_others_go_on() {
+    let lib = double();
+    let out = Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["--source", "nvml", "--nvml-lib", lib.to_str().unwrap()])
+        .args(["--output", "json", "--rounds", "4", "--interval", "10ms"])
+        .env("RUST_LOG", "warn")
+        .env("NVML_TEST_DOUBLE_LOST_AFTER", "2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let per_round: Vec<Vec<String>> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            // The inventory stays; a GPU without a sample has no timestamp.
+            v["gpus"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|g| !g["timestamp_ms"].is_null())
+                .map(|g| g["uuid"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    let (g0, g1) = (
+        "GPU-11111111-2222-3333-4444-555555555555".to_string(),
+        "GPU-66666666-7777-8888-9999-000000000000".to_string(),
+    );
+    assert_eq!(
+        per_round,
+        [
+            vec![g0.clone(), g1.clone()],
+            vec![g0.clone(), g1],
+            vec![g0.clone()],
+            vec![g0]
+        ]
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("fell off the bus").count(), 1, "{stderr}");
+}

@@ -10,7 +10,9 @@
 //! With the env var `NVML_TEST_DOUBLE_INIT_ERROR` set, `nvmlInit_v2` fails with
 //! `NVML_ERROR_DRIVER_NOT_LOADED`, to test the collector's init-failure path. With
 //! `NVML_TEST_DOUBLE_GPUS=N` (3–64) it has N GPUs: the two above, then copies of GPU 0 with
-//! their own UUID and bus (for benchmarks of a full node).
+//! their own UUID and bus (for benchmarks of a full node). With
+//! `NVML_TEST_DOUBLE_LOST_AFTER=N`, GPU 1 falls off the bus after N utilization reads of it
+//! (N rounds): every query of it then answers `NVML_ERROR_GPU_IS_LOST`.
 #![allow(non_snake_case, missing_docs, clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void};
@@ -22,6 +24,7 @@ const NOT_SUPPORTED: Ret = 3;
 const NOT_FOUND: Ret = 6;
 const INSUFFICIENT_SIZE: Ret = 7;
 const DRIVER_NOT_LOADED: Ret = 9;
+const GPU_IS_LOST: Ret = 15;
 
 type Device = *mut c_void;
 
@@ -157,9 +160,22 @@ unsafe fn write_str(s: &str, buf: *mut c_char, len: c_uint) -> Ret {
     SUCCESS
 }
 
+/// Utilization reads of GPU 1 so far (its rounds), for `NVML_TEST_DOUBLE_LOST_AFTER`.
+static GPU1_ROUNDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether device `d` has fallen off the bus (see the module docs).
+fn lost(d: Device) -> bool {
+    d as usize == 2
+        && std::env::var("NVML_TEST_DOUBLE_LOST_AFTER")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| GPU1_ROUNDS.load(std::sync::atomic::Ordering::Relaxed) > n)
+}
+
 macro_rules! with_gpu {
     ($d:expr, |$g:ident| $body:expr) => {
         match gpu($d) {
+            Some(_) if lost($d) => GPU_IS_LOST,
             Some($g) => $body,
             None => INVALID_ARGUMENT,
         }
@@ -277,6 +293,10 @@ pub struct Utilization {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(d: Device, u: *mut Utilization) -> Ret {
+    // The collector reads utilization first: each read of GPU 1 starts a round.
+    if d as usize == 2 {
+        GPU1_ROUNDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     with_gpu!(d, |g| {
         unsafe {
             (*u).gpu = g.util_gpu;
