@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::Path;
 
+use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, PerformancePolicy, TemperatureSensor,
 };
@@ -209,6 +210,8 @@ impl FieldErrors {
             ("thermal_violation", Policy::Thermal),
         ]
         .map(|(field, policy)| self.field(index, field, d.violation_status(policy)));
+        let reasons = self.field(index, "clocks_event_reasons", d.current_throttle_reasons());
+        let flag = |r: ThrottleReasons| reasons.map(|m| u32::from(m.contains(r)));
         // Fallen off the bus in the middle of this round: nothing half read is sent.
         if self.lost.contains(&index) {
             return None;
@@ -242,6 +245,14 @@ impl FieldErrors {
             ecc_uncorrected_aggregate: ecc_ua,
             power_violation_ns: power_viol.map(|v| v.violation_time),
             thermal_violation_ns: thermal_viol.map(|v| v.violation_time),
+            clocks_event_gpu_idle: flag(ThrottleReasons::GPU_IDLE),
+            clocks_event_applications_clocks: flag(ThrottleReasons::APPLICATIONS_CLOCKS_SETTING),
+            clocks_event_sw_power_cap: flag(ThrottleReasons::SW_POWER_CAP),
+            clocks_event_hw_slowdown: flag(ThrottleReasons::HW_SLOWDOWN),
+            clocks_event_sync_boost: flag(ThrottleReasons::SYNC_BOOST),
+            clocks_event_sw_thermal: flag(ThrottleReasons::SW_THERMAL_SLOWDOWN),
+            clocks_event_hw_thermal: flag(ThrottleReasons::HW_THERMAL_SLOWDOWN),
+            clocks_event_hw_power_brake: flag(ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN),
         })
     }
 }

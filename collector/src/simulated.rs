@@ -163,6 +163,15 @@ impl SimulatedSource {
                 0
             }),
             thermal_violation_ns: Some(0),
+            clocks_event_gpu_idle: Some(u32::from(util_pct <= 5)),
+            clocks_event_applications_clocks: Some(0),
+            // Within 50 W of the limit the power cap holds the clocks (util above ~93 %).
+            clocks_event_sw_power_cap: Some(u32::from(power_mw + 50_000 >= POWER_LIMIT_MILLIWATTS)),
+            clocks_event_hw_slowdown: Some(0),
+            clocks_event_sync_boost: Some(0),
+            clocks_event_sw_thermal: Some(0),
+            clocks_event_hw_thermal: Some(0),
+            clocks_event_hw_power_brake: Some(0),
         }
     }
 

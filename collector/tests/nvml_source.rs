@@ -74,6 +74,14 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
             ecc_uncorrected_aggregate: Some(1),
             power_violation_ns: Some(2_500_000_000),
             thermal_violation_ns: Some(0),
+            clocks_event_gpu_idle: Some(0),
+            clocks_event_applications_clocks: Some(0),
+            clocks_event_sw_power_cap: Some(1),
+            clocks_event_hw_slowdown: Some(0),
+            clocks_event_sync_boost: Some(0),
+            clocks_event_sw_thermal: Some(0),
+            clocks_event_hw_thermal: Some(0),
+            clocks_event_hw_power_brake: Some(0),
         }
     );
     let g1 = &b.samples[1];
@@ -108,6 +116,11 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
         ),
         (None, None, Some(0)),
         "ECC off: absent; no violation: zero"
+    );
+    assert_eq!(
+        (g1.clocks_event_gpu_idle, g1.clocks_event_sw_power_cap),
+        (Some(1), Some(0)),
+        "idle, not capped"
     );
     assert_eq!(src.field_errors(), 0, "NotSupported is not an error");
 }

@@ -11,7 +11,9 @@ const FIELDS: &str = "uuid,name,pci.bus_id,driver_version,memory.total,memory.us
 power.draw,enforced.power.limit,clocks.sm,clocks.mem,utilization.gpu,memory.free,memory.reserved,\
 clocks.max.sm,clocks.max.memory,utilization.encoder,utilization.decoder,pcie.link.gen.current,\
 pcie.link.width.current,ecc.errors.corrected.volatile.total,ecc.errors.uncorrected.volatile.total,\
-ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total";
+ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total,\
+clocks_event_reasons.gpu_idle,clocks_event_reasons.sw_power_cap,clocks_event_reasons.hw_slowdown,\
+clocks_event_reasons.sw_thermal_slowdown,clocks_event_reasons.hw_thermal_slowdown";
 
 fn smi() -> HashMap<String, HashMap<&'static str, String>> {
     let out = Command::new("nvidia-smi")
@@ -41,7 +43,12 @@ fn smi() -> HashMap<String, HashMap<&'static str, String>> {
 }
 
 fn num(row: &HashMap<&'static str, String>, k: &str) -> Option<f64> {
-    row.get(k)?.parse().ok()
+    match row.get(k)?.as_str() {
+        // Clock event reasons.
+        "Active" => Some(1.0),
+        "Not Active" => Some(0.0),
+        v => v.parse().ok(),
+    }
 }
 
 fn close(name: &str, ours: Option<f64>, theirs: Option<f64>, tolerance: f64) -> bool {
@@ -195,6 +202,37 @@ fn nvml_source_agrees_with_nvidia_smi() {
                 c(s.ecc_uncorrected_aggregate),
                 "ecc.errors.uncorrected.aggregate.total",
                 0.0,
+            ),
+            // The flags can change between the two reads: presence must agree.
+            (
+                "clocks_event_gpu_idle",
+                n(s.clocks_event_gpu_idle),
+                "clocks_event_reasons.gpu_idle",
+                1.0,
+            ),
+            (
+                "clocks_event_sw_power_cap",
+                n(s.clocks_event_sw_power_cap),
+                "clocks_event_reasons.sw_power_cap",
+                1.0,
+            ),
+            (
+                "clocks_event_hw_slowdown",
+                n(s.clocks_event_hw_slowdown),
+                "clocks_event_reasons.hw_slowdown",
+                1.0,
+            ),
+            (
+                "clocks_event_sw_thermal",
+                n(s.clocks_event_sw_thermal),
+                "clocks_event_reasons.sw_thermal_slowdown",
+                1.0,
+            ),
+            (
+                "clocks_event_hw_thermal",
+                n(s.clocks_event_hw_thermal),
+                "clocks_event_reasons.hw_thermal_slowdown",
+                1.0,
             ),
         ];
         for (what, ours, field, tolerance) in checks {

@@ -343,6 +343,86 @@ pub const METRICS: &[MetricDef] = &[
         thermal_violation_ns,
         1e9
     ),
+    metric!(
+        "clocks_event_gpu_idle",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetCurrentClocksEventReasons(GPU_IDLE)",
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+        "Nothing running: clocks at idle (1 while active; avg over a step: the fraction of time)",
+        clocks_event_gpu_idle,
+        1.0
+    ),
+    metric!(
+        "clocks_event_applications_clocks",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetCurrentClocksEventReasons(APPLICATIONS_CLOCKS_SETTING)",
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+        "Held at the application clocks setting (1 while active; avg over a step: the fraction of time)",
+        clocks_event_applications_clocks,
+        1.0
+    ),
+    metric!(
+        "clocks_event_sw_power_cap",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetCurrentClocksEventReasons(SW_POWER_CAP)",
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+        "Held down by the software power cap (the power limit) (1 while active; avg over a step: the fraction of time)",
+        clocks_event_sw_power_cap,
+        1.0
+    ),
+    metric!(
+        "clocks_event_hw_slowdown",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetCurrentClocksEventReasons(HW_SLOWDOWN)",
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+        "Hardware slowdown (temperature, power brake or supply) (1 while active; avg over a step: the fraction of time)",
+        clocks_event_hw_slowdown,
+        1.0
+    ),
+    metric!(
+        "clocks_event_sync_boost",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetCurrentClocksEventReasons(SYNC_BOOST)",
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+        "Held in step with other GPUs of a sync-boost group (1 while active; avg over a step: the fraction of time)",
+        clocks_event_sync_boost,
+        1.0
+    ),
+    metric!(
+        "clocks_event_sw_thermal",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetCurrentClocksEventReasons(SW_THERMAL_SLOWDOWN)",
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+        "Software thermal slowdown (GPU or memory temperature limit) (1 while active; avg over a step: the fraction of time)",
+        clocks_event_sw_thermal,
+        1.0
+    ),
+    metric!(
+        "clocks_event_hw_thermal",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetCurrentClocksEventReasons(HW_THERMAL_SLOWDOWN)",
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+        "Hardware thermal slowdown (1 while active; avg over a step: the fraction of time)",
+        clocks_event_hw_thermal,
+        1.0
+    ),
+    metric!(
+        "clocks_event_hw_power_brake",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetCurrentClocksEventReasons(HW_POWER_BRAKE_SLOWDOWN)",
+        "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+        "Hardware power brake (external signal) (1 while active; avg over a step: the fraction of time)",
+        clocks_event_hw_power_brake,
+        1.0
+    ),
 ];
 
 /// The README's metric table (Markdown), generated from [`METRICS`].

@@ -57,6 +57,8 @@ struct Gpu {
     ecc: Option<[u64; 4]>,
     /// power, thermal (ns)
     violation_ns: [u64; 2],
+    /// NVML's clocks event (throttle) reason bits
+    clocks_event_reasons: u64,
 }
 
 static GPUS: [Gpu; 2] = [
@@ -86,6 +88,8 @@ static GPUS: [Gpu; 2] = [
         link_width: 16,
         ecc: Some([3, 0, 41, 1]),
         violation_ns: [2_500_000_000, 0],
+        // Power-capped.
+        clocks_event_reasons: 0x4,
     },
     Gpu {
         name: "NVIDIA H100 80GB HBM3",
@@ -114,6 +118,8 @@ static GPUS: [Gpu; 2] = [
         link_width: 8,
         ecc: None,
         violation_ns: [0, 0],
+        // Idle.
+        clocks_event_reasons: 0x1,
     },
 ];
 
@@ -493,6 +499,17 @@ pub unsafe extern "C" fn nvmlDeviceGetViolationStatus(
             (*v).reference_time = 1_790_000_000_000_000;
             (*v).violation_time = ns;
         }
+        SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
+    d: Device,
+    reasons: *mut c_ulonglong,
+) -> Ret {
+    with_gpu!(d, |g| {
+        unsafe { *reasons = g.clocks_event_reasons };
         SUCCESS
     })
 }

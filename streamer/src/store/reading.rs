@@ -44,9 +44,9 @@ macro_rules! col {
 }
 
 /// Number of columns.
-pub const N_COLUMNS: usize = 26;
-// A reading's presence bits are a u32.
-const _: () = assert!(N_COLUMNS <= 32);
+pub const N_COLUMNS: usize = 34;
+// A reading's presence bits are a u64.
+const _: () = assert!(N_COLUMNS <= 64);
 
 /// Every column, in wire field order.
 pub const COLUMNS: [Column; N_COLUMNS] = [
@@ -77,6 +77,14 @@ pub const COLUMNS: [Column; N_COLUMNS] = [
     col!(24, ecc_uncorrected_aggregate, u64),
     col!(25, power_violation_ns, u64),
     col!(26, thermal_violation_ns, u64),
+    col!(27, clocks_event_gpu_idle, u32),
+    col!(28, clocks_event_applications_clocks, u32),
+    col!(29, clocks_event_sw_power_cap, u32),
+    col!(30, clocks_event_hw_slowdown, u32),
+    col!(31, clocks_event_sync_boost, u32),
+    col!(32, clocks_event_sw_thermal, u32),
+    col!(33, clocks_event_hw_thermal, u32),
+    col!(34, clocks_event_hw_power_brake, u32),
 ];
 
 /// The position in [`COLUMNS`] of column `id`, if this build knows it.
@@ -89,7 +97,7 @@ pub fn column_index(id: u8) -> Option<usize> {
 pub struct Reading {
     /// Sample time, UTC ms.
     pub ts_ms: i64,
-    present: u32,
+    present: u64,
     values: [u64; N_COLUMNS],
 }
 
@@ -195,6 +203,14 @@ mod tests {
             ecc_uncorrected_aggregate: Some(24),
             power_violation_ns: Some(25),
             thermal_violation_ns: Some(26),
+            clocks_event_gpu_idle: Some(0),
+            clocks_event_applications_clocks: Some(1),
+            clocks_event_sw_power_cap: Some(0),
+            clocks_event_hw_slowdown: Some(1),
+            clocks_event_sync_boost: Some(0),
+            clocks_event_sw_thermal: Some(1),
+            clocks_event_hw_thermal: Some(0),
+            clocks_event_hw_power_brake: Some(1),
             ..Default::default()
         };
         let back = Reading::from_wire(&full).to_wire();
