@@ -172,6 +172,11 @@ impl SimulatedSource {
             clocks_event_sw_thermal: Some(0),
             clocks_event_hw_thermal: Some(0),
             clocks_event_hw_power_brake: Some(0),
+            memory_temperature_celsius: Some((temp + 6.0).round() as u32),
+            remapped_rows_correctable: Some((h % 3) as u32),
+            remapped_rows_uncorrectable: Some(0),
+            row_remap_pending: Some(0),
+            row_remap_failure: Some(0),
         }
     }
 

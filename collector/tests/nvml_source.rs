@@ -82,6 +82,11 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
             clocks_event_sw_thermal: Some(0),
             clocks_event_hw_thermal: Some(0),
             clocks_event_hw_power_brake: Some(0),
+            memory_temperature_celsius: Some(61),
+            remapped_rows_correctable: Some(2),
+            remapped_rows_uncorrectable: Some(0),
+            row_remap_pending: Some(0),
+            row_remap_failure: Some(0),
         }
     );
     let g1 = &b.samples[1];
@@ -121,6 +126,15 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
         (g1.clocks_event_gpu_idle, g1.clocks_event_sw_power_cap),
         (Some(1), Some(0)),
         "idle, not capped"
+    );
+    assert_eq!(
+        (
+            g1.memory_temperature_celsius,
+            g1.remapped_rows_uncorrectable,
+            g1.row_remap_pending
+        ),
+        (None, Some(1), Some(1)),
+        "no HBM sensor: absent; a remap pending"
     );
     assert_eq!(src.field_errors(), 0, "NotSupported is not an error");
 }

@@ -13,7 +13,8 @@ clocks.max.sm,clocks.max.memory,utilization.encoder,utilization.decoder,pcie.lin
 pcie.link.width.current,ecc.errors.corrected.volatile.total,ecc.errors.uncorrected.volatile.total,\
 ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total,\
 clocks_event_reasons.gpu_idle,clocks_event_reasons.sw_power_cap,clocks_event_reasons.hw_slowdown,\
-clocks_event_reasons.sw_thermal_slowdown,clocks_event_reasons.hw_thermal_slowdown";
+clocks_event_reasons.sw_thermal_slowdown,clocks_event_reasons.hw_thermal_slowdown,temperature.memory,\
+remapped_rows.correctable,remapped_rows.uncorrectable,remapped_rows.pending,remapped_rows.failure";
 
 fn smi() -> HashMap<String, HashMap<&'static str, String>> {
     let out = Command::new("nvidia-smi")
@@ -45,8 +46,8 @@ fn smi() -> HashMap<String, HashMap<&'static str, String>> {
 fn num(row: &HashMap<&'static str, String>, k: &str) -> Option<f64> {
     match row.get(k)?.as_str() {
         // Clock event reasons.
-        "Active" => Some(1.0),
-        "Not Active" => Some(0.0),
+        "Active" | "Yes" => Some(1.0),
+        "Not Active" | "No" => Some(0.0),
         v => v.parse().ok(),
     }
 }
@@ -233,6 +234,36 @@ fn nvml_source_agrees_with_nvidia_smi() {
                 n(s.clocks_event_hw_thermal),
                 "clocks_event_reasons.hw_thermal_slowdown",
                 1.0,
+            ),
+            (
+                "memory_temperature_celsius",
+                n(s.memory_temperature_celsius),
+                "temperature.memory",
+                3.0,
+            ),
+            (
+                "remapped_rows_correctable",
+                n(s.remapped_rows_correctable),
+                "remapped_rows.correctable",
+                0.0,
+            ),
+            (
+                "remapped_rows_uncorrectable",
+                n(s.remapped_rows_uncorrectable),
+                "remapped_rows.uncorrectable",
+                0.0,
+            ),
+            (
+                "row_remap_pending",
+                n(s.row_remap_pending),
+                "remapped_rows.pending",
+                0.0,
+            ),
+            (
+                "row_remap_failure",
+                n(s.row_remap_failure),
+                "remapped_rows.failure",
+                0.0,
             ),
         ];
         for (what, ours, field, tolerance) in checks {

@@ -423,6 +423,56 @@ pub const METRICS: &[MetricDef] = &[
         clocks_event_hw_power_brake,
         1.0
     ),
+    metric!(
+        "memory_temperature_celsius",
+        "°C",
+        Gauge,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_MEMORY_TEMP)",
+        "DCGM_FI_DEV_MEMORY_TEMP",
+        "Memory (HBM) temperature",
+        memory_temperature_celsius,
+        1.0
+    ),
+    metric!(
+        "remapped_rows_correctable",
+        "1",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_REMAPPED_COR)",
+        "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+        "Memory rows remapped after correctable errors (counter)",
+        remapped_rows_correctable,
+        1.0
+    ),
+    metric!(
+        "remapped_rows_uncorrectable",
+        "1",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_REMAPPED_UNC)",
+        "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+        "Memory rows remapped after uncorrectable errors (counter)",
+        remapped_rows_uncorrectable,
+        1.0
+    ),
+    metric!(
+        "row_remap_pending",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_REMAPPED_PENDING)",
+        "DCGM_FI_DEV_ROW_REMAP_PENDING",
+        "A row remap waits for the next GPU reset (1: reset the GPU when it can be drained)",
+        row_remap_pending,
+        1.0
+    ),
+    metric!(
+        "row_remap_failure",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_REMAPPED_FAILURE)",
+        "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+        "A row remap failed (1: the GPU needs service)",
+        row_remap_failure,
+        1.0
+    ),
 ];
 
 /// The README's metric table (Markdown), generated from [`METRICS`].

@@ -59,6 +59,10 @@ struct Gpu {
     violation_ns: [u64; 2],
     /// NVML's clocks event (throttle) reason bits
     clocks_event_reasons: u64,
+    /// Field value 82; `None`: not supported.
+    mem_temp: Option<u32>,
+    /// Field values 142–145: remapped rows correctable, uncorrectable, pending, failure.
+    remap: [u32; 4],
 }
 
 static GPUS: [Gpu; 2] = [
@@ -90,6 +94,8 @@ static GPUS: [Gpu; 2] = [
         violation_ns: [2_500_000_000, 0],
         // Power-capped.
         clocks_event_reasons: 0x4,
+        mem_temp: Some(61),
+        remap: [2, 0, 0, 0],
     },
     Gpu {
         name: "NVIDIA H100 80GB HBM3",
@@ -120,6 +126,9 @@ static GPUS: [Gpu; 2] = [
         violation_ns: [0, 0],
         // Idle.
         clocks_event_reasons: 0x1,
+        mem_temp: None,
+        // A row remap waits for the next reset.
+        remap: [0, 1, 1, 0],
     },
 ];
 
@@ -510,6 +519,51 @@ pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
 ) -> Ret {
     with_gpu!(d, |g| {
         unsafe { *reasons = g.clocks_event_reasons };
+        SUCCESS
+    })
+}
+
+/// `nvmlFieldValue_t`.
+#[repr(C)]
+pub struct FieldValue {
+    field_id: c_uint,
+    scope_id: c_uint,
+    timestamp: i64,
+    latency_usec: i64,
+    value_type: c_int,
+    nvml_return: Ret,
+    /// `nvmlValue_t`: a union of 8 bytes; written as an unsigned int (type 1).
+    value: u64,
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
+    d: Device,
+    count: c_int,
+    values: *mut FieldValue,
+) -> Ret {
+    with_gpu!(d, |g| {
+        if count < 0 || values.is_null() {
+            return INVALID_ARGUMENT;
+        }
+        let values = unsafe { std::slice::from_raw_parts_mut(values, count as usize) };
+        for v in values {
+            let got = match v.field_id {
+                82 => g.mem_temp,
+                142..=145 => Some(g.remap[(v.field_id - 142) as usize]),
+                _ => None,
+            };
+            v.timestamp = 1_790_000_000_000_000;
+            v.latency_usec = 0;
+            match got {
+                Some(x) => {
+                    v.value_type = 1;
+                    v.value = u64::from(x);
+                    v.nvml_return = SUCCESS;
+                }
+                None => v.nvml_return = NOT_SUPPORTED,
+            }
+        }
         SUCCESS
     })
 }

@@ -44,7 +44,7 @@ macro_rules! col {
 }
 
 /// Number of columns.
-pub const N_COLUMNS: usize = 34;
+pub const N_COLUMNS: usize = 39;
 // A reading's presence bits are a u64.
 const _: () = assert!(N_COLUMNS <= 64);
 
@@ -85,6 +85,11 @@ pub const COLUMNS: [Column; N_COLUMNS] = [
     col!(32, clocks_event_sw_thermal, u32),
     col!(33, clocks_event_hw_thermal, u32),
     col!(34, clocks_event_hw_power_brake, u32),
+    col!(35, memory_temperature_celsius, u32),
+    col!(36, remapped_rows_correctable, u32),
+    col!(37, remapped_rows_uncorrectable, u32),
+    col!(38, row_remap_pending, u32),
+    col!(39, row_remap_failure, u32),
 ];
 
 /// The position in [`COLUMNS`] of column `id`, if this build knows it.
@@ -211,6 +216,11 @@ mod tests {
             clocks_event_sw_thermal: Some(1),
             clocks_event_hw_thermal: Some(0),
             clocks_event_hw_power_brake: Some(1),
+            memory_temperature_celsius: Some(35),
+            remapped_rows_correctable: Some(36),
+            remapped_rows_uncorrectable: Some(37),
+            row_remap_pending: Some(0),
+            row_remap_failure: Some(1),
             ..Default::default()
         };
         let back = Reading::from_wire(&full).to_wire();
