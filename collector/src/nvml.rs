@@ -156,28 +156,31 @@ impl FieldErrors {
         }
     }
 
-    /// The field values read in one call (NVML field ids): memory temperature and the four
-    /// row-remapping values. Each can fail on its own (absent, logged once).
-    fn field_values(&mut self, d: &Device<'_>, index: u32) -> [Option<u32>; 5] {
-        const IDS: [(u32, &str); 5] = [
+    /// The field values read in one call (NVML field ids): memory temperature, the four
+    /// row-remapping values, the PCIe byte counters. Each can fail on its own (absent,
+    /// logged once).
+    fn field_values(&mut self, d: &Device<'_>, index: u32) -> [Option<u64>; 7] {
+        const IDS: [(u32, &str); 7] = [
             (82, "memory_temperature"),
             (142, "remapped_rows_correctable"),
             (143, "remapped_rows_uncorrectable"),
             (144, "row_remap_pending"),
             (145, "row_remap_failure"),
+            (197, "pcie_tx_bytes"),
+            (198, "pcie_rx_bytes"),
         ];
         let ids = IDS.map(|(id, _)| FieldId(id));
         let Some(values) = self.field(index, "field_values", d.field_values_for(&ids)) else {
-            return [None; 5];
+            return [None; 7];
         };
-        let mut out = [None; 5];
+        let mut out = [None; 7];
         for ((slot, (_, name)), v) in out.iter_mut().zip(IDS).zip(values) {
             let v = v.and_then(|s| s.value);
             *slot = self.field(index, name, v).and_then(|v| match v {
-                SampleValue::U32(v) => Some(v),
-                SampleValue::U64(v) => u32::try_from(v).ok(),
-                SampleValue::I64(v) => u32::try_from(v).ok(),
-                SampleValue::F64(v) => (v >= 0.0).then_some(v as u32),
+                SampleValue::U32(v) => Some(u64::from(v)),
+                SampleValue::U64(v) => Some(v),
+                SampleValue::I64(v) => u64::try_from(v).ok(),
+                SampleValue::F64(v) => (v >= 0.0).then_some(v as u64),
             });
         }
         out
@@ -239,8 +242,16 @@ impl FieldErrors {
             ("thermal_violation", Policy::Thermal),
         ]
         .map(|(field, policy)| self.field(index, field, d.violation_status(policy)));
-        let [mem_temp, rows_cor, rows_unc, remap_pending, remap_failure] =
-            self.field_values(d, index);
+        let [
+            mem_temp,
+            rows_cor,
+            rows_unc,
+            remap_pending,
+            remap_failure,
+            tx,
+            rx,
+        ] = self.field_values(d, index);
+        let small = |v: Option<u64>| v.and_then(|v| u32::try_from(v).ok());
         let reasons = self.field(index, "clocks_event_reasons", d.current_throttle_reasons());
         let flag = |r: ThrottleReasons| reasons.map(|m| u32::from(m.contains(r)));
         // Fallen off the bus in the middle of this round: nothing half read is sent.
@@ -284,11 +295,13 @@ impl FieldErrors {
             clocks_event_sw_thermal: flag(ThrottleReasons::SW_THERMAL_SLOWDOWN),
             clocks_event_hw_thermal: flag(ThrottleReasons::HW_THERMAL_SLOWDOWN),
             clocks_event_hw_power_brake: flag(ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN),
-            memory_temperature_celsius: mem_temp,
-            remapped_rows_correctable: rows_cor,
-            remapped_rows_uncorrectable: rows_unc,
-            row_remap_pending: remap_pending,
-            row_remap_failure: remap_failure,
+            memory_temperature_celsius: small(mem_temp),
+            remapped_rows_correctable: small(rows_cor),
+            remapped_rows_uncorrectable: small(rows_unc),
+            row_remap_pending: small(remap_pending),
+            row_remap_failure: small(remap_failure),
+            pcie_tx_bytes: tx,
+            pcie_rx_bytes: rx,
         })
     }
 }

@@ -9,6 +9,8 @@ use crate::source::{GpuSource, SourceError};
 
 /// Installed memory of the simulated board (80 GiB).
 pub const MEMORY_TOTAL_BYTES: u64 = 80 * 1024 * 1024 * 1024;
+/// When the simulated driver loaded (2026-05-28): the PCIe byte counters start there.
+const DRIVER_LOADED_MS: u64 = 1_780_000_000_000;
 /// Device memory the driver and firmware keep for themselves.
 pub const MEMORY_RESERVED_BYTES: u64 = 512 * 1024 * 1024;
 /// Enforced power limit of the simulated board.
@@ -177,6 +179,13 @@ impl SimulatedSource {
             remapped_rows_uncorrectable: Some(0),
             row_remap_pending: Some(0),
             row_remap_failure: Some(0),
+            // About 2 GB/s out and 3 GB/s in, on average, since the driver loaded.
+            pcie_tx_bytes: Some(
+                (timestamp_ms.max(0) as u64).saturating_sub(DRIVER_LOADED_MS) * 2_000_000,
+            ),
+            pcie_rx_bytes: Some(
+                (timestamp_ms.max(0) as u64).saturating_sub(DRIVER_LOADED_MS) * 3_000_000,
+            ),
         }
     }
 

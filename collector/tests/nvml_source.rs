@@ -87,6 +87,8 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
             remapped_rows_uncorrectable: Some(0),
             row_remap_pending: Some(0),
             row_remap_failure: Some(0),
+            pcie_tx_bytes: Some(5_000_000_000),
+            pcie_rx_bytes: Some(7_000_000_000),
         }
     );
     let g1 = &b.samples[1];
@@ -136,6 +138,7 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
         (None, Some(1), Some(1)),
         "no HBM sensor: absent; a remap pending"
     );
+    assert_eq!((g1.pcie_tx_bytes, g1.pcie_rx_bytes), (None, None));
     assert_eq!(src.field_errors(), 0, "NotSupported is not an error");
 }
 

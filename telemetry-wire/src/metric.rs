@@ -473,6 +473,26 @@ pub const METRICS: &[MetricDef] = &[
         row_remap_failure,
         1.0
     ),
+    metric!(
+        "pcie_tx_bytes",
+        "B",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_PCIE_COUNT_TX_BYTES)",
+        "DCGM_FI_PROF_PCIE_TX_BYTES",
+        "Bytes the GPU sent over PCIe since the driver loaded (counter: rate it for throughput; DCGM reports the rate)",
+        pcie_tx_bytes,
+        1.0
+    ),
+    metric!(
+        "pcie_rx_bytes",
+        "B",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_PCIE_COUNT_RX_BYTES)",
+        "DCGM_FI_PROF_PCIE_RX_BYTES",
+        "Bytes the GPU received over PCIe since the driver loaded (counter)",
+        pcie_rx_bytes,
+        1.0
+    ),
 ];
 
 /// The README's metric table (Markdown), generated from [`METRICS`].

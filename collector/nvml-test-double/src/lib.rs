@@ -63,6 +63,8 @@ struct Gpu {
     mem_temp: Option<u32>,
     /// Field values 142–145: remapped rows correctable, uncorrectable, pending, failure.
     remap: [u32; 4],
+    /// Field values 197, 198: PCIe bytes sent and received; `None`: not supported.
+    pcie_bytes: Option<[u64; 2]>,
 }
 
 static GPUS: [Gpu; 2] = [
@@ -96,6 +98,8 @@ static GPUS: [Gpu; 2] = [
         clocks_event_reasons: 0x4,
         mem_temp: Some(61),
         remap: [2, 0, 0, 0],
+        // Past 4 GiB: the counters are 64-bit.
+        pcie_bytes: Some([5_000_000_000, 7_000_000_000]),
     },
     Gpu {
         name: "NVIDIA H100 80GB HBM3",
@@ -129,6 +133,7 @@ static GPUS: [Gpu; 2] = [
         mem_temp: None,
         // A row remap waits for the next reset.
         remap: [0, 1, 1, 0],
+        pcie_bytes: None,
     },
 ];
 
@@ -548,17 +553,19 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
         }
         let values = unsafe { std::slice::from_raw_parts_mut(values, count as usize) };
         for v in values {
+            // (value type: 1 unsigned int, 3 unsigned long long; the value)
             let got = match v.field_id {
-                82 => g.mem_temp,
-                142..=145 => Some(g.remap[(v.field_id - 142) as usize]),
+                82 => g.mem_temp.map(|x| (1, u64::from(x))),
+                142..=145 => Some((1, u64::from(g.remap[(v.field_id - 142) as usize]))),
+                197 | 198 => g.pcie_bytes.map(|b| (3, b[(v.field_id - 197) as usize])),
                 _ => None,
             };
             v.timestamp = 1_790_000_000_000_000;
             v.latency_usec = 0;
             match got {
-                Some(x) => {
-                    v.value_type = 1;
-                    v.value = u64::from(x);
+                Some((t, x)) => {
+                    v.value_type = t;
+                    v.value = x;
                     v.nvml_return = SUCCESS;
                 }
                 None => v.nvml_return = NOT_SUPPORTED,

@@ -44,7 +44,7 @@ macro_rules! col {
 }
 
 /// Number of columns.
-pub const N_COLUMNS: usize = 39;
+pub const N_COLUMNS: usize = 41;
 // A reading's presence bits are a u64.
 const _: () = assert!(N_COLUMNS <= 64);
 
@@ -90,6 +90,8 @@ pub const COLUMNS: [Column; N_COLUMNS] = [
     col!(37, remapped_rows_uncorrectable, u32),
     col!(38, row_remap_pending, u32),
     col!(39, row_remap_failure, u32),
+    col!(40, pcie_tx_bytes, u64),
+    col!(41, pcie_rx_bytes, u64),
 ];
 
 /// The position in [`COLUMNS`] of column `id`, if this build knows it.
@@ -221,6 +223,8 @@ mod tests {
             remapped_rows_uncorrectable: Some(37),
             row_remap_pending: Some(0),
             row_remap_failure: Some(1),
+            pcie_tx_bytes: Some(40),
+            pcie_rx_bytes: Some(41),
             ..Default::default()
         };
         let back = Reading::from_wire(&full).to_wire();
