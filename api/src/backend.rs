@@ -14,7 +14,7 @@ use streamer::query::proto::{
     QueryRangeRequest, StatsRequest, WatchLatestRequest,
 };
 use streamer::query::{state, status};
-use streamer::store::{Agg, AggRow, LatestIndex, RangePart, Store};
+use streamer::store::{Agg, AggRow, Block, LatestIndex, RangePart, Store};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -274,8 +274,18 @@ impl TelemetryBackend for GrpcBackend {
                     Ok(b) if b.last => Ok(RangePart::End {
                         truncated: b.truncated,
                     }),
+                    // A stored chunk stays encoded: the route decodes it off the async
+                    // workers, in parallel with the next.
+                    Ok(b) if !b.chunk.is_empty() => streamer::store::chunk::reading_count(&b.chunk)
+                        .map(|count| {
+                            RangePart::Block(Block::Encoded {
+                                bytes: b.chunk,
+                                count,
+                            })
+                        })
+                        .map_err(|e| BackendError::Unavailable(format!("bad block: {e}"))),
                     Ok(b) => streamer::query::readings_of(&b)
-                        .map(RangePart::Readings)
+                        .map(|rs| RangePart::Block(Block::Readings(rs)))
                         .map_err(|e| BackendError::Unavailable(format!("bad block: {e}"))),
                     Err(s) => Err(unavailable(s)),
                 });

@@ -334,7 +334,8 @@ struct ReadingWriter {
 const KEY: usize = 48;
 /// Room for one number: 16 integer digits, a point and 3 decimals, or what `ryu` writes.
 const NUMBER: usize = 32;
-/// `,{"timestamp":"YYYY-MM-DDTHH:MM:SS.mmmZ"` and the closing `}`, with room to spare.
+/// `,{"timestamp":"…"` (a year of up to 6 digits and a sign) and the closing `}`, with room
+/// to spare.
 const LINE_FIXED: usize = 64;
 
 struct ReadingField {
@@ -378,7 +379,8 @@ fn put_digits(line: &mut [u8], at: usize, mut v: u64) -> usize {
     at + n
 }
 
-/// `v / 10^decimals` at `line[at..]` as [`write_decimal`] writes it.
+/// `v / 10^decimals` at `line[at..]` as its exact decimal, trailing zeros (and a bare point)
+/// dropped: what [`write_number`] writes for that quotient while `v < EXACT_DECIMAL_BELOW`.
 fn put_decimal(line: &mut [u8], at: usize, v: u64, decimals: u32) -> usize {
     // Constant divisors: a multiply each, where a divisor in a variable is a `div`.
     let (int, mut frac) = match decimals {
@@ -455,16 +457,23 @@ impl ReadingWriter {
     fn write(&mut self, r: &streamer::store::Reading, out: &mut Vec<u8>) {
         const HEAD: &[u8; 15] = b",{\"timestamp\":\"";
         self.set_day(r.ts_ms);
-        let Some(prefix) = self.day_prefix else {
-            self.write_slow(r, out);
-            return;
-        };
         let line = &mut self.line;
         line[..15].copy_from_slice(HEAD);
-        line[15..26].copy_from_slice(&prefix);
-        line[26..39].copy_from_slice(&time_of_day(r.ts_ms - self.day * 86_400_000));
-        line[39] = b'"';
-        let mut at = 40;
+        let mut at = match self.day_prefix {
+            Some(prefix) => {
+                line[15..26].copy_from_slice(&prefix);
+                line[26..39].copy_from_slice(&time_of_day(r.ts_ms - self.day * 86_400_000));
+                39
+            }
+            // A year outside 0000–9999: the general formatter.
+            None => {
+                let t = rfc3339_ms(r.ts_ms);
+                line[15..15 + t.len()].copy_from_slice(t.as_bytes());
+                15 + t.len()
+            }
+        };
+        line[at] = b'"';
+        at += 1;
         for f in &self.fields {
             let Some(v) = r.get(f.column) else { continue };
             let v = v.min(f.max);
@@ -482,23 +491,6 @@ impl ReadingWriter {
         }
         line[at] = b'}';
         out.extend_from_slice(&line[..=at]);
-    }
-
-    /// [`ReadingWriter::write`] for a year outside 0000–9999, the general way.
-    fn write_slow(&self, r: &streamer::store::Reading, out: &mut Vec<u8>) {
-        out.extend_from_slice(b",{\"timestamp\":\"");
-        write_rfc3339_ms(r.ts_ms, out);
-        out.push(b'"');
-        for f in &self.fields {
-            let Some(v) = r.get(f.column) else { continue };
-            let v = v.min(f.max);
-            out.extend_from_slice(&f.key[..f.key_len]);
-            match f.decimals {
-                Some(k) if v < EXACT_DECIMAL_BELOW => write_decimal(v, k, out),
-                _ => write_number(v as f64 / f.divisor, out),
-            }
-        }
-        out.push(b'}');
     }
 
     fn set_day(&mut self, ms: i64) {
@@ -541,29 +533,6 @@ fn time_of_day(in_day: i64) -> [u8; 13] {
         b'0' + (milli % 10) as u8,
         b'Z',
     ]
-}
-
-/// `v / 10^decimals` as its exact decimal, trailing zeros (and a bare point) dropped:
-/// what [`write_number`] writes for that quotient while `v < EXACT_DECIMAL_BELOW`.
-fn write_decimal(v: u64, decimals: u32, out: &mut Vec<u8>) {
-    let div = 10u64.pow(decimals);
-    let (int, mut frac) = (v / div, v % div);
-    out.extend_from_slice(itoa::Buffer::new().format(int).as_bytes());
-    if frac == 0 {
-        return;
-    }
-    let mut digits = decimals;
-    while frac % 10 == 0 {
-        frac /= 10;
-        digits -= 1;
-    }
-    out.push(b'.');
-    let mut buf = [b'0'; 3];
-    for i in (0..digits as usize).rev() {
-        buf[i] = b'0' + (frac % 10) as u8;
-        frac /= 10;
-    }
-    out.extend_from_slice(&buf[..digits as usize]);
 }
 
 /// A telemetry body written piece by piece as blocks of readings arrive (a chunked HTTP

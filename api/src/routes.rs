@@ -303,25 +303,20 @@ async fn telemetry(
         .map(move |part| {
             let only = writer_only.clone();
             async move {
-                let write = move |rs: Vec<streamer::store::Reading>| {
-                    crate::model::write_readings(&rs, only.as_deref())
-                };
-                let job = match part {
+                let block = match part {
                     Ok(RangePart::End { truncated }) => return Ok(Piece::End(truncated)),
                     Err(error) => return Err(error.to_string()),
-                    Ok(RangePart::Readings(rs)) => {
-                        tokio::task::spawn_blocking(move || Ok(write(rs))).await
-                    }
-                    Ok(RangePart::Encoded(bytes)) => {
-                        tokio::task::spawn_blocking(move || {
-                            streamer::store::chunk::decode(&bytes)
-                                .map(write)
-                                .map_err(|e| format!("stored chunk does not decode: {e}"))
-                        })
-                        .await
-                    }
+                    Ok(RangePart::Block(b)) => b,
                 };
-                job.map_err(|e| e.to_string())?.map(Piece::Samples)
+                tokio::task::spawn_blocking(move || {
+                    block
+                        .into_readings()
+                        .map(|rs| crate::model::write_readings(&rs, only.as_deref()))
+                        .map_err(|e| format!("stored chunk does not decode: {e}"))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map(Piece::Samples)
             }
         })
         .buffered(2);

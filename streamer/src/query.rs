@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::StreamerMetrics;
 use crate::store::reading::{COLUMNS, column_index};
-use crate::store::{Agg, AggRow, GpuState, Reading, Store};
+use crate::store::{Agg, AggRow, Block, GpuState, RangePart, Reading, Store};
 
 /// Generated types and client/server of `telemetry.query.v1`.
 #[allow(
@@ -391,12 +391,12 @@ impl TelemetryQuery for QueryService {
         tokio::spawn(async move {
             while let Some(part) = parts.recv().await {
                 let msg = match part {
-                    Ok(crate::store::RangePart::Readings(rs)) => Ok(block_of(&rs)),
-                    Ok(crate::store::RangePart::Encoded(chunk)) => Ok(ReadingBlock {
-                        chunk,
+                    Ok(RangePart::Block(Block::Readings(rs))) => Ok(block_of(&rs)),
+                    Ok(RangePart::Block(Block::Encoded { bytes, .. })) => Ok(ReadingBlock {
+                        chunk: bytes,
                         ..Default::default()
                     }),
-                    Ok(crate::store::RangePart::End { truncated }) => Ok(ReadingBlock {
+                    Ok(RangePart::End { truncated }) => Ok(ReadingBlock {
                         last: true,
                         truncated,
                         ..Default::default()

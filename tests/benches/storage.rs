@@ -278,11 +278,7 @@ async fn main() {
         ]),
         &[("SERVICE_TOKEN", token), ("API_KEY", key.clone())],
     );
-    let line = api.wait_line("api listening on ", Duration::from_secs(20));
-    let base = format!(
-        "http://{}",
-        line.trim_start_matches("api listening on ").trim()
-    );
+    let base = integration_tests::api_url(&mut api);
     let uuid = SimulatedSource::info(
         FleetSpec {
             nodes: gpus.div_ceil(8),
@@ -491,16 +487,24 @@ async fn main() {
         },
     )
     .await;
-    // Merged parts replace the old ones a moment after the merge: the size once it holds.
-    let mut vm_bytes = dir_bytes(&vm_dir);
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = dir_bytes(&vm_dir);
-        if now == vm_bytes {
-            break;
-        }
-        vm_bytes = now;
-    }
+    // Merged parts replace the old ones a moment after the merge: the size once it has held
+    // for a second.
+    let last = std::cell::Cell::new((dir_bytes(&vm_dir), Instant::now()));
+    let vm_bytes = integration_tests::eventually(
+        Duration::from_secs(30),
+        "VictoriaMetrics's directory size settled",
+        || {
+            let (size, since) = last.get();
+            let now = dir_bytes(&vm_dir);
+            if now != size {
+                last.set((now, Instant::now()));
+            }
+            std::future::ready(
+                (now == size && since.elapsed() >= Duration::from_secs(1)).then_some(now),
+            )
+        },
+    )
+    .await;
     let ours_bytes = dir_bytes(&ours_dir);
     let (ours_values, ours_segments) = {
         let h = streamer::store::DiskHistory::open(DiskConfig::new(&ours_dir)).unwrap();

@@ -452,12 +452,15 @@ pub fn spawn_api_with(grpc_port: u16, extra: &[&str], envs: &[(&str, String)]) -
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut p = Proc::spawn("api", &bin("api"), &args, envs);
+    let base = api_url(&mut p);
+    (p, base)
+}
+
+/// The base URL an api process prints once it listens (`api listening on <addr>`).
+pub fn api_url(p: &mut Proc) -> String {
     let line = p.wait_line("api listening on ", Duration::from_secs(20));
-    let addr = line
-        .trim_start_matches("api listening on ")
-        .trim()
-        .to_string();
-    (p, format!("http://{addr}"))
+    let addr = line.trim_start_matches("api listening on ").trim();
+    format!("http://{addr}")
 }
 
 /// Starts the collector binary with a simulated fleet.

@@ -22,12 +22,8 @@ fn spawn_embedded(cwd: &std::path::Path) -> (Proc, String) {
         &[("API_KEY", "embedded-key".to_string())],
         Some(cwd),
     );
-    let line = p.wait_line("api listening on ", Duration::from_secs(20));
-    let addr = line
-        .trim_start_matches("api listening on ")
-        .trim()
-        .to_string();
-    (p, format!("http://{addr}"))
+    let base = integration_tests::api_url(&mut p);
+    (p, base)
 }
 
 async fn samples(http: &reqwest::Client, base: &str) -> Option<Vec<(String, u64, Value)>> {

@@ -196,6 +196,18 @@ fn header<'a>(bytes: &'a [u8]) -> Result<(Reader<'a>, usize, Vec<i64>), ChunkErr
     Ok((r, n, ts))
 }
 
+/// How many readings a chunk holds (its header alone).
+///
+/// # Errors
+/// [`ChunkError`] for bytes that do not start like a chunk.
+pub fn reading_count(bytes: &[u8]) -> Result<usize, ChunkError> {
+    let mut r = Reader { buf: bytes };
+    if r.u8()? != VERSION {
+        return Err(ChunkError::Corrupt("unknown chunk version"));
+    }
+    usize::try_from(r.varint()?).map_err(|_| ChunkError::Corrupt("count"))
+}
+
 /// The times of a chunk's readings, without decoding the values.
 ///
 /// # Errors

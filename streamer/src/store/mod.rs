@@ -165,11 +165,9 @@ impl Store {
 /// One part of a streamed range answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RangePart {
-    /// Readings, oldest first, after those of the parts before.
-    Readings(Vec<Reading>),
-    /// The same as a stored chunk's bytes ([`chunk`] format, every reading in the range):
-    /// only when asked for with `encoded`.
-    Encoded(Vec<u8>),
+    /// A block, its readings after those of the parts before (stored bytes only when asked
+    /// for with `encoded`).
+    Block(Block),
     /// The end: whether more matched than the limit.
     End {
         /// More matched than the limit.
@@ -194,11 +192,7 @@ pub fn stream_range(
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let read = store.range_blocks(&uuid, start_ms, end_ms, limit, encoded, &mut |b| {
-            let part = match b {
-                Block::Readings(rs) => RangePart::Readings(rs),
-                Block::Encoded { bytes, .. } => RangePart::Encoded(bytes),
-            };
-            tx.blocking_send(Ok(part)).is_ok()
+            tx.blocking_send(Ok(RangePart::Block(b))).is_ok()
         });
         let last = match read {
             Ok(t) => Ok(RangePart::End {
