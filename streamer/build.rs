@@ -1,5 +1,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A vendored protoc: nothing to install on the build machine.
+    // query.proto and storage.proto import it: a change there changes the code made here.
+    println!("cargo:rerun-if-changed=../telemetry-wire/proto/telemetry.proto");
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()

@@ -16,6 +16,8 @@ use streamer::query::proto::{
 use streamer::query::{state, status};
 use streamer::store::{Agg, AggRow, Block, LatestIndex, RangePart, Store};
 use tonic::service::interceptor::InterceptedService;
+
+use crate::model::GpuFilter;
 use tonic::transport::Channel;
 
 /// The backend could not answer.
@@ -65,9 +67,9 @@ pub trait TelemetryBackend: Send + Sync + 'static {
 
     /// `GET /api/v1/gpus` as JSON bytes. The default lists, then serialises; a store in this
     /// process serialises straight from its data.
-    async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {
-        let gpus = self.list_gpus(node).await?;
-        crate::model::gpu_list_json(&gpus)
+    async fn list_gpus_json(&self, filter: GpuFilter) -> Result<Vec<u8>, BackendError> {
+        let gpus = self.list_gpus(filter.node.clone()).await?;
+        crate::model::gpu_list_json(&gpus, &filter)
             .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))
     }
 }
@@ -328,16 +330,17 @@ impl TelemetryBackend for GrpcBackend {
         r.map(|r| r.into_inner().counters).map_err(unavailable)
     }
 
-    async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {
+    async fn list_gpus_json(&self, filter: GpuFilter) -> Result<Vec<u8>, BackendError> {
         if self.mirror.is_fresh(MIRROR_MAX_AGE) {
             self.mirror.hit();
             let mut out = Vec::with_capacity(1 << 16);
-            crate::model::write_gpu_list(|f| self.mirror.index.visit(node.as_deref(), f), &mut out)
+            let node = filter.node.as_deref();
+            crate::model::write_gpu_list(|f| self.mirror.index.visit(node, f), &filter, &mut out)
                 .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))?;
             return Ok(out);
         }
-        let gpus = self.list_gpus(node).await?;
-        crate::model::gpu_list_json(&gpus)
+        let gpus = self.list_gpus(filter.node.clone()).await?;
+        crate::model::gpu_list_json(&gpus, &filter)
             .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))
     }
 }
@@ -409,9 +412,10 @@ impl TelemetryBackend for StoreBackend {
         })
     }
 
-    async fn list_gpus_json(&self, node: Option<String>) -> Result<Vec<u8>, BackendError> {
+    async fn list_gpus_json(&self, filter: GpuFilter) -> Result<Vec<u8>, BackendError> {
         let mut out = Vec::with_capacity(1 << 16);
-        crate::model::write_gpu_list(|f| self.store.latest().visit(node.as_deref(), f), &mut out)
+        let node = filter.node.as_deref();
+        crate::model::write_gpu_list(|f| self.store.latest().visit(node, f), &filter, &mut out)
             .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))?;
         Ok(out)
     }

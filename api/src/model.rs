@@ -4,8 +4,9 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 use streamer::query::proto::GpuStatus;
 use streamer::store::GpuView;
+use telemetry_wire::health::{self, HealthStatus};
 use telemetry_wire::metric::{self, MetricDef};
-use telemetry_wire::wire::GpuSample;
+use telemetry_wire::wire::{GpuInfo, GpuSample};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
@@ -152,6 +153,85 @@ pub struct Gpu<'a> {
     /// Latest value of each metric the GPU reports (metric name → number).
     #[schema(value_type = std::collections::HashMap<String, f64>)]
     pub latest: Option<MetricValues<'a>>,
+    /// Health as the collector judged it in its latest round (absent from collectors
+    /// older than schema version 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health<'a>>,
+    /// Critical XID events since the collector started (absent when there were none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xid: Option<Xid>,
+}
+
+/// A GPU's health.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health<'a> {
+    /// `ok`, `degraded`, `failed` (or `unknown`).
+    #[schema(example = "degraded")]
+    pub status: &'static str,
+    /// Why it is not `ok`, most severe first; each starts with a stable code (`gpu_lost`,
+    /// `xid`, `row_remap_failure`, `ecc_uncorrected`, `row_remap_pending`,
+    /// `thermal_throttling`, `power_brake`, `hw_slowdown`, `nvml_errors`), then `: ` and
+    /// the detail.
+    pub reasons: &'a [String],
+}
+
+/// A GPU's XID events.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Xid {
+    /// Events per XID code since the collector started (a counter per code).
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
+    pub counts: std::collections::BTreeMap<u32, u64>,
+    /// The newest event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<LastXid>,
+}
+
+/// The newest XID event of a GPU.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LastXid {
+    /// Its code.
+    pub code: u32,
+    /// When the collector received it, RFC 3339.
+    pub at: String,
+}
+
+impl Xid {
+    fn of(info: &GpuInfo) -> Option<Self> {
+        if info.xid_counts.is_empty() {
+            return None;
+        }
+        Some(Self {
+            counts: info.xid_counts.iter().map(|x| (x.code, x.count)).collect(),
+            last: info
+                .last_xid
+                .zip(info.last_xid_ms)
+                .map(|(code, at)| LastXid {
+                    code,
+                    at: rfc3339_ms(at),
+                }),
+        })
+    }
+}
+
+/// Which GPUs `GET /api/v1/gpus` lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuFilter {
+    /// Only GPUs of this node.
+    pub node: Option<String>,
+    /// Only GPUs with this health status (`unknown`: those without one).
+    pub health: Option<HealthStatus>,
+}
+
+impl GpuFilter {
+    /// Whether `info` passes every condition but the node (the store filters on that).
+    pub fn matches(&self, info: &GpuInfo) -> bool {
+        self.health.is_none_or(|want| {
+            info.health
+                .as_ref()
+                .map_or(HealthStatus::Unknown, |h| h.status())
+                == want
+        })
+    }
 }
 
 impl<'a> Gpu<'a> {
@@ -171,6 +251,11 @@ impl<'a> Gpu<'a> {
             last_seen: rfc3339_ms(v.last_seen_ms),
             sample_count: v.sample_count,
             latest: v.latest.map(|l| MetricValues::new(l, None)),
+            health: info.health.as_ref().map(|h| Health {
+                status: health::status_name(h.status()),
+                reasons: &h.reasons,
+            }),
+            xid: Xid::of(info),
         }
     }
 
@@ -198,8 +283,12 @@ pub struct GpuList<'a> {
 ///
 /// # Errors
 /// The serialiser's error.
-pub fn gpu_list_json(gpus: &[GpuStatus]) -> serde_json::Result<Vec<u8>> {
-    let list: Vec<Gpu<'_>> = gpus.iter().filter_map(Gpu::from_status).collect();
+pub fn gpu_list_json(gpus: &[GpuStatus], filter: &GpuFilter) -> serde_json::Result<Vec<u8>> {
+    let list: Vec<Gpu<'_>> = gpus
+        .iter()
+        .filter(|g| g.info.as_ref().is_some_and(|i| filter.matches(i)))
+        .filter_map(Gpu::from_status)
+        .collect();
     serde_json::to_vec(&GpuList {
         count: list.len(),
         gpus: list,
@@ -208,13 +297,14 @@ pub fn gpu_list_json(gpus: &[GpuStatus]) -> serde_json::Result<Vec<u8>> {
 
 /// Serialises `GET /api/v1/gpus` straight from borrowed data, without copying the GPUs
 /// first: `visit` calls its argument for every GPU in listing order (e.g.
-/// `Store::visit_gpus`). Writes `{"gpus": [...], "count": n}`, the same bytes [`GpuList`]
-/// gives.
+/// `Store::visit_gpus`), of which those `filter` passes are written. Writes
+/// `{"gpus": [...], "count": n}`, the same bytes [`GpuList`] gives.
 ///
 /// # Errors
 /// The serialiser's error (only possible for a failing writer).
 pub fn write_gpu_list(
     visit: impl FnOnce(&mut dyn FnMut(GpuView<'_>)),
+    filter: &GpuFilter,
     out: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
     use serde::ser::{SerializeSeq, Serializer};
@@ -225,7 +315,7 @@ pub fn write_gpu_list(
         let mut ser = serde_json::Serializer::new(&mut *out);
         let mut seq = ser.serialize_seq(None)?;
         visit(&mut |v| {
-            if result.is_ok() {
+            if result.is_ok() && filter.matches(v.info) {
                 result = seq.serialize_element(&Gpu::from_view(v));
                 count += 1;
             }
@@ -745,28 +835,39 @@ mod tests {
             seed: 9,
         });
         for node in 0..3 {
-            store.apply(&fleet.batch(node, 1_790_000_000_000)).unwrap();
+            let mut b = fleet.batch(node, 1_790_000_000_000);
+            if node == 1 {
+                b.gpus[2].health = Some(telemetry_wire::health::GpuHealth {
+                    status: HealthStatus::Degraded.into(),
+                    reasons: vec!["row_remap_pending: a memory row remap waits".into()],
+                });
+            }
+            store.apply(&b).unwrap();
         }
+        let mut seen = Vec::new();
         for node in [None, Some("sim-node-001"), Some("nope")] {
-            let mut streamed = Vec::new();
-            write_gpu_list(|f| store.latest().visit(node, f), &mut streamed).unwrap();
-            let gpus: Vec<_> = store
-                .latest()
-                .list(node)
-                .into_iter()
-                .map(streamer::query::status)
-                .collect();
-            let list: Vec<Gpu<'_>> = gpus.iter().filter_map(Gpu::from_status).collect();
-            let reference = serde_json::to_vec(&GpuList {
-                count: list.len(),
-                gpus: list,
-            })
-            .unwrap();
-            assert_eq!(
-                String::from_utf8(streamed).unwrap(),
-                String::from_utf8(reference).unwrap()
-            );
+            for health in [None, Some(HealthStatus::Ok), Some(HealthStatus::Degraded)] {
+                let filter = GpuFilter {
+                    node: node.map(str::to_string),
+                    health,
+                };
+                let mut streamed = Vec::new();
+                write_gpu_list(|f| store.latest().visit(node, f), &filter, &mut streamed).unwrap();
+                let gpus: Vec<_> = store
+                    .latest()
+                    .list(node)
+                    .into_iter()
+                    .map(streamer::query::status)
+                    .collect();
+                let reference = gpu_list_json(&gpus, &filter).unwrap();
+                let streamed = String::from_utf8(streamed).unwrap();
+                assert_eq!(streamed, String::from_utf8(reference).unwrap());
+                let v: serde_json::Value = serde_json::from_str(&streamed).unwrap();
+                seen.push(v["count"].as_u64().unwrap());
+            }
         }
+        // 12 GPUs, one degraded (on sim-node-001).
+        assert_eq!(seen, [12, 11, 1, 4, 3, 1, 0, 0, 0]);
     }
 
     #[test]

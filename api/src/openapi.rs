@@ -5,7 +5,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::model::{Gpu, GpuList, Sample, Telemetry};
+use crate::model::{Gpu, GpuList, Health, LastXid, Sample, Telemetry, Xid};
 
 struct Security;
 
@@ -27,7 +27,7 @@ impl Modify for Security {
 #[openapi(
     info(title = "GPU telemetry API", description = "Live and historical telemetry of every GPU in the cluster."),
     paths(crate::routes::list_gpus, crate::routes::get_gpu, crate::routes::telemetry),
-    components(schemas(ErrorBody, ErrorDetail, GpuList<'_>, Gpu<'_>, Telemetry<'_>, Sample<'_>)),
+    components(schemas(ErrorBody, ErrorDetail, GpuList<'_>, Gpu<'_>, Health<'_>, Xid, LastXid, Telemetry<'_>, Sample<'_>)),
     modifiers(&Security),
     tags((name = "gpus", description = "GPUs and their telemetry"))
 )]

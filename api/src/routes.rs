@@ -14,6 +14,7 @@ use axum::routing::get;
 use common_auth::KeyRing;
 use common_auth::http::{ApiKeyAuth, require_api_key};
 use futures::StreamExt as _;
+use telemetry_wire::health;
 use telemetry_wire::metric::{self, MetricDef};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -21,7 +22,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::backend::{BackendError, TelemetryBackend};
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ApiMetrics;
-use crate::model::{Gpu, GpuList, Telemetry, TelemetryBody};
+use crate::model::{Gpu, GpuFilter, GpuList, Telemetry, TelemetryBody};
 use streamer::store::{Agg, RangePart};
 
 /// Default window of a telemetry query without `start_time`: the last hour.
@@ -135,7 +136,8 @@ fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
 
 /// List every GPU with its latest metrics.
 #[utoipa::path(get, path = "/api/v1/gpus", tag = "gpus",
-    params(("node" = Option<String>, Query, description = "Only GPUs of this node")),
+    params(("node" = Option<String>, Query, description = "Only GPUs of this node"),
+        ("health" = Option<String>, Query, description = "Only GPUs with this health: ok, degraded, failed, or unknown (no health reported)")),
     responses(
         (status = 200, description = "GPUs ordered by node, then index", body = GpuList<'_>),
         (status = 400, description = "Invalid parameter", body = ErrorBody),
@@ -145,12 +147,22 @@ async fn list_gpus(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = params(q, &["node"])?;
+    let p = params(q, &["node", "health"])?;
     let node = p.get("node").cloned();
     if node.as_deref() == Some("") {
         return Err(ApiError::bad("node", "must not be empty"));
     }
-    let body = st.backend.list_gpus_json(node).await?;
+    let health = p
+        .get("health")
+        .map(|h| {
+            health::parse_status(h)
+                .ok_or_else(|| ApiError::bad("health", "must be ok, degraded, failed or unknown"))
+        })
+        .transpose()?;
+    let body = st
+        .backend
+        .list_gpus_json(GpuFilter { node, health })
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

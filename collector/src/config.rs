@@ -50,6 +50,10 @@ pub struct SourceArgs {
     /// Sampling interval, e.g. 1s, 500ms.
     #[arg(long, env = "COLLECTOR_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
+    /// NVML source: how long a health-bearing XID (e.g. 79, 48, 94) keeps a GPU `failed` or
+    /// `degraded` after it arrives. The per-code XID counters are not affected.
+    #[arg(long, env = "XID_HEALTH_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub xid_health_window: Duration,
 }
 
 impl SourceArgs {

@@ -10,6 +10,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod gpu_health;
 pub mod health;
 pub mod metrics;
 pub mod nvml;
@@ -18,6 +19,7 @@ pub mod publisher;
 pub mod sampler;
 pub mod simulated;
 pub mod source;
+pub mod xid;
 
 use std::sync::Arc;
 
@@ -71,13 +73,14 @@ pub fn open_source(
             seed: args.sim_seed,
         })) as Box<dyn GpuSource>
     };
+    let nvml = || {
+        nvml::NvmlSource::open(args.nvml_lib.as_deref(), &args.node())
+            .map(|s| s.with_xid_window(args.xid_health_window))
+    };
     match args.source.unwrap_or(default) {
         SourceKind::Simulated => Ok(simulated()),
-        SourceKind::Nvml => Ok(Box::new(nvml::NvmlSource::open(
-            args.nvml_lib.as_deref(),
-            &args.node(),
-        )?)),
-        SourceKind::Auto => match nvml::NvmlSource::open(args.nvml_lib.as_deref(), &args.node()) {
+        SourceKind::Nvml => Ok(Box::new(nvml()?)),
+        SourceKind::Auto => match nvml() {
             Ok(s) => Ok(Box::new(s)),
             Err(error) => {
                 tracing::info!(%error, "NVML unavailable; using the simulated fleet");

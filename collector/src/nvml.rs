@@ -9,6 +9,8 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::{
@@ -18,20 +20,30 @@ use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::{Device, Nvml};
+use telemetry_wire::health::XidCount;
 use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 
+use crate::gpu_health::{Round, judge};
 use crate::source::{GpuSource, SourceError};
+use crate::xid::{XidLog, XidWatcher};
 
 /// The library name nvml-wrapper loads when no path is given.
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 
 /// GPUs read through NVML.
 pub struct NvmlSource {
-    nvml: Nvml,
+    nvml: Arc<Nvml>,
     node: String,
     inventory: Vec<GpuInfo>,
     errors: FieldErrors,
+    xids: Arc<XidLog>,
+    // Stops and joins the XID event thread when the source goes.
+    _xid_watcher: XidWatcher,
+    xid_window: Duration,
 }
+
+/// How long a health-bearing XID keeps a GPU `degraded` or `failed` by default.
+pub const DEFAULT_XID_HEALTH_WINDOW: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for NvmlSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -100,14 +112,31 @@ impl NvmlSource {
                 cuda_driver_version: cuda,
                 mig_enabled: d.mig_mode().ok().map(|m| m.current == 1),
                 node: node.to_string(),
+                ..Default::default()
             });
         }
+        let nvml = Arc::new(nvml);
+        let xids = Arc::new(XidLog::default());
+        let watched = inventory
+            .iter()
+            .map(|g| (g.index, g.uuid.clone()))
+            .collect();
         Ok(Self {
+            _xid_watcher: XidWatcher::start(nvml.clone(), watched, xids.clone()),
             nvml,
             node: node.to_string(),
             inventory,
             errors: FieldErrors::default(),
+            xids,
+            xid_window: DEFAULT_XID_HEALTH_WINDOW,
         })
+    }
+
+    /// Sets how long a health-bearing XID keeps a GPU `degraded` or `failed`.
+    #[must_use]
+    pub fn with_xid_window(mut self, window: Duration) -> Self {
+        self.xid_window = window;
+        self
     }
 
     /// The GPUs found at start.
@@ -306,28 +335,57 @@ impl FieldErrors {
     }
 }
 
+fn window_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl GpuSource for NvmlSource {
     fn collect(&mut self, now_ms: i64) -> Result<Vec<TelemetryBatch>, SourceError> {
         let mut samples = Vec::with_capacity(self.inventory.len());
+        let mut gpus = Vec::with_capacity(self.inventory.len());
         for i in 0..self.inventory.len() {
             let (index, uuid) = (self.inventory[i].index, self.inventory[i].uuid.clone());
+            let errors_before = self.errors.count;
             // By UUID, not index: indexes can change if devices are re-enumerated, and a
             // sample must never be stamped with another GPU's UUID.
-            let device = match self.nvml.device_by_uuid(uuid.as_str()) {
-                Ok(d) => d,
+            let sample = match self.nvml.device_by_uuid(uuid.as_str()) {
+                Ok(device) => self.errors.read(&device, index, uuid, now_ms),
+                Err(NvmlError::GpuLost) => {
+                    self.errors.gone(index);
+                    None
+                }
                 Err(error) => {
                     self.errors.count += 1;
                     tracing::warn!(%error, gpu = index, "cannot get device handle; GPU skipped this round");
-                    continue;
+                    None
                 }
             };
-            samples.extend(self.errors.read(&device, index, uuid, now_ms));
+            let xids = self
+                .xids
+                .snapshot(index, now_ms, window_ms(self.xid_window));
+            let mut info = self.inventory[i].clone();
+            info.health = Some(judge(Round {
+                sample: sample.as_ref(),
+                lost: self.errors.lost.contains(&index),
+                nvml_errors: self.errors.count - errors_before,
+                xids: &xids,
+                xid_window: self.xid_window,
+            }));
+            info.xid_counts = xids
+                .counts
+                .iter()
+                .map(|(&code, &count)| XidCount { code, count })
+                .collect();
+            info.last_xid = xids.last.map(|(code, _)| code);
+            info.last_xid_ms = xids.last.map(|(_, at)| at);
+            gpus.push(info);
+            samples.extend(sample);
         }
         Ok(vec![TelemetryBatch {
             schema_version: SCHEMA_VERSION,
             node: self.node.clone(),
             collected_at_ms: now_ms,
-            gpus: self.inventory.clone(),
+            gpus,
             samples,
         }])
     }

@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value, json};
 use std::io::Write as _;
-use telemetry_wire::metric;
-use telemetry_wire::wire::TelemetryBatch;
+use telemetry_wire::wire::{GpuInfo, TelemetryBatch};
+use telemetry_wire::{health, metric};
 
 use crate::sampler::BatchSink;
 
@@ -38,10 +38,31 @@ pub fn batch_json(b: &TelemetryBatch) -> Value {
                 "mig_enabled": g.mig_enabled,
                 "timestamp_ms": sample.map(|s| s.timestamp_ms),
                 "metrics": metrics,
+                "health": g.health.as_ref().map(|h| json!({
+                    "status": health::status_name(h.status()),
+                    "reasons": h.reasons,
+                })),
+                "xid": xid_json(g),
             })
         })
         .collect();
     json!({"node": b.node, "collected_at_ms": b.collected_at_ms, "gpus": gpus})
+}
+
+/// `{"counts": {"<code>": n}, "last": {"code": c, "at_ms": t}}`, `null` without XIDs.
+fn xid_json(g: &GpuInfo) -> Value {
+    if g.xid_counts.is_empty() {
+        return Value::Null;
+    }
+    let counts: Map<String, Value> = g
+        .xid_counts
+        .iter()
+        .map(|x| (x.code.to_string(), json!(x.count)))
+        .collect();
+    json!({
+        "counts": counts,
+        "last": g.last_xid.map(|code| json!({"code": code, "at_ms": g.last_xid_ms})),
+    })
 }
 
 impl BatchSink for JsonSink {

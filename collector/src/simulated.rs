@@ -3,6 +3,7 @@
 //! real ones (a slow load wave, noise, power and temperature following load, a monotonic
 //! energy counter); tests recompute exactly what any sample must have been.
 
+use telemetry_wire::health::{GpuHealth, HealthStatus};
 use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 
 use crate::source::{GpuSource, SourceError};
@@ -95,6 +96,12 @@ impl SimulatedSource {
             cuda_driver_version: Some(12040),
             mig_enabled: Some(false),
             node: Self::node_name(node),
+            // The simulated fleet is healthy and has no XIDs.
+            health: Some(GpuHealth {
+                status: HealthStatus::Ok.into(),
+                reasons: Vec::new(),
+            }),
+            ..Default::default()
         }
     }
 

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use collector::nvml::NvmlSource;
 use collector::source::{GpuSource, SourceError};
+use telemetry_wire::health::HealthStatus;
 use telemetry_wire::wire::GpuSample;
 
 /// `target/debug/libnvidia_ml.so`, built by `cargo build --workspace`.
@@ -140,6 +141,75 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
     );
     assert_eq!((g1.pcie_tx_bytes, g1.pcie_rx_bytes), (None, None));
     assert_eq!(src.field_errors(), 0, "NotSupported is not an error");
+
+    // Health: GPU 0 is busy and power-capped (normal), GPU 1 has a row remap pending.
+    let health: Vec<_> = b
+        .gpus
+        .iter()
+        .map(|g| {
+            let h = g.health.as_ref().unwrap();
+            (h.status(), h.reasons.clone())
+        })
+        .collect();
+    assert_eq!(
+        health,
+        [
+            (HealthStatus::Ok, vec![]),
+            (
+                HealthStatus::Degraded,
+                vec!["row_remap_pending: a memory row remap waits for the next GPU reset".into()]
+            )
+        ]
+    );
+    assert!(
+        b.gpus
+            .iter()
+            .all(|g| g.xid_counts.is_empty() && g.last_xid.is_none())
+    );
+}
+
+#[test]
+fn xid_events_are_counted_per_code_and_a_critical_one_fails_the_gpu() {
+    let lib = double();
+    let before = now_ms();
+    let out = Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["--source", "nvml", "--nvml-lib", lib.to_str().unwrap()])
+        .args(["--output", "json", "--rounds", "25", "--interval", "20ms"])
+        .env("RUST_LOG", "warn")
+        .env("NVML_TEST_DOUBLE_XIDS", "0:13,0:13,1:48")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (g0, g1) = (&last["gpus"][0], &last["gpus"][1]);
+    // Two of the same code: the counter is 2. 13 is the application's own: no health change.
+    assert_eq!(g0["xid"]["counts"], serde_json::json!({"13": 2}));
+    assert_eq!(g0["xid"]["last"]["code"], 13);
+    assert_eq!(
+        g0["health"],
+        serde_json::json!({"status": "ok", "reasons": []})
+    );
+    assert_eq!(g1["xid"]["counts"], serde_json::json!({"48": 1}));
+    let at = g1["xid"]["last"]["at_ms"].as_i64().unwrap();
+    assert!((before..=now_ms()).contains(&at), "{at}");
+    assert_eq!(
+        g1["health"],
+        serde_json::json!({"status": "failed", "reasons": [
+            "xid: 48 (double-bit ECC error), 1 in the last 1h",
+            "row_remap_pending: a memory row remap waits for the next GPU reset",
+        ]})
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("XID event").count(),
+        3,
+        "one line per event: {stderr}"
+    );
+}
+
+fn now_ms() -> i64 {
+    collector::sampler::now_ms()
 }
 
 #[test]
@@ -320,5 +390,17 @@ fn a_gpu_that_falls_off_the_bus_stops_reporting_with_one_error_line_and_the_othe
         ]
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches("fell off the bus").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("fell off the bus (NVML").count(),
+        1,
+        "{stderr}"
+    );
+    // Still listed, with its health: failed, lost.
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let h = &last["gpus"][1]["health"];
+    assert_eq!(h["status"], "failed", "{last}");
+    assert_eq!(
+        h["reasons"][0],
+        "gpu_lost: the GPU fell off the bus (NVML: GPU is lost)"
+    );
 }

@@ -7,7 +7,9 @@
 //! - [`signing`]: [`RecordSigner`] / [`RecordVerifier`], HMAC-SHA256 over a record's key and
 //!   value with a key id that tells a rotated token from a forged signature.
 //! - [`metric`]: the one table of metric names, units and how each is read off a sample.
+//! - [`health`]: GPU health status names and the XID codes that bear on health.
 
+pub mod health;
 pub mod metric;
 pub mod signing;
 pub mod wire;

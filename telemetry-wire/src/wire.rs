@@ -20,7 +20,7 @@ pub mod proto {
 pub use proto::{GpuInfo, GpuSample, TelemetryBatch};
 
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Header names.
 pub mod header {
@@ -233,6 +233,29 @@ mod tests {
     }
 
     #[test]
+    fn health_and_xid_counts_survive_seal_and_open() {
+        use crate::health::{GpuHealth, HealthStatus, XidCount};
+        let mut b = batch();
+        b.gpus[0].health = Some(GpuHealth {
+            status: HealthStatus::Failed.into(),
+            reasons: vec!["xid: 79 (GPU has fallen off the bus)".into()],
+        });
+        b.gpus[0].xid_counts = vec![
+            XidCount { code: 13, count: 2 },
+            XidCount { code: 79, count: 1 },
+        ];
+        b.gpus[0].last_xid = Some(79);
+        b.gpus[0].last_xid_ms = Some(1_700_000_000_100);
+        let rec = seal(&RecordSigner::new(&token()), &b);
+        let got = open(&RecordVerifier::new([&token()]), parts(&rec)).unwrap();
+        assert_eq!(got, b);
+        assert_eq!(
+            got.gpus[0].health.as_ref().unwrap().status(),
+            HealthStatus::Failed
+        );
+    }
+
+    #[test]
     fn a_version_1_batch_from_an_older_collector_is_still_read() {
         let mut old = batch();
         old.schema_version = 1;
@@ -242,6 +265,14 @@ mod tests {
         assert_eq!(
             got.samples[0].memory_free_bytes, None,
             "version 2 fields absent"
+        );
+        assert_eq!(got.gpus[0].health, None, "version 3 fields absent");
+        // A version 2 batch (no health, no XIDs) reads the same way.
+        old.schema_version = 2;
+        let rec = seal(&RecordSigner::new(&token()), &old);
+        assert_eq!(
+            open(&RecordVerifier::new([&token()]), parts(&rec)).unwrap(),
+            old
         );
     }
 

@@ -12,7 +12,13 @@
 //! `NVML_TEST_DOUBLE_GPUS=N` (3–64) it has N GPUs: the two above, then copies of GPU 0 with
 //! their own UUID and bus (for benchmarks of a full node). With
 //! `NVML_TEST_DOUBLE_LOST_AFTER=N`, GPU 1 falls off the bus after N utilization reads of it
-//! (N rounds): every query of it then answers `NVML_ERROR_GPU_IS_LOST`.
+//! (N rounds): every query of it then answers `NVML_ERROR_GPU_IS_LOST`, and the event set
+//! delivers one XID 79 (fallen off the bus) for it.
+//!
+//! XID events: every GPU offers critical-XID events; `NVML_TEST_DOUBLE_XIDS` lists the
+//! events the event set delivers, one per wait, in order, as `gpu:code` pairs separated by
+//! commas (e.g. `0:13,0:13,1:48`). With none left a wait blocks for its timeout and answers
+//! `NVML_ERROR_TIMEOUT`.
 #![allow(non_snake_case, missing_docs, clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void};
@@ -24,6 +30,7 @@ const NOT_SUPPORTED: Ret = 3;
 const NOT_FOUND: Ret = 6;
 const INSUFFICIENT_SIZE: Ret = 7;
 const DRIVER_NOT_LOADED: Ret = 9;
+const TIMEOUT: Ret = 10;
 const GPU_IS_LOST: Ret = 15;
 
 type Device = *mut c_void;
@@ -573,4 +580,126 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
         }
         SUCCESS
     })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetIndex(d: Device, index: *mut c_uint) -> Ret {
+    // Host-side knowledge: answers even for a GPU off the bus.
+    match gpu(d) {
+        Some(_) => {
+            unsafe { *index = (d as usize - 1) as c_uint };
+            SUCCESS
+        }
+        None => INVALID_ARGUMENT,
+    }
+}
+
+/// `nvmlEventTypeXidCriticalError`.
+const XID_EVENT: u64 = 8;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
+    d: Device,
+    types: *mut c_ulonglong,
+) -> Ret {
+    with_gpu!(d, |_g| {
+        unsafe { *types = XID_EVENT };
+        SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut *mut c_void) -> Ret {
+    unsafe { *set = std::ptr::dangling_mut::<c_void>() };
+    SUCCESS
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceRegisterEvents(
+    d: Device,
+    types: c_ulonglong,
+    _set: *mut c_void,
+) -> Ret {
+    with_gpu!(d, |_g| if types & !XID_EVENT == 0 {
+        SUCCESS
+    } else {
+        NOT_SUPPORTED
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlEventSetFree(_set: *mut c_void) -> Ret {
+    SUCCESS
+}
+
+/// `nvmlEventData_t`.
+#[repr(C)]
+pub struct EventData {
+    device: Device,
+    event_type: c_ulonglong,
+    event_data: c_ulonglong,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+
+/// The XID events still to deliver (device index, code), from `NVML_TEST_DOUBLE_XIDS`.
+fn pending_xids() -> &'static std::sync::Mutex<std::collections::VecDeque<(usize, u64)>> {
+    static PENDING: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::VecDeque<(usize, u64)>>,
+    > = std::sync::OnceLock::new();
+    PENDING.get_or_init(|| {
+        let script = std::env::var("NVML_TEST_DOUBLE_XIDS").unwrap_or_default();
+        let events = script
+            .split(',')
+            .filter_map(|e| {
+                let (gpu, code) = e.trim().split_once(':')?;
+                Some((gpu.parse().ok()?, code.parse().ok()?))
+            })
+            .collect();
+        std::sync::Mutex::new(events)
+    })
+}
+
+/// Whether GPU 1's XID 79 (fallen off the bus) has been delivered.
+static LOST_XID_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlEventSetWait_v2(
+    _set: *mut c_void,
+    data: *mut EventData,
+    timeout_ms: c_uint,
+) -> Ret {
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
+    // Polls in short slices, so a GPU falling off the bus mid-wait is told at once.
+    let next = loop {
+        let next = pending_xids()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+            .or_else(|| {
+                (lost(2 as Device)
+                    && !LOST_XID_SENT.swap(true, std::sync::atomic::Ordering::Relaxed))
+                .then_some((1, 79))
+            });
+        if next.is_some() || std::time::Instant::now() >= deadline {
+            break next;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    match next {
+        Some((index, code)) if index < gpus().len() => {
+            unsafe {
+                *data = EventData {
+                    device: (index + 1) as Device,
+                    event_type: XID_EVENT,
+                    event_data: code,
+                    gpu_instance_id: 0,
+                    compute_instance_id: 0,
+                };
+            }
+            SUCCESS
+        }
+        _ => TIMEOUT,
+    }
 }

@@ -1,0 +1,194 @@
+//! The NVML path end to end: `api --embedded --source nvml` against the test build of
+//! `libnvidia-ml.so`, read over HTTP. Exact metric values, health with its reasons, XID
+//! counters, the `health=` filter, and a GPU that falls off the bus.
+
+use std::time::Duration;
+
+use collector::nvml::NvmlSource;
+use collector::source::GpuSource;
+use integration_tests::{Proc, args, bin, eventually, get_json, nvml_double};
+use serde_json::{Value, json};
+use telemetry_wire::metric;
+
+const KEY: &str = "nvml-api-key";
+const G0: &str = "GPU-11111111-2222-3333-4444-555555555555";
+const G1: &str = "GPU-66666666-7777-8888-9999-000000000000";
+
+fn spawn(dir: &std::path::Path, env: &[(&str, &str)]) -> (Proc, String) {
+    let lib = nvml_double();
+    let mut vars = vec![("API_KEY", KEY.to_string())];
+    vars.extend(env.iter().map(|(k, v)| (*k, (*v).to_string())));
+    let mut p = Proc::spawn_in(
+        "api",
+        &bin("api"),
+        &args(&[
+            "--embedded",
+            "--listen",
+            "127.0.0.1:0",
+            "--source",
+            "nvml",
+            "--nvml-lib",
+            lib.to_str().unwrap(),
+            "--node-name",
+            "gpu-node-7",
+            "--interval",
+            "100ms",
+        ]),
+        &vars,
+        Some(dir),
+    );
+    let base = integration_tests::api_url(&mut p);
+    (p, base)
+}
+
+async fn gpus(http: &reqwest::Client, base: &str, query: &str) -> (u16, Value) {
+    get_json(http, &format!("{base}/api/v1/gpus{query}"), Some(KEY)).await
+}
+
+/// The metrics the test double's GPUs give, as the API names and scales them: read through
+/// the same library in this process.
+fn expected_latest() -> Vec<Value> {
+    let mut src = NvmlSource::open(Some(&nvml_double()), "here").unwrap();
+    let batch = src.collect(0).unwrap().remove(0);
+    batch
+        .samples
+        .iter()
+        .map(|s| {
+            Value::Object(
+                metric::values(s)
+                    .map(|(name, v)| (name.to_string(), json!(v)))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Compares numbers as numbers (the API writes 312.5 and 54; `json!` of f64 is 54.0).
+fn same_numbers(got: &Value, want: &Value) -> bool {
+    let (Some(g), Some(w)) = (got.as_object(), want.as_object()) else {
+        return false;
+    };
+    g.len() == w.len()
+        && w.iter()
+            .all(|(k, v)| g.get(k).and_then(Value::as_f64) == v.as_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvml_readings_health_and_xids_reach_the_api_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (_api, base) = spawn(dir.path(), &[("NVML_TEST_DOUBLE_XIDS", "0:13,0:13,1:48")]);
+    let want = expected_latest();
+    let list = eventually(
+        Duration::from_secs(30),
+        "both GPUs with their XIDs",
+        || async {
+            let (s, body) = gpus(&http, &base, "").await;
+            (s == 200
+                && body["count"] == 2
+                && body["gpus"][1]["xid"]["counts"] == json!({"48": 1})
+                && body["gpus"][0]["xid"]["counts"] == json!({"13": 2}))
+            .then_some(body)
+        },
+    )
+    .await;
+    let (g0, g1) = (&list["gpus"][0], &list["gpus"][1]);
+    assert_eq!(
+        (g0["uuid"].as_str(), g1["uuid"].as_str()),
+        (Some(G0), Some(G1))
+    );
+    assert_eq!(g0["node"], "gpu-node-7");
+    // Every metric, exactly; what NVML reports unsupported is absent.
+    assert!(
+        same_numbers(&g0["latest"], &want[0]),
+        "{} vs {}",
+        g0["latest"],
+        want[0]
+    );
+    assert!(
+        same_numbers(&g1["latest"], &want[1]),
+        "{} vs {}",
+        g1["latest"],
+        want[1]
+    );
+    assert_eq!(g0["latest"]["power_usage_watts"], 312.5);
+    assert_eq!(g0["latest"]["pcie_tx_bytes"], 5_000_000_000u64);
+    assert_eq!(g1["latest"].get("energy_consumed_joules"), None);
+    assert_eq!(g1["latest"]["gpu_utilization_percent"], 0);
+    // Health and XIDs: 13 is the application's own (counted, no health change); 48 fails
+    // GPU 1, which also has a row remap pending.
+    assert_eq!(g0["health"], json!({"status": "ok", "reasons": []}));
+    assert_eq!(g0["xid"]["last"]["code"], 13);
+    assert_eq!(
+        g1["health"],
+        json!({"status": "failed", "reasons": [
+            "xid: 48 (double-bit ECC error), 1 in the last 1h",
+            "row_remap_pending: a memory row remap waits for the next GPU reset",
+        ]})
+    );
+    assert_eq!(g1["xid"]["last"]["code"], 48);
+    assert!(g1["xid"]["last"]["at"].as_str().unwrap().ends_with('Z'));
+    // One GPU is the same in the list and on its own.
+    let (s, one) = get_json(&http, &format!("{base}/api/v1/gpus/{G1}"), Some(KEY)).await;
+    assert_eq!(s, 200);
+    assert_eq!((&one["health"], &one["xid"]), (&g1["health"], &g1["xid"]));
+
+    // The health filter.
+    let uuids = |body: &Value| -> Vec<String> {
+        body["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["uuid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (query, want) in [
+        ("?health=failed", vec![G1]),
+        ("?health=ok", vec![G0]),
+        ("?health=degraded", vec![]),
+        ("?health=unknown", vec![]),
+        ("?health=failed&node=gpu-node-7", vec![G1]),
+        ("?health=failed&node=other", vec![]),
+    ] {
+        let (s, body) = gpus(&http, &base, query).await;
+        assert_eq!(s, 200, "{query}: {body}");
+        assert_eq!(uuids(&body), want, "{query}");
+        assert_eq!(body["count"], want.len(), "{query}");
+    }
+    let (s, body) = gpus(&http, &base, "?health=sick").await;
+    assert_eq!(s, 400);
+    assert_eq!(body["error"]["parameter"], "health", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_off_the_bus_is_listed_failed_with_its_xid_79_and_stops_counting_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (_api, base) = spawn(dir.path(), &[("NVML_TEST_DOUBLE_LOST_AFTER", "3")]);
+    let body = eventually(Duration::from_secs(30), "GPU 1 failed, XID 79", || async {
+        let (s, body) = gpus(&http, &base, "?health=failed").await;
+        (s == 200 && body["count"] == 1 && body["gpus"][0]["xid"]["counts"] == json!({"79": 1}))
+            .then_some(body)
+    })
+    .await;
+    let g1 = &body["gpus"][0];
+    assert_eq!(g1["uuid"], G1);
+    assert_eq!(
+        g1["health"]["reasons"],
+        json!([
+            "gpu_lost: the GPU fell off the bus (NVML: GPU is lost)",
+            "xid: 79 (GPU has fallen off the bus), 1 in the last 1h",
+        ])
+    );
+    // Three rounds read it before it fell off; the other GPU goes on.
+    assert_eq!(g1["sample_count"], 3);
+    let (_, all) = gpus(&http, &base, "").await;
+    let g0_count = all["gpus"][0]["sample_count"].as_u64().unwrap();
+    eventually(Duration::from_secs(10), "GPU 0 keeps reporting", || async {
+        let (_, all) = gpus(&http, &base, "").await;
+        (all["gpus"][0]["sample_count"].as_u64().unwrap() > g0_count
+            && all["gpus"][1]["sample_count"] == 3)
+            .then_some(())
+    })
+    .await;
+}
