@@ -160,6 +160,112 @@ pub struct Gpu<'a> {
     /// Critical XID events since the collector started (absent when there were none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xid: Option<Xid>,
+    /// Containers the kubelet assigned this GPU to (absent where pods are not attributed:
+    /// no kubelet socket on the node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<Vec<PodView<'a>>>,
+    /// `true` when the kubelet did not answer the collector's last refresh: `pods` is the
+    /// last mapping it gave (as of `pods_as_of`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods_stale: Option<bool>,
+    /// When the kubelet last answered, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods_as_of: Option<String>,
+}
+
+/// A container holding a GPU.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PodView<'a> {
+    /// Pod namespace.
+    pub namespace: &'a str,
+    /// Pod name.
+    pub pod: &'a str,
+    /// Container name.
+    pub container: &'a str,
+    /// The device id the kubelet lists (`GPU-…`, `GPU-…::<replica>` when time-sliced).
+    pub device_id: &'a str,
+    /// The extended resource, e.g. `nvidia.com/gpu`.
+    pub resource: &'a str,
+}
+
+/// One process on a GPU.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProcessView<'a> {
+    /// Host PID.
+    pub pid: u32,
+    /// Framebuffer memory it uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_memory_bytes: Option<u64>,
+    /// Its share of the SMs over NVML's last sample, percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sm_utilization_percent: Option<u32>,
+    /// Its share of memory bandwidth, percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_utilization_percent: Option<u32>,
+    /// Its share of the video encoder, percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoder_utilization_percent: Option<u32>,
+    /// Its share of the video decoder, percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoder_utilization_percent: Option<u32>,
+    /// Its pod's namespace, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<&'a str>,
+    /// Its pod, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<&'a str>,
+    /// Its container, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<&'a str>,
+    /// Its pod's UID (from the process's cgroup), also when the name is not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<&'a str>,
+}
+
+/// `GET /api/v1/gpus/{uuid}/processes`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Processes<'a> {
+    /// The GPU.
+    pub uuid: &'a str,
+    /// Time of the GPU's latest sample (the processes are from the same round), RFC 3339.
+    pub as_of: String,
+    /// Processes, by PID.
+    pub processes: Vec<ProcessView<'a>>,
+    /// Number of processes.
+    pub count: usize,
+    /// As on the GPU: the kubelet's mapping is the last one it gave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods_stale: Option<bool>,
+}
+
+impl<'a> Processes<'a> {
+    /// The processes of a stored GPU.
+    pub fn of(s: &'a GpuStatus) -> Option<Self> {
+        let info = s.info.as_ref()?;
+        let processes: Vec<ProcessView<'a>> = info
+            .processes
+            .iter()
+            .map(|p| ProcessView {
+                pid: p.pid,
+                used_memory_bytes: p.used_memory_bytes,
+                sm_utilization_percent: p.sm_utilization_percent,
+                memory_utilization_percent: p.memory_utilization_percent,
+                encoder_utilization_percent: p.encoder_utilization_percent,
+                decoder_utilization_percent: p.decoder_utilization_percent,
+                namespace: p.namespace.as_deref(),
+                pod: p.pod.as_deref(),
+                container: p.container.as_deref(),
+                pod_uid: p.pod_uid.as_deref(),
+            })
+            .collect();
+        Some(Self {
+            uuid: &info.uuid,
+            as_of: rfc3339_ms(s.last_seen_ms),
+            count: processes.len(),
+            processes,
+            pods_stale: info.pods_as_of_ms.map(|_| info.pods_stale),
+        })
+    }
 }
 
 /// A GPU's health.
@@ -220,17 +326,27 @@ pub struct GpuFilter {
     pub node: Option<String>,
     /// Only GPUs with this health status (`unknown`: those without one).
     pub health: Option<HealthStatus>,
+    /// Only GPUs held by a pod in this namespace.
+    pub namespace: Option<String>,
+    /// Only GPUs held by a pod of this name (with `namespace`: that pod).
+    pub pod: Option<String>,
 }
 
 impl GpuFilter {
     /// Whether `info` passes every condition but the node (the store filters on that).
     pub fn matches(&self, info: &GpuInfo) -> bool {
-        self.health.is_none_or(|want| {
+        let health = self.health.is_none_or(|want| {
             info.health
                 .as_ref()
                 .map_or(HealthStatus::Unknown, |h| h.status())
                 == want
-        })
+        });
+        let pod = (self.namespace.is_none() && self.pod.is_none())
+            || info.pods.iter().any(|p| {
+                self.namespace.as_ref().is_none_or(|n| *n == p.namespace)
+                    && self.pod.as_ref().is_none_or(|n| *n == p.pod)
+            });
+        health && pod
     }
 }
 
@@ -256,6 +372,20 @@ impl<'a> Gpu<'a> {
                 reasons: &h.reasons,
             }),
             xid: Xid::of(info),
+            pods: info.pods_as_of_ms.map(|_| {
+                info.pods
+                    .iter()
+                    .map(|p| PodView {
+                        namespace: &p.namespace,
+                        pod: &p.pod,
+                        container: &p.container,
+                        device_id: &p.device_id,
+                        resource: &p.resource,
+                    })
+                    .collect()
+            }),
+            pods_stale: info.pods_as_of_ms.map(|_| info.pods_stale),
+            pods_as_of: info.pods_as_of_ms.map(rfc3339_ms),
         }
     }
 
@@ -850,6 +980,7 @@ mod tests {
                 let filter = GpuFilter {
                     node: node.map(str::to_string),
                     health,
+                    ..Default::default()
                 };
                 let mut streamed = Vec::new();
                 write_gpu_list(|f| store.latest().visit(node, f), &filter, &mut streamed).unwrap();

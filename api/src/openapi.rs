@@ -5,7 +5,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::model::{Gpu, GpuList, Health, LastXid, Sample, Telemetry, Xid};
+use crate::model::{
+    Gpu, GpuList, Health, LastXid, PodView, ProcessView, Processes, Sample, Telemetry, Xid,
+};
 
 struct Security;
 
@@ -26,8 +28,8 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "GPU telemetry API", description = "Live and historical telemetry of every GPU in the cluster."),
-    paths(crate::routes::list_gpus, crate::routes::get_gpu, crate::routes::telemetry),
-    components(schemas(ErrorBody, ErrorDetail, GpuList<'_>, Gpu<'_>, Health<'_>, Xid, LastXid, Telemetry<'_>, Sample<'_>)),
+    paths(crate::routes::list_gpus, crate::routes::get_gpu, crate::routes::telemetry, crate::routes::processes),
+    components(schemas(ErrorBody, ErrorDetail, GpuList<'_>, Gpu<'_>, Health<'_>, Xid, LastXid, PodView<'_>, Processes<'_>, ProcessView<'_>, Telemetry<'_>, Sample<'_>)),
     modifiers(&Security),
     tags((name = "gpus", description = "GPUs and their telemetry"))
 )]

@@ -22,7 +22,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::backend::{BackendError, TelemetryBackend};
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ApiMetrics;
-use crate::model::{Gpu, GpuFilter, GpuList, Telemetry, TelemetryBody};
+use crate::model::{Gpu, GpuFilter, GpuList, Processes, Telemetry, TelemetryBody};
 use streamer::store::{Agg, RangePart};
 
 /// Default window of a telemetry query without `start_time`: the last hour.
@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gpus", get(list_gpus))
         .route("/api/v1/gpus/{uuid}", get(get_gpu))
         .route("/api/v1/gpus/{uuid}/telemetry", get(telemetry))
+        .route("/api/v1/gpus/{uuid}/processes", get(processes))
         .route("/docs", get(docs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -137,7 +138,9 @@ fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
 /// List every GPU with its latest metrics.
 #[utoipa::path(get, path = "/api/v1/gpus", tag = "gpus",
     params(("node" = Option<String>, Query, description = "Only GPUs of this node"),
-        ("health" = Option<String>, Query, description = "Only GPUs with this health: ok, degraded, failed, or unknown (no health reported)")),
+        ("health" = Option<String>, Query, description = "Only GPUs with this health: ok, degraded, failed, or unknown (no health reported)"),
+        ("namespace" = Option<String>, Query, description = "Only GPUs held by a pod in this namespace (from the kubelet)"),
+        ("pod" = Option<String>, Query, description = "Only GPUs held by a pod of this name")),
     responses(
         (status = 200, description = "GPUs ordered by node, then index", body = GpuList<'_>),
         (status = 400, description = "Invalid parameter", body = ErrorBody),
@@ -147,11 +150,13 @@ async fn list_gpus(
     State(st): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = params(q, &["node", "health"])?;
-    let node = p.get("node").cloned();
-    if node.as_deref() == Some("") {
-        return Err(ApiError::bad("node", "must not be empty"));
+    let p = params(q, &["node", "health", "namespace", "pod"])?;
+    for name in ["node", "namespace", "pod"] {
+        if p.get(name).is_some_and(String::is_empty) {
+            return Err(ApiError::bad(name, "must not be empty"));
+        }
     }
+    let node = p.get("node").cloned();
     let health = p
         .get("health")
         .map(|h| {
@@ -161,7 +166,12 @@ async fn list_gpus(
         .transpose()?;
     let body = st
         .backend
-        .list_gpus_json(GpuFilter { node, health })
+        .list_gpus_json(GpuFilter {
+            node,
+            health,
+            namespace: p.get("namespace").cloned(),
+            pod: p.get("pod").cloned(),
+        })
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -180,15 +190,42 @@ async fn get_gpu(
     uuid: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    params(q, &[])?;
-    let uuid = uuid_param(uuid)?;
-    let g = st
-        .backend
-        .gpu(uuid.clone())
-        .await?
-        .ok_or(ApiError::UnknownGpu(uuid))?;
+    let g = stored_gpu(&st, uuid, q).await?;
     let gpu = Gpu::from_status(&g).ok_or_else(|| ApiError::UnknownGpu(String::new()))?;
     Ok(Json(gpu).into_response())
+}
+
+/// The GPU a `/api/v1/gpus/{uuid}…` route without query parameters names.
+async fn stored_gpu(
+    st: &AppState,
+    uuid: Result<Path<String>, PathRejection>,
+    q: Option<String>,
+) -> Result<streamer::query::proto::GpuStatus, ApiError> {
+    params(q, &[])?;
+    let uuid = uuid_param(uuid)?;
+    st.backend
+        .gpu(uuid.clone())
+        .await?
+        .ok_or(ApiError::UnknownGpu(uuid))
+}
+
+/// The processes on one GPU in its latest round, with their pods.
+#[utoipa::path(get, path = "/api/v1/gpus/{uuid}/processes", tag = "gpus",
+    params(("uuid" = String, Path, description = "GPU UUID")),
+    responses(
+        (status = 200, description = "Processes by PID", body = Processes<'_>),
+        (status = 400, description = "Invalid UUID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "Unknown GPU", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn processes(
+    State(st): State<AppState>,
+    uuid: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let g = stored_gpu(&st, uuid, q).await?;
+    let body = Processes::of(&g).ok_or_else(|| ApiError::UnknownGpu(String::new()))?;
+    Ok(Json(body).into_response())
 }
 
 /// Samples of one GPU in a time window, oldest first.

@@ -364,6 +364,7 @@ async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
         vec![
             "/api/v1/gpus",
             "/api/v1/gpus/{uuid}",
+            "/api/v1/gpus/{uuid}/processes",
             "/api/v1/gpus/{uuid}/telemetry"
         ]
     );
@@ -386,6 +387,7 @@ async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
     )
     .unwrap();
     assert!(html.contains("GET /api/v1/gpus/{uuid}/telemetry"));
+    assert!(html.contains("GET /api/v1/gpus/{uuid}/processes"));
     assert!(html.contains("<code>power_usage_watts</code>"));
     // Every metric of the catalog, with its kind and dcgm-exporter field.
     for m in telemetry_wire::metric::METRICS {

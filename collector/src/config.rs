@@ -54,6 +54,21 @@ pub struct SourceArgs {
     /// `degraded` after it arrives. The per-code XID counters are not affected.
     #[arg(long, env = "XID_HEALTH_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
     pub xid_health_window: Duration,
+    /// NVML source: the kubelet's PodResources socket, asked every `--kubelet-refresh` for
+    /// the pods holding each GPU (absent: pods are not attributed).
+    #[arg(long, env = "KUBELET_SOCKET", default_value = crate::kubelet::DEFAULT_SOCKET)]
+    pub kubelet_socket: PathBuf,
+    /// NVML source: the kubelet's device-manager checkpoint, which ties a pod's UID (in a
+    /// process's cgroup) to its name on a GPU several pods share.
+    #[arg(long, env = "KUBELET_CHECKPOINT", default_value = crate::kubelet::DEFAULT_CHECKPOINT)]
+    pub kubelet_checkpoint: PathBuf,
+    /// NVML source: how often the pod mapping is refreshed from the kubelet.
+    #[arg(long, env = "KUBELET_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kubelet_refresh: Duration,
+    /// NVML source: the host's /proc (NVML reports host PIDs; the chart mounts it at
+    /// /host/proc), read for each GPU process's cgroup.
+    #[arg(long, env = "HOST_PROC", default_value = "/proc")]
+    pub proc_root: PathBuf,
 }
 
 impl SourceArgs {

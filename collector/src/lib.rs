@@ -12,9 +12,11 @@ pub mod buffer;
 pub mod config;
 pub mod gpu_health;
 pub mod health;
+pub mod kubelet;
 pub mod metrics;
 pub mod nvml;
 pub mod print;
+pub mod procfs;
 pub mod publisher;
 pub mod sampler;
 pub mod simulated;
@@ -74,8 +76,26 @@ pub fn open_source(
         })) as Box<dyn GpuSource>
     };
     let nvml = || {
-        nvml::NvmlSource::open(args.nvml_lib.as_deref(), &args.node())
-            .map(|s| s.with_xid_window(args.xid_health_window))
+        nvml::NvmlSource::open(args.nvml_lib.as_deref(), &args.node()).map(|s| {
+            let s = s.with_xid_window(args.xid_health_window);
+            // The kubelet is asked on a task of its own (never on the sampling path).
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let table = Arc::new(kubelet::PodTable::default());
+                    rt.spawn(kubelet::run(
+                        kubelet::KubeletConfig {
+                            socket: args.kubelet_socket.clone(),
+                            checkpoint: args.kubelet_checkpoint.clone(),
+                            refresh: args.kubelet_refresh,
+                        },
+                        table.clone(),
+                        std::future::pending(),
+                    ));
+                    s.with_pods(table, args.proc_root.clone())
+                }
+                Err(_) => s,
+            }
+        })
     };
     match args.source.unwrap_or(default) {
         SourceKind::Simulated => Ok(simulated()),

@@ -6,9 +6,9 @@
 //! per-field error is logged once per field and device, counted, and also leaves the field
 //! absent, so one flaky counter cannot hide the rest of the GPU.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +16,17 @@ use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, PerformancePolicy, TemperatureSensor,
 };
-use nvml_wrapper::enums::device::SampleValue;
+use nvml_wrapper::enums::device::{SampleValue, UsedGpuMemory};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::{Device, Nvml};
 use telemetry_wire::health::XidCount;
+use telemetry_wire::wire::proto::{GpuProcess, PodRef};
 use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 
 use crate::gpu_health::{Round, judge};
+use crate::kubelet::{PodMapping, PodTable};
+use crate::procfs;
 use crate::source::{GpuSource, SourceError};
 use crate::xid::{XidLog, XidWatcher};
 
@@ -40,6 +43,12 @@ pub struct NvmlSource {
     // Stops and joins the XID event thread when the source goes.
     _xid_watcher: XidWatcher,
     xid_window: Duration,
+    // The kubelet's pod mapping (refreshed on its own task), when attributing pods.
+    pods: Option<Arc<PodTable>>,
+    // The host's /proc, for the cgroup of each GPU process.
+    proc_root: PathBuf,
+    // Per GPU: the newest process utilization sample read (NVML's CPU timestamp, µs).
+    util_seen: HashMap<u32, u64>,
 }
 
 /// How long a health-bearing XID keeps a GPU `degraded` or `failed` by default.
@@ -129,7 +138,80 @@ impl NvmlSource {
             errors: FieldErrors::default(),
             xids,
             xid_window: DEFAULT_XID_HEALTH_WINDOW,
+            pods: None,
+            proc_root: PathBuf::from("/proc"),
+            util_seen: HashMap::new(),
         })
+    }
+
+    /// Attributes GPUs to pods from `table` and GPU processes to pods through the cgroup
+    /// files under `proc_root` (the host's /proc).
+    #[must_use]
+    pub fn with_pods(mut self, table: Arc<PodTable>, proc_root: PathBuf) -> Self {
+        self.pods = Some(table);
+        self.proc_root = proc_root;
+        self
+    }
+
+    /// The processes on GPU `d` with their utilization and pod, ordered by PID.
+    fn processes(
+        &mut self,
+        d: &Device<'_>,
+        index: u32,
+        uuid: &str,
+        mapping: Option<&PodMapping>,
+    ) -> Vec<GpuProcess> {
+        let Some(procs) = self
+            .errors
+            .field(index, "processes", d.running_compute_processes())
+        else {
+            return Vec::new();
+        };
+        if procs.is_empty() {
+            return Vec::new();
+        }
+        // Samples newer than the last one read; NotFound means none.
+        let util = match d.process_utilization_stats(self.util_seen.get(&index).copied()) {
+            Err(NvmlError::NotFound) => Vec::new(),
+            r => self
+                .errors
+                .field(index, "process_utilization", r)
+                .unwrap_or_default(),
+        };
+        if let Some(newest) = util.iter().map(|u| u.timestamp).max() {
+            self.util_seen.insert(index, newest);
+        }
+        let mut out: Vec<GpuProcess> = procs
+            .into_iter()
+            .map(|p| {
+                let u = util
+                    .iter()
+                    .filter(|u| u.pid == p.pid)
+                    .max_by_key(|u| u.timestamp);
+                let cgroup = procfs::pod_of(&self.proc_root, p.pid);
+                let holder = cgroup
+                    .as_ref()
+                    .zip(mapping)
+                    .and_then(|(c, m)| m.pod_of_uid(&c.pod_uid, uuid, index));
+                GpuProcess {
+                    pid: p.pid,
+                    used_memory_bytes: match p.used_gpu_memory {
+                        UsedGpuMemory::Used(b) => Some(b),
+                        UsedGpuMemory::Unavailable => None,
+                    },
+                    sm_utilization_percent: u.map(|u| u.sm_util),
+                    memory_utilization_percent: u.map(|u| u.mem_util),
+                    encoder_utilization_percent: u.map(|u| u.enc_util),
+                    decoder_utilization_percent: u.map(|u| u.dec_util),
+                    namespace: holder.map(|h| h.namespace.clone()),
+                    pod: holder.map(|h| h.pod.clone()),
+                    container: holder.map(|h| h.container.clone()),
+                    pod_uid: cgroup.map(|c| c.pod_uid),
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.pid);
+        out
     }
 
     /// Sets how long a health-bearing XID keeps a GPU `degraded` or `failed`.
@@ -343,13 +425,22 @@ impl GpuSource for NvmlSource {
     fn collect(&mut self, now_ms: i64) -> Result<Vec<TelemetryBatch>, SourceError> {
         let mut samples = Vec::with_capacity(self.inventory.len());
         let mut gpus = Vec::with_capacity(self.inventory.len());
+        let mapping = self.pods.as_ref().map(|t| t.snapshot());
+        let nvml = self.nvml.clone();
         for i in 0..self.inventory.len() {
             let (index, uuid) = (self.inventory[i].index, self.inventory[i].uuid.clone());
             let errors_before = self.errors.count;
+            let mut processes = Vec::new();
             // By UUID, not index: indexes can change if devices are re-enumerated, and a
             // sample must never be stamped with another GPU's UUID.
-            let sample = match self.nvml.device_by_uuid(uuid.as_str()) {
-                Ok(device) => self.errors.read(&device, index, uuid, now_ms),
+            let sample = match nvml.device_by_uuid(uuid.as_str()) {
+                Ok(device) => {
+                    let sample = self.errors.read(&device, index, uuid.clone(), now_ms);
+                    if sample.is_some() {
+                        processes = self.processes(&device, index, &uuid, mapping.as_ref());
+                    }
+                    sample
+                }
                 Err(NvmlError::GpuLost) => {
                     self.errors.gone(index);
                     None
@@ -378,6 +469,21 @@ impl GpuSource for NvmlSource {
                 .collect();
             info.last_xid = xids.last.map(|(code, _)| code);
             info.last_xid_ms = xids.last.map(|(_, at)| at);
+            if let Some(m) = mapping.as_ref().filter(|m| m.as_of_ms.is_some()) {
+                info.pods = m
+                    .for_gpu(&uuid, index)
+                    .map(|a| PodRef {
+                        namespace: a.namespace.clone(),
+                        pod: a.pod.clone(),
+                        container: a.container.clone(),
+                        device_id: a.device_id.clone(),
+                        resource: a.resource.clone(),
+                    })
+                    .collect();
+                info.pods_as_of_ms = m.as_of_ms;
+                info.pods_stale = m.stale;
+            }
+            info.processes = processes;
             gpus.push(info);
             samples.extend(sample);
         }

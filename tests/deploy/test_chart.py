@@ -186,6 +186,43 @@ def test_collector_is_an_unprivileged_daemonset_on_gpu_nodes():
     assert "runtimeClassName" not in pod_spec(one(defaults, "DaemonSet", "collector"))
 
 
+def test_nvml_collector_reads_the_kubelet_and_host_proc_read_only_and_nothing_more():
+    _, docs = install({})
+    spec = pod_spec(one(docs, "DaemonSet", "collector"))
+    c = spec["containers"][0]
+    env = env_of(c)
+    assert env["KUBELET_SOCKET"]["value"] == "/var/lib/kubelet/pod-resources/kubelet.sock"
+    assert env["KUBELET_CHECKPOINT"]["value"] == "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint"
+    assert env["KUBELET_REFRESH"]["value"] == "10s"
+    assert env["HOST_PROC"]["value"] == "/host/proc"
+    host = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
+    assert host == {
+        "pod-resources": {"path": "/var/lib/kubelet/pod-resources", "type": "Directory"},
+        "device-plugins": {"path": "/var/lib/kubelet/device-plugins", "type": "Directory"},
+        "host-proc": {"path": "/proc", "type": "Directory"},
+    }
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    for name, path in [("pod-resources", "/var/lib/kubelet/pod-resources"),
+                       ("device-plugins", "/var/lib/kubelet/device-plugins"), ("host-proc", "/host/proc")]:
+        assert mounts[name]["mountPath"] == path and mounts[name]["readOnly"] is True
+    # Still no root, no capabilities, no host PID namespace: /proc is a read-only mount.
+    assert spec["securityContext"]["runAsUser"] == 10001 and "supplementalGroups" not in spec["securityContext"]
+    assert not spec.get("hostPID")
+    # The node's group for the socket, where the admin gave one; another kubelet root.
+    _, docs = install({"collector": {"podAttribution": {"supplementalGroups": [997], "kubeletRoot": "/data/kubelet/"}}})
+    spec = pod_spec(one(docs, "DaemonSet", "collector"))
+    assert spec["securityContext"]["supplementalGroups"] == [997]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v} == {
+        "/data/kubelet/pod-resources", "/data/kubelet/device-plugins", "/proc"}
+    # Off, or the simulated fleet: no host paths at all.
+    for values in [{"collector": {"podAttribution": {"enabled": False}}}, {"collector": {"source": "simulated"}}]:
+        _, docs = install(values)
+        spec = pod_spec(one(docs, "DaemonSet", "collector"))
+        assert not [v for v in spec["volumes"] if "hostPath" in v], values
+        assert "KUBELET_SOCKET" not in env_of(spec["containers"][0])
+
+
 def test_every_pod_of_ours_is_non_root_read_only_and_drops_all_capabilities():
     _, docs = install({})
     for kind, name in OUR_WORKLOADS:

@@ -528,3 +528,127 @@ pub fn summary_field(line: &str, key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// A kubelet's PodResources API on a unix socket in a temp dir (tonic, the collector's
+/// vendored proto), answering `List` with the pods it was given.
+#[derive(Debug)]
+pub struct FakeKubelet {
+    /// The socket path.
+    pub socket: PathBuf,
+    pods: std::sync::Arc<std::sync::Mutex<Vec<collector::kubelet::proto::PodResources>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug, Clone)]
+struct KubeletService {
+    pods: std::sync::Arc<std::sync::Mutex<Vec<collector::kubelet::proto::PodResources>>>,
+}
+
+#[tonic::async_trait]
+impl collector::kubelet::proto::pod_resources_lister_server::PodResourcesLister for KubeletService {
+    async fn list(
+        &self,
+        _: tonic::Request<collector::kubelet::proto::ListPodResourcesRequest>,
+    ) -> Result<tonic::Response<collector::kubelet::proto::ListPodResourcesResponse>, tonic::Status>
+    {
+        let pods = self.pods.lock().unwrap().clone();
+        Ok(tonic::Response::new(
+            collector::kubelet::proto::ListPodResourcesResponse {
+                pod_resources: pods,
+            },
+        ))
+    }
+
+    async fn get_allocatable_resources(
+        &self,
+        _: tonic::Request<collector::kubelet::proto::AllocatableResourcesRequest>,
+    ) -> Result<
+        tonic::Response<collector::kubelet::proto::AllocatableResourcesResponse>,
+        tonic::Status,
+    > {
+        Err(tonic::Status::unimplemented("not in the fake"))
+    }
+
+    async fn get(
+        &self,
+        _: tonic::Request<collector::kubelet::proto::GetPodResourcesRequest>,
+    ) -> Result<tonic::Response<collector::kubelet::proto::GetPodResourcesResponse>, tonic::Status>
+    {
+        Err(tonic::Status::unimplemented("not in the fake"))
+    }
+}
+
+impl FakeKubelet {
+    /// Serves `pods` on `<dir>/kubelet.sock`.
+    pub fn start(
+        dir: &std::path::Path,
+        pods: Vec<collector::kubelet::proto::PodResources>,
+    ) -> Self {
+        use collector::kubelet::proto::pod_resources_lister_server::PodResourcesListerServer;
+        let socket = dir.join("kubelet.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind the kubelet socket");
+        let pods = std::sync::Arc::new(std::sync::Mutex::new(pods));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let svc = KubeletService { pods: pods.clone() };
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(PodResourcesListerServer::new(svc))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
+        });
+        Self {
+            socket,
+            pods,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Answers `pods` from now on.
+    pub fn set(&self, pods: Vec<collector::kubelet::proto::PodResources>) {
+        *self.pods.lock().unwrap() = pods;
+    }
+
+    /// Stops serving and removes the socket, as a kubelet going away does.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A pod as the kubelet lists it: `containers` are (name, resource, device ids).
+pub fn pod_resources(
+    namespace: &str,
+    name: &str,
+    containers: &[(&str, &str, &[&str])],
+) -> collector::kubelet::proto::PodResources {
+    use collector::kubelet::proto::{ContainerDevices, ContainerResources, PodResources};
+    PodResources {
+        name: name.into(),
+        namespace: namespace.into(),
+        containers: containers
+            .iter()
+            .map(|(c, resource, ids)| ContainerResources {
+                name: (*c).into(),
+                devices: vec![ContainerDevices {
+                    resource_name: (*resource).into(),
+                    device_ids: ids.iter().map(|s| (*s).into()).collect(),
+                    topology: None,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

@@ -45,6 +45,16 @@ async fn gpus(http: &reqwest::Client, base: &str, query: &str) -> (u16, Value) {
     get_json(http, &format!("{base}/api/v1/gpus{query}"), Some(KEY)).await
 }
 
+/// The UUIDs of a GPU list, in order.
+fn uuids(body: &Value) -> Vec<String> {
+    body["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["uuid"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The metrics the test double's GPUs give, as the API names and scales them: read through
 /// the same library in this process.
 fn expected_latest() -> Vec<Value> {
@@ -134,14 +144,6 @@ async fn nvml_readings_health_and_xids_reach_the_api_exactly() {
     assert_eq!((&one["health"], &one["xid"]), (&g1["health"], &g1["xid"]));
 
     // The health filter.
-    let uuids = |body: &Value| -> Vec<String> {
-        body["gpus"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| g["uuid"].as_str().unwrap().to_string())
-            .collect()
-    };
     for (query, want) in [
         ("?health=failed", vec![G1]),
         ("?health=ok", vec![G0]),
@@ -191,4 +193,223 @@ async fn a_gpu_off_the_bus_is_listed_failed_with_its_xid_79_and_stops_counting_s
             .then_some(())
     })
     .await;
+}
+
+const UID_A: &str = "0a0a0a0a-1111-4222-8333-444444444444";
+const UID_B: &str = "0b0b0b0b-1111-4222-8333-444444444444";
+const UID_C: &str = "0c0c0c0c-1111-4222-8333-444444444444";
+
+/// A fake host /proc: each pid's cgroup file (systemd driver paths for pods).
+fn fake_proc(root: &std::path::Path, pids: &[(u32, Option<&str>)]) {
+    for (pid, uid) in pids {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = match uid {
+            Some(uid) => format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{}.scope\n",
+                uid.replace('-', "_"),
+                "ab".repeat(32)
+            ),
+            None => "0::/user.slice/user-1000.slice/session-2.scope\n".to_string(),
+        };
+        std::fs::write(dir.join("cgroup"), path).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_from_the_kubelet_and_each_pods_share_of_a_time_sliced_gpu_reach_the_api() {
+    use integration_tests::{FakeKubelet, pod_resources};
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // GPU 0 is time-sliced between two pods (replicas ::0 and ::1); GPU 1 is one pod's whole.
+    let (g0_0, g0_1) = (format!("{G0}::0"), format!("{G0}::1"));
+    let pods = vec![
+        pod_resources("ml", "train-a", &[("trainer", "nvidia.com/gpu", &[&g0_0])]),
+        pod_resources("ml", "infer-b", &[("server", "nvidia.com/gpu", &[&g0_1])]),
+        pod_resources(
+            "research",
+            "notebook-c",
+            &[("jupyter", "nvidia.com/gpu", &[G1])],
+        ),
+        // Another device plugin's devices are no GPU's.
+        pod_resources("net", "router", &[("r", "rdma/hca", &["0"])]),
+    ];
+    let mut kubelet = FakeKubelet::start(dir.path(), pods);
+    let checkpoint = dir.path().join("kubelet_internal_checkpoint");
+    std::fs::write(
+        &checkpoint,
+        json!({"Data": {"PodDeviceEntries": [
+            {"PodUID": UID_A, "ContainerName": "trainer", "ResourceName": "nvidia.com/gpu", "DeviceIDs": {"0": [g0_0]}},
+            {"PodUID": UID_B, "ContainerName": "server", "ResourceName": "nvidia.com/gpu", "DeviceIDs": {"0": [g0_1]}},
+            {"PodUID": UID_C, "ContainerName": "jupyter", "ResourceName": "nvidia.com/gpu", "DeviceIDs": {"1": [G1]}},
+        ], "RegisteredDevices": {}}, "Checksum": 0})
+        .to_string(),
+    )
+    .unwrap();
+    let proc_root = dir.path().join("proc");
+    fake_proc(
+        &proc_root,
+        &[
+            (4242, Some(UID_A)),
+            (4343, Some(UID_B)),
+            (5151, Some(UID_C)),
+            (6000, None),
+        ],
+    );
+    let (mut api, base) = spawn(
+        dir.path(),
+        &[
+            (
+                "NVML_TEST_DOUBLE_PROCS",
+                "0:4242:8589934592:40:22,0:4343:2147483648:15:5,0:6000:104857600:1:0,1:5151:524288000:0:0",
+            ),
+            ("KUBELET_SOCKET", kubelet.socket.to_str().unwrap()),
+            ("KUBELET_CHECKPOINT", checkpoint.to_str().unwrap()),
+            ("KUBELET_REFRESH", "200ms"),
+            ("HOST_PROC", proc_root.to_str().unwrap()),
+        ],
+    );
+    let list = eventually(Duration::from_secs(30), "pods on both GPUs", || async {
+        let (s, body) = gpus(&http, &base, "").await;
+        (s == 200
+            && body["gpus"][1]["pods"]
+                .as_array()
+                .is_some_and(|p| p.len() == 1))
+        .then_some(body)
+    })
+    .await;
+    let pod = |ns: &str, name: &str, c: &str, id: &str| json!({"namespace": ns, "pod": name, "container": c, "device_id": id, "resource": "nvidia.com/gpu"});
+    assert_eq!(
+        list["gpus"][0]["pods"],
+        json!([
+            pod("ml", "train-a", "trainer", &g0_0),
+            pod("ml", "infer-b", "server", &g0_1)
+        ])
+    );
+    assert_eq!(
+        list["gpus"][1]["pods"],
+        json!([pod("research", "notebook-c", "jupyter", G1)])
+    );
+    assert_eq!(list["gpus"][0]["pods_stale"], false);
+    assert!(
+        list["gpus"][0]["pods_as_of"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+
+    // Each process with its pod: the time-sliced GPU shows each pod's share.
+    let (s, procs) = get_json(
+        &http,
+        &format!("{base}/api/v1/gpus/{G0}/processes"),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(s, 200, "{procs}");
+    let common = |pid: u32, mem: u64, sm: u32, mu: u32| {
+        json!({"pid": pid, "used_memory_bytes": mem, "sm_utilization_percent": sm,
+               "memory_utilization_percent": mu, "encoder_utilization_percent": 0,
+               "decoder_utilization_percent": 0})
+    };
+    let with_pod = |mut v: Value, ns: &str, pod: &str, c: &str, uid: &str| {
+        let o = v.as_object_mut().unwrap();
+        o.insert("namespace".into(), json!(ns));
+        o.insert("pod".into(), json!(pod));
+        o.insert("container".into(), json!(c));
+        o.insert("pod_uid".into(), json!(uid));
+        v
+    };
+    assert_eq!(
+        procs["processes"],
+        json!([
+            with_pod(
+                common(4242, 8_589_934_592, 40, 22),
+                "ml",
+                "train-a",
+                "trainer",
+                UID_A
+            ),
+            with_pod(
+                common(4343, 2_147_483_648, 15, 5),
+                "ml",
+                "infer-b",
+                "server",
+                UID_B
+            ),
+            // A host process (not in a pod): no pod.
+            common(6000, 104_857_600, 1, 0),
+        ])
+    );
+    assert_eq!(
+        (procs["uuid"].as_str(), &procs["count"]),
+        (Some(G0), &json!(3))
+    );
+    assert_eq!(procs["pods_stale"], false);
+    let (_, procs1) = get_json(
+        &http,
+        &format!("{base}/api/v1/gpus/{G1}/processes"),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(
+        procs1["processes"],
+        json!([with_pod(
+            common(5151, 524_288_000, 0, 0),
+            "research",
+            "notebook-c",
+            "jupyter",
+            UID_C
+        )])
+    );
+
+    // Filters by namespace and pod.
+    for (query, want) in [
+        ("?namespace=ml", vec![G0]),
+        ("?namespace=research", vec![G1]),
+        ("?pod=infer-b", vec![G0]),
+        ("?namespace=ml&pod=notebook-c", vec![]),
+        ("?namespace=net", vec![]),
+        ("?namespace=research&health=degraded", vec![G1]),
+    ] {
+        let (s, body) = gpus(&http, &base, query).await;
+        assert_eq!(s, 200, "{query}: {body}");
+        assert_eq!(uuids(&body), want, "{query}");
+    }
+    let (s, body) = gpus(&http, &base, "?pod=").await;
+    assert_eq!((s, &body["error"]["parameter"]), (400, &json!("pod")));
+    let (s, body) = get_json(
+        &http,
+        &format!("{base}/api/v1/gpus/GPU%20x/processes"),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!((s, &body["error"]["parameter"]), (400, &json!("uuid")));
+    let (s, _) = get_json(
+        &http,
+        &format!("{base}/api/v1/gpus/GPU-0000/processes"),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(s, 404, "an unknown GPU");
+
+    // The kubelet goes away: the last mapping stays, marked stale, said once.
+    kubelet.stop().await;
+    let stale = eventually(Duration::from_secs(30), "pods marked stale", || async {
+        let (_, body) = gpus(&http, &base, "").await;
+        (body["gpus"][0]["pods_stale"] == true).then_some(body)
+    })
+    .await;
+    assert_eq!(stale["gpus"][0]["pods"], list["gpus"][0]["pods"]);
+    let (_, procs) = get_json(
+        &http,
+        &format!("{base}/api/v1/gpus/{G0}/processes"),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(procs["processes"][1]["pod"], "infer-b", "names kept");
+    assert_eq!(procs["pods_stale"], true);
+    api.wait_line(
+        "does not answer; keeping the last pod mapping",
+        Duration::from_secs(5),
+    );
 }

@@ -19,6 +19,11 @@
 //! events the event set delivers, one per wait, in order, as `gpu:code` pairs separated by
 //! commas (e.g. `0:13,0:13,1:48`). With none left a wait blocks for its timeout and answers
 //! `NVML_ERROR_TIMEOUT`.
+//!
+//! Processes: `NVML_TEST_DOUBLE_PROCS` lists compute processes as `gpu:pid:used_bytes:sm:mem`
+//! separated by commas (e.g. `0:4242:1073741824:30:12`); each has a utilization sample
+//! (SM and memory percent as given, encoder and decoder 0) stamped with the current time, so
+//! every read is newer than the last.
 #![allow(non_snake_case, missing_docs, clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void};
@@ -702,4 +707,122 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
         }
         _ => TIMEOUT,
     }
+}
+
+/// A compute process: device index, pid, used bytes, sm %, mem %.
+type Proc = (usize, u32, u64, u32, u32);
+
+/// The compute processes of `NVML_TEST_DOUBLE_PROCS`.
+fn procs() -> &'static [Proc] {
+    static PROCS: std::sync::OnceLock<Vec<Proc>> = std::sync::OnceLock::new();
+    PROCS.get_or_init(|| {
+        std::env::var("NVML_TEST_DOUBLE_PROCS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|p| {
+                let f: Vec<&str> = p.trim().split(':').collect();
+                match f.as_slice() {
+                    [g, pid, used, sm, mem] => Some((
+                        g.parse().ok()?,
+                        pid.parse().ok()?,
+                        used.parse().ok()?,
+                        sm.parse().ok()?,
+                        mem.parse().ok()?,
+                    )),
+                    _ => None,
+                }
+            })
+            .collect()
+    })
+}
+
+fn procs_of(d: Device) -> impl Iterator<Item = &'static Proc> {
+    procs().iter().filter(move |p| p.0 + 1 == d as usize)
+}
+
+/// `nvmlProcessInfo_t` (v2 layout).
+#[repr(C)]
+pub struct ProcessInfo {
+    pid: c_uint,
+    used_gpu_memory: c_ulonglong,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
+    d: Device,
+    count: *mut c_uint,
+    infos: *mut ProcessInfo,
+) -> Ret {
+    with_gpu!(d, |_g| {
+        let mine: Vec<_> = procs_of(d).collect();
+        let room = unsafe { *count } as usize;
+        unsafe { *count = mine.len() as c_uint };
+        if mine.is_empty() {
+            return SUCCESS;
+        }
+        if infos.is_null() || room < mine.len() {
+            return INSUFFICIENT_SIZE;
+        }
+        for (i, p) in mine.iter().enumerate() {
+            unsafe {
+                *infos.add(i) = ProcessInfo {
+                    pid: p.1,
+                    used_gpu_memory: p.2,
+                    // Not MIG: NVML's "no value".
+                    gpu_instance_id: u32::MAX,
+                    compute_instance_id: u32::MAX,
+                };
+            }
+        }
+        SUCCESS
+    })
+}
+
+/// `nvmlProcessUtilizationSample_t`.
+#[repr(C)]
+pub struct ProcessUtilizationSample {
+    pid: c_uint,
+    time_stamp: c_ulonglong,
+    sm_util: c_uint,
+    mem_util: c_uint,
+    enc_util: c_uint,
+    dec_util: c_uint,
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
+    d: Device,
+    samples: *mut ProcessUtilizationSample,
+    count: *mut c_uint,
+    _last_seen: c_ulonglong,
+) -> Ret {
+    with_gpu!(d, |_g| {
+        let mine: Vec<_> = procs_of(d).collect();
+        if mine.is_empty() {
+            return NOT_FOUND;
+        }
+        let room = unsafe { *count } as usize;
+        unsafe { *count = mine.len() as c_uint };
+        if samples.is_null() || room < mine.len() {
+            return INSUFFICIENT_SIZE;
+        }
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_micros() as u64);
+        for (i, p) in mine.iter().enumerate() {
+            unsafe {
+                *samples.add(i) = ProcessUtilizationSample {
+                    pid: p.1,
+                    time_stamp: now_us,
+                    sm_util: p.3,
+                    mem_util: p.4,
+                    enc_util: 0,
+                    dec_util: 0,
+                };
+            }
+        }
+        SUCCESS
+    })
 }
