@@ -2,10 +2,17 @@
 //! test double (whose answers cost next to nothing, so this is our overhead: the reads, the
 //! batch, encoding and signing it), and the collector's memory over many rounds.
 //!
-//! Run with `scripts/bench-collector` (builds the double, sets `NVML_TEST_DOUBLE_GPUS=8`).
+//! Each GPU runs two processes of two pods sharing it (time-slicing), attributed through a
+//! pod mapping and a /proc tree of cgroup files, as on a Kubernetes node.
+//!
+//! Run with `scripts/bench-collector` (builds the double, sets `NVML_TEST_DOUBLE_GPUS=8` and
+//! `NVML_TEST_DOUBLE_PROCS`).
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
+use collector::kubelet::{Assignment, CheckpointEntry, PodMapping, PodTable};
 use collector::nvml::NvmlSource;
 use collector::source::GpuSource;
 use secrecy::SecretString;
@@ -36,12 +43,66 @@ fn main() {
         "{} missing: run scripts/bench-collector (it builds the NVML test double)",
         double.display()
     );
-    let mut src = NvmlSource::open(Some(&double), "bench-node").unwrap();
+    let src = NvmlSource::open(Some(&double), "bench-node").unwrap();
     let gpus = src.inventory().len();
     assert_eq!(
         gpus, 8,
         "set NVML_TEST_DOUBLE_GPUS=8 (scripts/bench-collector does)"
     );
+    // Pods a and b share each GPU; their processes are pids 1000 + 2g and 1001 + 2g.
+    let procs = std::env::var("NVML_TEST_DOUBLE_PROCS").unwrap_or_default();
+    assert_eq!(
+        procs.split(',').count(),
+        16,
+        "two processes per GPU (scripts/bench-collector)"
+    );
+    let proc_root = tempfile::tempdir().unwrap();
+    let mut mapping = PodMapping {
+        as_of_ms: Some(1_790_000_000_000),
+        ..Default::default()
+    };
+    for (g, info) in src.inventory().iter().enumerate() {
+        for (k, name) in ["a", "b"].iter().enumerate() {
+            let uid = format!("{g:08x}-0000-4000-8000-00000000000{k}");
+            let device_id = format!("{}::{k}", info.uuid);
+            let pid = 1000 + 2 * g + k;
+            let dir = proc_root.path().join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("cgroup"),
+                format!(
+                    "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{}.scope\n",
+                    uid.replace('-', "_"),
+                    "ab".repeat(32)
+                ),
+            )
+            .unwrap();
+            mapping.assignments.push(Assignment {
+                namespace: "bench".into(),
+                pod: format!("pod-{g}-{name}"),
+                container: "main".into(),
+                device_id: device_id.clone(),
+                resource: "nvidia.com/gpu".into(),
+            });
+            mapping.checkpoint.push(CheckpointEntry {
+                pod_uid: uid,
+                container: "main".into(),
+                resource: "nvidia.com/gpu".into(),
+                device_ids: vec![device_id],
+            });
+        }
+    }
+    let table = Arc::new(PodTable::default());
+    table.set(mapping);
+    let mut src = src.with_pods(table, proc_root.path().to_path_buf());
+    let first = src.collect(1_789_999_999_000).unwrap();
+    let named = first[0]
+        .gpus
+        .iter()
+        .flat_map(|g| &g.processes)
+        .filter(|p| p.pod.is_some())
+        .count();
+    assert_eq!(named, 16, "every process named");
     let signer = RecordSigner::new(&SecretString::from("bench-token-0123456789".to_string()));
     let mut round = |t: i64| {
         let batches = src.collect(t).unwrap();
@@ -61,7 +122,7 @@ fn main() {
         us.push(t0.elapsed().as_secs_f64() * 1e6 / 1_000.0);
     }
     println!(
-        "one round over {gpus} GPUs (NVML reads through nvml-wrapper + batch + encode + sign): median {:.1} µs over 7 runs of 1,000 rounds (runs: {:?})",
+        "one round over {gpus} GPUs with 16 processes of 16 pods (NVML reads through nvml-wrapper + pod attribution + batch + encode + sign): median {:.1} µs over 7 runs of 1,000 rounds (runs: {:?})",
         median(us.clone()),
         us.iter()
             .map(|u| (u * 10.0).round() / 10.0)

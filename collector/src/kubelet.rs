@@ -146,6 +146,11 @@ impl PodTable {
             .clone()
     }
 
+    /// Replaces the mapping (the refresh task's job; benchmarks set one directly).
+    pub fn set(&self, mapping: PodMapping) {
+        self.update(|m| *m = mapping);
+    }
+
     fn update(&self, f: impl FnOnce(&mut PodMapping)) {
         f(&mut self.mapping.write().unwrap_or_else(|p| p.into_inner()));
     }
