@@ -171,6 +171,47 @@ pub struct Gpu<'a> {
     /// When the kubelet last answered, RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pods_as_of: Option<String>,
+    /// MIG devices, by slot (absent when MIG mode is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mig_devices: Option<Vec<MigView<'a>>>,
+}
+
+/// A MIG device under its parent GPU.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MigView<'a> {
+    /// `MIG-…`.
+    pub uuid: &'a str,
+    /// Slot under the parent.
+    pub index: u32,
+    /// GPU instance id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_instance_id: Option<u32>,
+    /// Compute instance id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compute_instance_id: Option<u32>,
+    /// Profile, e.g. `1g.10gb`.
+    pub profile: &'a str,
+    /// The instance's framebuffer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_total_bytes: Option<u64>,
+    /// Framebuffer in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<u64>,
+    /// Containers holding it (with pod attribution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<Vec<PodView<'a>>>,
+}
+
+impl<'a> PodView<'a> {
+    fn of(p: &'a telemetry_wire::wire::proto::PodRef) -> Self {
+        Self {
+            namespace: &p.namespace,
+            pod: &p.pod,
+            container: &p.container,
+            device_id: &p.device_id,
+            resource: &p.resource,
+        }
+    }
 }
 
 /// A container holding a GPU.
@@ -220,6 +261,9 @@ pub struct ProcessView<'a> {
     /// Its pod's UID (from the process's cgroup), also when the name is not known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<&'a str>,
+    /// On a MIG GPU, the MIG device it runs on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mig_device_uuid: Option<&'a str>,
 }
 
 /// `GET /api/v1/gpus/{uuid}/processes`.
@@ -256,6 +300,7 @@ impl<'a> Processes<'a> {
                 pod: p.pod.as_deref(),
                 container: p.container.as_deref(),
                 pod_uid: p.pod_uid.as_deref(),
+                mig_device_uuid: p.mig_device_uuid.as_deref(),
             })
             .collect();
         Some(Self {
@@ -372,15 +417,23 @@ impl<'a> Gpu<'a> {
                 reasons: &h.reasons,
             }),
             xid: Xid::of(info),
-            pods: info.pods_as_of_ms.map(|_| {
-                info.pods
+            pods: info
+                .pods_as_of_ms
+                .map(|_| info.pods.iter().map(PodView::of).collect()),
+            mig_devices: (!info.mig_devices.is_empty()).then(|| {
+                info.mig_devices
                     .iter()
-                    .map(|p| PodView {
-                        namespace: &p.namespace,
-                        pod: &p.pod,
-                        container: &p.container,
-                        device_id: &p.device_id,
-                        resource: &p.resource,
+                    .map(|m| MigView {
+                        uuid: &m.uuid,
+                        index: m.index,
+                        gpu_instance_id: m.gpu_instance_id,
+                        compute_instance_id: m.compute_instance_id,
+                        profile: &m.profile,
+                        memory_total_bytes: m.memory_total_bytes,
+                        memory_used_bytes: m.memory_used_bytes,
+                        pods: info
+                            .pods_as_of_ms
+                            .map(|_| m.pods.iter().map(PodView::of).collect()),
                     })
                     .collect()
             }),

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::model::{
-    Gpu, GpuList, Health, LastXid, PodView, ProcessView, Processes, Sample, Telemetry, Xid,
+    Gpu, GpuList, Health, LastXid, MigView, PodView, ProcessView, Processes, Sample, Telemetry, Xid,
 };
 
 struct Security;
@@ -29,7 +29,7 @@ impl Modify for Security {
 #[openapi(
     info(title = "GPU telemetry API", description = "Live and historical telemetry of every GPU in the cluster."),
     paths(crate::routes::list_gpus, crate::routes::get_gpu, crate::routes::telemetry, crate::routes::processes),
-    components(schemas(ErrorBody, ErrorDetail, GpuList<'_>, Gpu<'_>, Health<'_>, Xid, LastXid, PodView<'_>, Processes<'_>, ProcessView<'_>, Telemetry<'_>, Sample<'_>)),
+    components(schemas(ErrorBody, ErrorDetail, GpuList<'_>, Gpu<'_>, Health<'_>, Xid, LastXid, PodView<'_>, MigView<'_>, Processes<'_>, ProcessView<'_>, Telemetry<'_>, Sample<'_>)),
     modifiers(&Security),
     tags((name = "gpus", description = "GPUs and their telemetry"))
 )]

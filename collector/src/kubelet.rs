@@ -75,6 +75,35 @@ pub struct CheckpointEntry {
     pub device_ids: Vec<String>,
 }
 
+/// The device ids the kubelet may list for one GPU: its UUID, its NVML index (the device
+/// plugin's `index` id strategy), and its MIG devices' UUIDs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuIds {
+    /// `GPU-…`.
+    pub uuid: String,
+    /// The NVML index, as text.
+    pub index: String,
+    /// `MIG-…` of its MIG devices.
+    pub mig: Vec<String>,
+}
+
+impl GpuIds {
+    /// The ids of GPU `uuid` at NVML `index` with MIG devices `mig`.
+    pub fn new(uuid: &str, index: u32, mig: Vec<String>) -> Self {
+        Self {
+            uuid: uuid.to_string(),
+            index: index.to_string(),
+            mig,
+        }
+    }
+
+    /// Whether `device` (a base id, without a replica suffix) is this GPU or one of its MIG
+    /// devices.
+    pub fn names(&self, device: &str) -> bool {
+        device == self.uuid || device == self.index || self.mig.iter().any(|m| m == device)
+    }
+}
+
 /// The pods-to-devices mapping as of the kubelet's last answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodMapping {
@@ -89,29 +118,26 @@ pub struct PodMapping {
 }
 
 impl PodMapping {
-    /// The containers holding the GPU with `uuid` (NVML `index`), by device id.
-    pub fn for_gpu<'a>(
-        &'a self,
-        uuid: &'a str,
-        index: u32,
-    ) -> impl Iterator<Item = &'a Assignment> {
-        let index = index.to_string();
+    /// The containers holding the GPU (or one of its MIG devices), by device id.
+    pub fn for_gpu<'a>(&'a self, gpu: &'a GpuIds) -> impl Iterator<Item = &'a Assignment> {
         self.assignments
             .iter()
-            .filter(move |a| a.device() == uuid || a.device() == index)
+            .filter(move |a| gpu.names(a.device()))
     }
 
-    /// Namespace, pod and container of the pod with `uid` using the GPU `uuid` (`index`):
-    /// the checkpoint gives the UID's containers and device ids, PodResources the names for
-    /// the same (container, device id). Without a checkpoint entry for the UID, the GPU's
-    /// only container if it has exactly one.
-    pub fn pod_of_uid<'a>(
-        &'a self,
-        uid: &str,
-        uuid: &'a str,
-        index: u32,
-    ) -> Option<&'a Assignment> {
-        let held: Vec<&Assignment> = self.for_gpu(uuid, index).collect();
+    /// The containers holding exactly `device` (e.g. one MIG device).
+    pub fn for_device<'a>(&'a self, device: &'a str) -> impl Iterator<Item = &'a Assignment> {
+        self.assignments
+            .iter()
+            .filter(move |a| a.device() == device)
+    }
+
+    /// Namespace, pod and container of the pod with `uid` using the GPU `gpu` (or one of
+    /// its MIG devices): the checkpoint gives the UID's containers and device ids,
+    /// PodResources the names for the same (container, device id). Without a checkpoint
+    /// entry for the UID, the GPU's only container if it has exactly one.
+    pub fn pod_of_uid<'a>(&'a self, uid: &str, gpu: &'a GpuIds) -> Option<&'a Assignment> {
+        let held: Vec<&Assignment> = self.for_gpu(gpu).collect();
         let by_checkpoint = self
             .checkpoint
             .iter()
@@ -393,11 +419,16 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert_eq!(m.for_gpu("GPU-a", 0).count(), 2);
-        assert_eq!(m.for_gpu("GPU-x", 3).next().unwrap().pod, "by-index");
+        let (ga, gb) = (
+            GpuIds::new("GPU-a", 0, vec![]),
+            GpuIds::new("GPU-b", 1, vec![]),
+        );
+        assert_eq!(m.for_gpu(&ga).count(), 2);
+        let gx = GpuIds::new("GPU-x", 3, vec![]);
+        assert_eq!(m.for_gpu(&gx).next().unwrap().pod, "by-index");
         // Without a checkpoint: the single holder of GPU-b; GPU-a is shared, so no name.
-        assert_eq!(m.pod_of_uid("u-solo", "GPU-b", 1).unwrap().pod, "solo");
-        assert_eq!(m.pod_of_uid("u-infer", "GPU-a", 0), None);
+        assert_eq!(m.pod_of_uid("u-solo", &gb).unwrap().pod, "solo");
+        assert_eq!(m.pod_of_uid("u-infer", &ga), None);
         m.checkpoint = vec![
             CheckpointEntry {
                 pod_uid: "u-infer".into(),
@@ -412,8 +443,26 @@ mod tests {
                 device_ids: vec!["GPU-c".into()],
             },
         ];
-        assert_eq!(m.pod_of_uid("u-infer", "GPU-a", 0).unwrap().pod, "infer-1");
+        assert_eq!(m.pod_of_uid("u-infer", &ga).unwrap().pod, "infer-1");
         // A pod the checkpoint knows on another GPU is not this GPU's holder.
-        assert_eq!(m.pod_of_uid("u-other", "GPU-b", 1), None);
+        assert_eq!(m.pod_of_uid("u-other", &gb), None);
+    }
+
+    #[test]
+    fn mig_devices_count_as_their_parent_gpu() {
+        let mut mig = a("ml", "small", "main", "MIG-1");
+        mig.resource = "nvidia.com/mig-1g.10gb".into();
+        let m = PodMapping {
+            assignments: vec![mig, a("ml", "other", "main", "GPU-z")],
+            ..Default::default()
+        };
+        let parent = GpuIds::new("GPU-p", 0, vec!["MIG-1".into(), "MIG-2".into()]);
+        assert_eq!(
+            m.for_gpu(&parent).map(|a| &a.pod).collect::<Vec<_>>(),
+            ["small"]
+        );
+        assert_eq!(m.for_device("MIG-1").count(), 1);
+        assert_eq!(m.for_device("MIG-2").count(), 0);
+        assert_eq!(m.pod_of_uid("u", &parent).unwrap().pod, "small");
     }
 }

@@ -21,11 +21,11 @@ use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::{Device, Nvml};
 use telemetry_wire::health::XidCount;
-use telemetry_wire::wire::proto::{GpuProcess, PodRef};
+use telemetry_wire::wire::proto::{GpuProcess, MigDevice, PodRef};
 use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
 
 use crate::gpu_health::{Round, judge};
-use crate::kubelet::{PodMapping, PodTable};
+use crate::kubelet::{Assignment, GpuIds, PodMapping, PodTable};
 use crate::procfs;
 use crate::source::{GpuSource, SourceError};
 use crate::xid::{XidLog, XidWatcher};
@@ -153,12 +153,58 @@ impl NvmlSource {
         self
     }
 
+    /// The MIG devices of GPU `d` (MIG mode on), by slot, with what NVML measures for each.
+    fn mig_devices(&mut self, d: &Device<'_>, index: u32) -> Vec<MigDevice> {
+        let Some(slots) = self
+            .errors
+            .field(index, "mig_device_count", d.mig_device_count())
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for slot in 0..slots {
+            let m = match d.mig_device_by_index(slot) {
+                Ok(m) => m,
+                // An empty slot.
+                Err(NvmlError::NotFound | NvmlError::InvalidArg) => continue,
+                Err(e) => {
+                    self.errors.field::<()>(index, "mig_device", Err(e));
+                    continue;
+                }
+            };
+            let Some(uuid) = self.errors.field(index, "mig_uuid", m.uuid()) else {
+                continue;
+            };
+            // "NVIDIA H100 80GB HBM3 MIG 1g.10gb" → "1g.10gb".
+            let profile = m
+                .name()
+                .ok()
+                .and_then(|n| n.rsplit_once("MIG ").map(|(_, p)| p.trim().to_string()))
+                .unwrap_or_default();
+            let mem = self.errors.field(index, "mig_memory", m.memory_info());
+            let gi = instance_id(&self.nvml, &m, Instance::Gpu);
+            let ci = instance_id(&self.nvml, &m, Instance::Compute);
+            out.push(MigDevice {
+                uuid,
+                index: slot,
+                gpu_instance_id: self.errors.field(index, "mig_gpu_instance_id", gi),
+                compute_instance_id: self.errors.field(index, "mig_compute_instance_id", ci),
+                profile,
+                memory_total_bytes: mem.as_ref().map(|m| m.total),
+                memory_used_bytes: mem.as_ref().map(|m| m.used),
+                pods: Vec::new(),
+            });
+        }
+        out
+    }
+
     /// The processes on GPU `d` with their utilization and pod, ordered by PID.
     fn processes(
         &mut self,
         d: &Device<'_>,
         index: u32,
-        uuid: &str,
+        gpu: &GpuIds,
+        mig: &[MigDevice],
         mapping: Option<&PodMapping>,
     ) -> Vec<GpuProcess> {
         let Some(procs) = self
@@ -192,7 +238,17 @@ impl NvmlSource {
                 let holder = cgroup
                     .as_ref()
                     .zip(mapping)
-                    .and_then(|(c, m)| m.pod_of_uid(&c.pod_uid, uuid, index));
+                    .and_then(|(c, m)| m.pod_of_uid(&c.pod_uid, gpu));
+                // On a MIG GPU, the instance it runs on.
+                let mig_device_uuid = p.gpu_instance_id.and_then(|gi| {
+                    mig.iter()
+                        .find(|m| {
+                            m.gpu_instance_id == Some(gi)
+                                && (p.compute_instance_id.is_none()
+                                    || m.compute_instance_id == p.compute_instance_id)
+                        })
+                        .map(|m| m.uuid.clone())
+                });
                 GpuProcess {
                     pid: p.pid,
                     used_memory_bytes: match p.used_gpu_memory {
@@ -207,6 +263,7 @@ impl NvmlSource {
                     pod: holder.map(|h| h.pod.clone()),
                     container: holder.map(|h| h.container.clone()),
                     pod_uid: cgroup.map(|c| c.pod_uid),
+                    mig_device_uuid,
                 }
             })
             .collect();
@@ -417,6 +474,47 @@ impl FieldErrors {
     }
 }
 
+fn pod_ref(a: &Assignment) -> PodRef {
+    PodRef {
+        namespace: a.namespace.clone(),
+        pod: a.pod.clone(),
+        container: a.container.clone(),
+        device_id: a.device_id.clone(),
+        resource: a.resource.clone(),
+    }
+}
+
+/// Which instance id [`instance_id`] reads.
+#[derive(Debug, Clone, Copy)]
+enum Instance {
+    Gpu,
+    Compute,
+}
+
+/// A MIG device's GPU or compute instance id: `nvmlDeviceGetGpuInstanceId` /
+/// `nvmlDeviceGetComputeInstanceId`, which nvml-wrapper does not wrap, through its raw
+/// symbols (a driver without them: `FailedToLoadSymbol`, so the field is absent).
+#[allow(unsafe_code)]
+fn instance_id(nvml: &Nvml, d: &Device<'_>, which: Instance) -> Result<u32, NvmlError> {
+    let lib = nvml.lib();
+    let (f, name) = match which {
+        Instance::Gpu => (
+            lib.nvmlDeviceGetGpuInstanceId.as_ref().ok(),
+            "nvmlDeviceGetGpuInstanceId",
+        ),
+        Instance::Compute => (
+            lib.nvmlDeviceGetComputeInstanceId.as_ref().ok(),
+            "nvmlDeviceGetComputeInstanceId",
+        ),
+    };
+    let f = f.ok_or_else(|| NvmlError::FailedToLoadSymbol(name.into()))?;
+    let mut id: std::os::raw::c_uint = 0;
+    // SAFETY: `d` is a live handle of this NVML instance (it borrows `nvml`), and the
+    // function writes one unsigned int through the pointer, which points at `id`.
+    nvml_wrapper::error::nvml_try(unsafe { f(d.handle(), &mut id) })?;
+    Ok(id)
+}
+
 fn window_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -431,13 +529,19 @@ impl GpuSource for NvmlSource {
             let (index, uuid) = (self.inventory[i].index, self.inventory[i].uuid.clone());
             let errors_before = self.errors.count;
             let mut processes = Vec::new();
+            let mut mig = Vec::new();
+            let mut ids = GpuIds::new(&uuid, index, Vec::new());
             // By UUID, not index: indexes can change if devices are re-enumerated, and a
             // sample must never be stamped with another GPU's UUID.
             let sample = match nvml.device_by_uuid(uuid.as_str()) {
                 Ok(device) => {
                     let sample = self.errors.read(&device, index, uuid.clone(), now_ms);
                     if sample.is_some() {
-                        processes = self.processes(&device, index, &uuid, mapping.as_ref());
+                        if self.inventory[i].mig_enabled == Some(true) {
+                            mig = self.mig_devices(&device, index);
+                            ids.mig = mig.iter().map(|m| m.uuid.clone()).collect();
+                        }
+                        processes = self.processes(&device, index, &ids, &mig, mapping.as_ref());
                     }
                     sample
                 }
@@ -470,20 +574,15 @@ impl GpuSource for NvmlSource {
             info.last_xid = xids.last.map(|(code, _)| code);
             info.last_xid_ms = xids.last.map(|(_, at)| at);
             if let Some(m) = mapping.as_ref().filter(|m| m.as_of_ms.is_some()) {
-                info.pods = m
-                    .for_gpu(&uuid, index)
-                    .map(|a| PodRef {
-                        namespace: a.namespace.clone(),
-                        pod: a.pod.clone(),
-                        container: a.container.clone(),
-                        device_id: a.device_id.clone(),
-                        resource: a.resource.clone(),
-                    })
-                    .collect();
+                info.pods = m.for_gpu(&ids).map(pod_ref).collect();
+                for d in &mut mig {
+                    d.pods = m.for_device(&d.uuid).map(pod_ref).collect();
+                }
                 info.pods_as_of_ms = m.as_of_ms;
                 info.pods_stale = m.stale;
             }
             info.processes = processes;
+            info.mig_devices = mig;
             gpus.push(info);
             samples.extend(sample);
         }

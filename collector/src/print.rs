@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value, json};
 use std::io::Write as _;
+use telemetry_wire::wire::proto::PodRef;
 use telemetry_wire::wire::{GpuInfo, TelemetryBatch};
 use telemetry_wire::{health, metric};
 
@@ -43,10 +44,37 @@ pub fn batch_json(b: &TelemetryBatch) -> Value {
                     "reasons": h.reasons,
                 })),
                 "xid": xid_json(g),
+                "pods": g.pods_as_of_ms.map(|_| g.pods.iter().map(pod_json).collect::<Vec<_>>()),
+                "pods_stale": g.pods_as_of_ms.map(|_| g.pods_stale),
+                "processes": g.processes.iter().map(|p| json!({
+                    "pid": p.pid,
+                    "used_memory_bytes": p.used_memory_bytes,
+                    "sm_utilization_percent": p.sm_utilization_percent,
+                    "memory_utilization_percent": p.memory_utilization_percent,
+                    "namespace": p.namespace,
+                    "pod": p.pod,
+                    "container": p.container,
+                    "pod_uid": p.pod_uid,
+                    "mig_device_uuid": p.mig_device_uuid,
+                })).collect::<Vec<_>>(),
+                "mig_devices": g.mig_devices.iter().map(|m| json!({
+                    "uuid": m.uuid,
+                    "index": m.index,
+                    "gpu_instance_id": m.gpu_instance_id,
+                    "compute_instance_id": m.compute_instance_id,
+                    "profile": m.profile,
+                    "memory_total_bytes": m.memory_total_bytes,
+                    "memory_used_bytes": m.memory_used_bytes,
+                    "pods": m.pods.iter().map(pod_json).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
     json!({"node": b.node, "collected_at_ms": b.collected_at_ms, "gpus": gpus})
+}
+
+fn pod_json(p: &PodRef) -> Value {
+    json!({"namespace": p.namespace, "pod": p.pod, "container": p.container, "device_id": p.device_id})
 }
 
 /// `{"counts": {"<code>": n}, "last": {"code": c, "at_ms": t}}`, `null` without XIDs.

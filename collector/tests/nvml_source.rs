@@ -404,3 +404,43 @@ fn a_gpu_that_falls_off_the_bus_stops_reporting_with_one_error_line_and_the_othe
         "gpu_lost: the GPU fell off the bus (NVML: GPU is lost)"
     );
 }
+
+#[test]
+fn json_output_shows_mig_devices_and_processes_on_them() {
+    let lib = double();
+    let out = Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["--source", "nvml", "--nvml-lib", lib.to_str().unwrap()])
+        .args(["--output", "json", "--rounds", "1"])
+        .env("RUST_LOG", "off")
+        .env("NVML_TEST_DOUBLE_MIG", "1")
+        .env("NVML_TEST_DOUBLE_PROCS", "0:7100:2147483648:0:0:5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g0 = &v["gpus"][0];
+    assert_eq!(g0["mig_enabled"], true);
+    let profiles: Vec<_> = g0["mig_devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["index"].as_u64().unwrap(),
+                m["profile"].as_str().unwrap().to_string(),
+                m["gpu_instance_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        profiles,
+        [(0, "3g.40gb".to_string(), 1), (2, "1g.10gb".to_string(), 5)]
+    );
+    assert_eq!(
+        g0["processes"][0]["mig_device_uuid"],
+        "MIG-bbbbbbbb-1111-5222-8333-444444444444"
+    );
+    // Outside Kubernetes: no pod attribution at all (no kubelet socket), not an empty list.
+    assert_eq!(g0["pods"], serde_json::Value::Null);
+    assert_eq!(v["gpus"][1]["mig_devices"], serde_json::json!([]));
+}

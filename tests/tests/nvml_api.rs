@@ -413,3 +413,113 @@ async fn pods_from_the_kubelet_and_each_pods_share_of_a_time_sliced_gpu_reach_th
         Duration::from_secs(5),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mig_devices_are_listed_under_their_gpu_with_their_pods_and_processes() {
+    use integration_tests::{FakeKubelet, pod_resources};
+    const MIG_A: &str = "MIG-aaaaaaaa-1111-5222-8333-444444444444";
+    const MIG_B: &str = "MIG-bbbbbbbb-1111-5222-8333-444444444444";
+    const UID_D: &str = "0d0d0d0d-1111-4222-8333-444444444444";
+    const UID_E: &str = "0e0e0e0e-1111-4222-8333-444444444444";
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let _kubelet = FakeKubelet::start(
+        dir.path(),
+        vec![
+            pod_resources(
+                "ml",
+                "mig-big",
+                &[("main", "nvidia.com/mig-3g.40gb", &[MIG_A])],
+            ),
+            pod_resources(
+                "ml",
+                "mig-small",
+                &[("main", "nvidia.com/mig-1g.10gb", &[MIG_B])],
+            ),
+        ],
+    );
+    let checkpoint = dir.path().join("kubelet_internal_checkpoint");
+    std::fs::write(
+        &checkpoint,
+        json!({"Data": {"PodDeviceEntries": [
+            {"PodUID": UID_D, "ContainerName": "main", "ResourceName": "nvidia.com/mig-3g.40gb", "DeviceIDs": {"0": [MIG_A]}},
+            {"PodUID": UID_E, "ContainerName": "main", "ResourceName": "nvidia.com/mig-1g.10gb", "DeviceIDs": {"0": [MIG_B]}},
+        ]}})
+        .to_string(),
+    )
+    .unwrap();
+    let proc_root = dir.path().join("proc");
+    fake_proc(&proc_root, &[(7100, Some(UID_D)), (7200, Some(UID_E))]);
+    let socket = dir.path().join("kubelet.sock");
+    let (_api, base) = spawn(
+        dir.path(),
+        &[
+            ("NVML_TEST_DOUBLE_MIG", "1"),
+            (
+                "NVML_TEST_DOUBLE_PROCS",
+                "0:7100:2147483648:0:0:1,0:7200:536870912:0:0:5",
+            ),
+            ("KUBELET_SOCKET", socket.to_str().unwrap()),
+            ("KUBELET_CHECKPOINT", checkpoint.to_str().unwrap()),
+            ("KUBELET_REFRESH", "200ms"),
+            ("HOST_PROC", proc_root.to_str().unwrap()),
+        ],
+    );
+    let list = eventually(Duration::from_secs(30), "MIG pods", || async {
+        let (s, body) = gpus(&http, &base, "").await;
+        (s == 200
+            && body["gpus"][0]["pods"]
+                .as_array()
+                .is_some_and(|p| p.len() == 2))
+        .then_some(body)
+    })
+    .await;
+    let g0 = &list["gpus"][0];
+    assert_eq!(g0["mig_enabled"], true);
+    let pod = |name: &str, profile: &str, id: &str| {
+        json!({"namespace": "ml", "pod": name, "container": "main", "device_id": id,
+               "resource": format!("nvidia.com/mig-{profile}")})
+    };
+    assert_eq!(
+        g0["mig_devices"],
+        json!([
+            {"uuid": MIG_A, "index": 0, "gpu_instance_id": 1, "compute_instance_id": 0,
+             "profile": "3g.40gb", "memory_total_bytes": 42_949_672_960u64,
+             "memory_used_bytes": 10_737_418_240u64, "pods": [pod("mig-big", "3g.40gb", MIG_A)]},
+            {"uuid": MIG_B, "index": 2, "gpu_instance_id": 5, "compute_instance_id": 0,
+             "profile": "1g.10gb", "memory_total_bytes": 10_737_418_240u64,
+             "memory_used_bytes": 1_073_741_824u64, "pods": [pod("mig-small", "1g.10gb", MIG_B)]},
+        ])
+    );
+    // The parent lists its MIG devices' pods too, so the filters find it.
+    assert_eq!(
+        g0["pods"],
+        json!([
+            pod("mig-big", "3g.40gb", MIG_A),
+            pod("mig-small", "1g.10gb", MIG_B)
+        ])
+    );
+    // A MIG parent has no utilization of its own: absent, not 0.
+    assert_eq!(g0["latest"].get("gpu_utilization_percent"), None);
+    assert_eq!(g0["latest"]["power_usage_watts"], 312.5);
+    assert_eq!(list["gpus"][1].get("mig_devices"), None);
+    let (_, body) = gpus(&http, &base, "?pod=mig-small").await;
+    assert_eq!(uuids(&body), [G0]);
+    // Each process on its MIG device, with its pod (no per-process utilization under MIG).
+    let (s, procs) = get_json(
+        &http,
+        &format!("{base}/api/v1/gpus/{G0}/processes"),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        procs["processes"],
+        json!([
+            {"pid": 7100, "used_memory_bytes": 2_147_483_648u64, "namespace": "ml", "pod": "mig-big",
+             "container": "main", "pod_uid": UID_D, "mig_device_uuid": MIG_A},
+            {"pid": 7200, "used_memory_bytes": 536_870_912, "namespace": "ml", "pod": "mig-small",
+             "container": "main", "pod_uid": UID_E, "mig_device_uuid": MIG_B},
+        ])
+    );
+}

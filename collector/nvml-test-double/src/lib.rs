@@ -21,9 +21,14 @@
 //! `NVML_ERROR_TIMEOUT`.
 //!
 //! Processes: `NVML_TEST_DOUBLE_PROCS` lists compute processes as `gpu:pid:used_bytes:sm:mem`
-//! separated by commas (e.g. `0:4242:1073741824:30:12`); each has a utilization sample
-//! (SM and memory percent as given, encoder and decoder 0) stamped with the current time, so
-//! every read is newer than the last.
+//! or `gpu:pid:used_bytes:sm:mem:gi` (on MIG GPU instance `gi`), separated by commas (e.g.
+//! `0:4242:1073741824:30:12`); each has a utilization sample (SM and memory percent as given,
+//! encoder and decoder 0) stamped with the current time, so every read is newer than the last.
+//!
+//! MIG: with `NVML_TEST_DOUBLE_MIG` set, GPU 0 is in MIG mode with two MIG devices, slot 0
+//! (3g.40gb, GPU instance 1) and slot 2 (1g.10gb, GPU instance 5), slot 1 empty ([`MIGS`]).
+//! As on a real board, the parent then answers NOT_SUPPORTED for utilization and per-process
+//! utilization.
 #![allow(non_snake_case, missing_docs, clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void};
@@ -178,6 +183,59 @@ fn gpu(d: Device) -> Option<&'static Gpu> {
     if i == 0 { None } else { gpus().get(i - 1) }
 }
 
+/// A MIG device of GPU 0.
+pub struct Mig {
+    slot: u32,
+    uuid: &'static str,
+    profile: &'static str,
+    gpu_instance: u32,
+    compute_instance: u32,
+    mem_total: u64,
+    mem_used: u64,
+}
+
+/// GPU 0's MIG devices when `NVML_TEST_DOUBLE_MIG` is set.
+pub static MIGS: [Mig; 2] = [
+    Mig {
+        slot: 0,
+        uuid: "MIG-aaaaaaaa-1111-5222-8333-444444444444",
+        profile: "3g.40gb",
+        gpu_instance: 1,
+        compute_instance: 0,
+        mem_total: 42_949_672_960,
+        mem_used: 10_737_418_240,
+    },
+    Mig {
+        slot: 2,
+        uuid: "MIG-bbbbbbbb-1111-5222-8333-444444444444",
+        profile: "1g.10gb",
+        gpu_instance: 5,
+        compute_instance: 0,
+        mem_total: 10_737_418_240,
+        mem_used: 1_073_741_824,
+    },
+];
+
+/// MIG handles: `MIG_HANDLE + slot`.
+const MIG_HANDLE: usize = 0x1000;
+
+fn mig_mode() -> bool {
+    std::env::var_os("NVML_TEST_DOUBLE_MIG").is_some()
+}
+
+/// Whether `d` is a GPU in MIG mode (GPU 0 with `NVML_TEST_DOUBLE_MIG`).
+fn in_mig_mode(d: Device) -> bool {
+    d as usize == 1 && mig_mode()
+}
+
+/// The MIG device handle `d` stands for.
+fn mig(d: Device) -> Option<&'static Mig> {
+    let slot = (d as usize).checked_sub(MIG_HANDLE)?;
+    MIGS.iter()
+        .find(|m| m.slot as usize == slot)
+        .filter(|_| mig_mode())
+}
+
 unsafe fn write_str(s: &str, buf: *mut c_char, len: c_uint) -> Ret {
     if buf.is_null() {
         return INVALID_ARGUMENT;
@@ -279,12 +337,69 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, d: *mut 
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetName(d: Device, buf: *mut c_char, len: c_uint) -> Ret {
+    if let Some(m) = mig(d) {
+        let name = format!("{} MIG {}", GPUS[0].name, m.profile);
+        return unsafe { write_str(&name, buf, len) };
+    }
     with_gpu!(d, |g| unsafe { write_str(g.name, buf, len) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetUUID(d: Device, buf: *mut c_char, len: c_uint) -> Ret {
+    if let Some(m) = mig(d) {
+        return unsafe { write_str(m.uuid, buf, len) };
+    }
     with_gpu!(d, |g| unsafe { write_str(g.uuid, buf, len) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(d: Device, count: *mut c_uint) -> Ret {
+    with_gpu!(d, |_g| {
+        unsafe { *count = 7 };
+        SUCCESS
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
+    d: Device,
+    index: c_uint,
+    out: *mut Device,
+) -> Ret {
+    with_gpu!(d, |_g| {
+        if !in_mig_mode(d) {
+            return NOT_SUPPORTED;
+        }
+        match MIGS.iter().find(|m| m.slot == index) {
+            Some(m) => {
+                unsafe { *out = (MIG_HANDLE + m.slot as usize) as Device };
+                SUCCESS
+            }
+            None => NOT_FOUND,
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(d: Device, id: *mut c_uint) -> Ret {
+    match mig(d) {
+        Some(m) => {
+            unsafe { *id = m.gpu_instance };
+            SUCCESS
+        }
+        None => INVALID_ARGUMENT,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(d: Device, id: *mut c_uint) -> Ret {
+    match mig(d) {
+        Some(m) => {
+            unsafe { *id = m.compute_instance };
+            SUCCESS
+        }
+        None => INVALID_ARGUMENT,
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -330,6 +445,9 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(d: Device, u: *mut Utiliz
         GPU1_ROUNDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     with_gpu!(d, |g| {
+        if in_mig_mode(d) {
+            return NOT_SUPPORTED;
+        }
         unsafe {
             (*u).gpu = g.util_gpu;
             (*u).memory = g.util_mem;
@@ -349,6 +467,16 @@ pub struct MemoryV2 {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(d: Device, m: *mut MemoryV2) -> Ret {
+    if let Some(mig) = mig(d) {
+        return unsafe {
+            let m = &mut *m;
+            m.total = mig.mem_total;
+            m.reserved = 0;
+            m.used = mig.mem_used;
+            m.free = mig.mem_total - mig.mem_used;
+            SUCCESS
+        };
+    }
     with_gpu!(d, |g| unsafe {
         let m = &mut *m;
         // NVML checks the caller's struct version; so does the double.
@@ -424,9 +552,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
     pending: *mut c_uint,
 ) -> Ret {
     with_gpu!(d, |_g| {
+        let on = c_uint::from(in_mig_mode(d));
         unsafe {
-            *current = 0;
-            *pending = 0;
+            *current = on;
+            *pending = on;
         }
         SUCCESS
     })
@@ -709,8 +838,8 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
     }
 }
 
-/// A compute process: device index, pid, used bytes, sm %, mem %.
-type Proc = (usize, u32, u64, u32, u32);
+/// A compute process: device index, pid, used bytes, sm %, mem %, MIG GPU instance.
+type Proc = (usize, u32, u64, u32, u32, Option<u32>);
 
 /// The compute processes of `NVML_TEST_DOUBLE_PROCS`.
 fn procs() -> &'static [Proc] {
@@ -721,13 +850,18 @@ fn procs() -> &'static [Proc] {
             .split(',')
             .filter_map(|p| {
                 let f: Vec<&str> = p.trim().split(':').collect();
-                match f.as_slice() {
+                let (base, gi) = match f.as_slice() {
+                    [base @ .., gi] if f.len() == 6 => (base, Some(gi.parse().ok()?)),
+                    base => (base, None),
+                };
+                match base {
                     [g, pid, used, sm, mem] => Some((
                         g.parse().ok()?,
                         pid.parse().ok()?,
                         used.parse().ok()?,
                         sm.parse().ok()?,
                         mem.parse().ok()?,
+                        gi,
                     )),
                     _ => None,
                 }
@@ -771,8 +905,8 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
                     pid: p.1,
                     used_gpu_memory: p.2,
                     // Not MIG: NVML's "no value".
-                    gpu_instance_id: u32::MAX,
-                    compute_instance_id: u32::MAX,
+                    gpu_instance_id: p.5.unwrap_or(u32::MAX),
+                    compute_instance_id: p.5.map_or(u32::MAX, |_| 0),
                 };
             }
         }
@@ -799,6 +933,9 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
     _last_seen: c_ulonglong,
 ) -> Ret {
     with_gpu!(d, |_g| {
+        if in_mig_mode(d) {
+            return NOT_SUPPORTED;
+        }
         let mine: Vec<_> = procs_of(d).collect();
         if mine.is_empty() {
             return NOT_FOUND;
