@@ -9,6 +9,7 @@
 //! | `row_remap_failure`  | failed   | field value 145 is 1                                  |
 //! | `ecc_uncorrected`    | degraded | volatile uncorrected ECC errors > 0                   |
 //! | `row_remap_pending`  | degraded | field value 144 is 1                                  |
+//! | `retired_pages_pending` | degraded | field value 31 is 1 (boards before Ampere)         |
 //! | `thermal_throttling` | degraded | the HW or SW thermal clocks event reason is active    |
 //! | `power_brake`        | degraded | the HW power brake clocks event reason is active      |
 //! | `hw_slowdown`        | degraded | the HW slowdown clocks event reason is active         |
@@ -84,6 +85,13 @@ pub fn judge(r: Round<'_>) -> GpuHealth {
             reasons.push((
                 HealthStatus::Degraded,
                 "row_remap_pending: a memory row remap waits for the next GPU reset".into(),
+            ));
+        }
+        if on(s.retired_pages_pending) {
+            reasons.push((
+                HealthStatus::Degraded,
+                "retired_pages_pending: a memory page retirement waits for the next GPU reset"
+                    .into(),
             ));
         }
         let thermal = [

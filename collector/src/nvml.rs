@@ -19,7 +19,7 @@ use nvml_wrapper::enum_wrappers::device::{
 use nvml_wrapper::enums::device::{SampleValue, UsedGpuMemory};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
-use nvml_wrapper::{Device, Nvml};
+use nvml_wrapper::{Device, GpmSample, Nvml};
 use telemetry_wire::health::XidCount;
 use telemetry_wire::wire::proto::{GpuProcess, MigDevice, PodRef};
 use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch};
@@ -35,7 +35,9 @@ pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 
 /// GPUs read through NVML.
 pub struct NvmlSource {
-    nvml: Arc<Nvml>,
+    // Leaked at open: GPM samples borrow it from one round to the next, and the XID thread
+    // shares it; a collector opens one for its lifetime.
+    nvml: &'static Nvml,
     node: String,
     inventory: Vec<GpuInfo>,
     errors: FieldErrors,
@@ -49,6 +51,37 @@ pub struct NvmlSource {
     proc_root: PathBuf,
     // Per GPU: the newest process utilization sample read (NVML's CPU timestamp, µs).
     util_seen: HashMap<u32, u64>,
+    // GPUs with GPM (Hopper and later, MIG off), and each one's sample from the last round.
+    gpm_supported: HashSet<u32>,
+    gpm_prev: HashMap<u32, GpmSample<'static>>,
+}
+
+/// The field values each round reads in one call, with the name a failure is logged under.
+const FIELD_IDS: [(u32, &str); 15] = [
+    (82, "memory_temperature"),
+    (142, "remapped_rows_correctable"),
+    (143, "remapped_rows_uncorrectable"),
+    (144, "row_remap_pending"),
+    (145, "row_remap_failure"),
+    (197, "pcie_tx_bytes"),
+    (198, "pcie_rx_bytes"),
+    (29, "retired_pages_sbe"),
+    (30, "retired_pages_dbe"),
+    (31, "retired_pages_pending"),
+    (91, "nvlink_link_count"),
+    (38, "nvlink_crc_flit_errors"),
+    (45, "nvlink_crc_data_errors"),
+    (52, "nvlink_replay_errors"),
+    (59, "nvlink_recovery_errors"),
+];
+
+fn sample_u64(v: SampleValue) -> Option<u64> {
+    match v {
+        SampleValue::U32(v) => Some(u64::from(v)),
+        SampleValue::U64(v) => Some(v),
+        SampleValue::I64(v) => u64::try_from(v).ok(),
+        SampleValue::F64(v) => (v >= 0.0).then_some(v as u64),
+    }
 }
 
 /// How long a health-bearing XID keeps a GPU `degraded` or `failed` by default.
@@ -124,14 +157,35 @@ impl NvmlSource {
                 ..Default::default()
             });
         }
-        let nvml = Arc::new(nvml);
+        let nvml: &'static Nvml = Box::leak(Box::new(nvml));
         let xids = Arc::new(XidLog::default());
         let watched = inventory
             .iter()
             .map(|g| (g.index, g.uuid.clone()))
             .collect();
+        let gpm_supported = inventory
+            .iter()
+            .filter(|g| g.mig_enabled != Some(true))
+            .filter(|g| {
+                let support = nvml
+                    .device_by_uuid(g.uuid.as_str())
+                    .and_then(|d| d.gpm_support());
+                match support {
+                    Ok(true) => true,
+                    Ok(false) => {
+                        tracing::info!(gpu = g.index, "no GPM on this GPU (before Hopper): profiling metrics absent");
+                        false
+                    }
+                    Err(error) => {
+                        tracing::info!(gpu = g.index, %error, "GPM unavailable: profiling metrics absent");
+                        false
+                    }
+                }
+            })
+            .map(|g| g.index)
+            .collect();
         Ok(Self {
-            _xid_watcher: XidWatcher::start(nvml.clone(), watched, xids.clone()),
+            _xid_watcher: XidWatcher::start(nvml, watched, xids.clone()),
             nvml,
             node: node.to_string(),
             inventory,
@@ -141,7 +195,53 @@ impl NvmlSource {
             pods: None,
             proc_root: PathBuf::from("/proc"),
             util_seen: HashMap::new(),
+            gpm_supported,
+            gpm_prev: HashMap::new(),
         })
+    }
+
+    /// GPM activity between the last round's sample of GPU `d` and this one's, into `s`
+    /// (nothing the first round: there is no interval yet).
+    fn gpm(&mut self, d: &Device<'static>, index: u32, s: &mut GpuSample) {
+        use nvml_wrapper::enums::gpm::GpmMetricId as Id;
+        let Some(now) = self.errors.field(index, "gpm_sample", d.gpm_sample()) else {
+            return;
+        };
+        let Some(prev) = self.gpm_prev.insert(index, now) else {
+            return;
+        };
+        let now = &self.gpm_prev[&index];
+        const IDS: [Id; 8] = [
+            Id::GraphicsUtil,
+            Id::SmUtil,
+            Id::SmOccupancy,
+            Id::AnyTensorUtil,
+            Id::DramBwUtil,
+            Id::Fp64Util,
+            Id::Fp32Util,
+            Id::Fp16Util,
+        ];
+        let got = nvml_wrapper::gpm::gpm_metrics_get(self.nvml, &prev, now, &IDS);
+        let Some(results) = self.errors.field(index, "gpm_metrics", got) else {
+            return;
+        };
+        let mut v = [None; 8];
+        for (slot, r) in v.iter_mut().zip(results) {
+            *slot = self
+                .errors
+                .field(index, "gpm_metric", r)
+                .map(|m| (m.value * 100.0).round().clamp(0.0, 10_000.0) as u32);
+        }
+        [
+            s.gpm_graphics_activity,
+            s.gpm_sm_activity,
+            s.gpm_sm_occupancy,
+            s.gpm_tensor_activity,
+            s.gpm_dram_activity,
+            s.gpm_fp64_activity,
+            s.gpm_fp32_activity,
+            s.gpm_fp16_activity,
+        ] = v;
     }
 
     /// Attributes GPUs to pods from `table` and GPU processes to pods through the cgroup
@@ -182,8 +282,8 @@ impl NvmlSource {
                 .and_then(|n| n.rsplit_once("MIG ").map(|(_, p)| p.trim().to_string()))
                 .unwrap_or_default();
             let mem = self.errors.field(index, "mig_memory", m.memory_info());
-            let gi = instance_id(&self.nvml, &m, Instance::Gpu);
-            let ci = instance_id(&self.nvml, &m, Instance::Compute);
+            let gi = instance_id(self.nvml, &m, Instance::Gpu);
+            let ci = instance_id(self.nvml, &m, Instance::Compute);
             out.push(MigDevice {
                 uuid,
                 index: slot,
@@ -325,33 +425,34 @@ impl FieldErrors {
     }
 
     /// The field values read in one call (NVML field ids): memory temperature, the four
-    /// row-remapping values, the PCIe byte counters. Each can fail on its own (absent,
-    /// logged once).
-    fn field_values(&mut self, d: &Device<'_>, index: u32) -> [Option<u64>; 7] {
-        const IDS: [(u32, &str); 7] = [
-            (82, "memory_temperature"),
-            (142, "remapped_rows_correctable"),
-            (143, "remapped_rows_uncorrectable"),
-            (144, "row_remap_pending"),
-            (145, "row_remap_failure"),
-            (197, "pcie_tx_bytes"),
-            (198, "pcie_rx_bytes"),
-        ];
-        let ids = IDS.map(|(id, _)| FieldId(id));
+    /// row-remapping values, the PCIe byte counters, retired pages, the NVLink link count and
+    /// error totals. Each can fail on its own (absent, logged once).
+    fn field_values(&mut self, d: &Device<'_>, index: u32) -> [Option<u64>; FIELD_IDS.len()] {
+        const N: usize = FIELD_IDS.len();
+        let ids = FIELD_IDS.map(|(id, _)| FieldId(id));
         let Some(values) = self.field(index, "field_values", d.field_values_for(&ids)) else {
-            return [None; 7];
+            return [None; N];
         };
-        let mut out = [None; 7];
-        for ((slot, (_, name)), v) in out.iter_mut().zip(IDS).zip(values) {
+        let mut out = [None; N];
+        for ((slot, (_, name)), v) in out.iter_mut().zip(FIELD_IDS).zip(values) {
             let v = v.and_then(|s| s.value);
-            *slot = self.field(index, name, v).and_then(|v| match v {
-                SampleValue::U32(v) => Some(u64::from(v)),
-                SampleValue::U64(v) => Some(v),
-                SampleValue::I64(v) => u64::try_from(v).ok(),
-                SampleValue::F64(v) => (v >= 0.0).then_some(v as u64),
-            });
+            *slot = self.field(index, name, v).and_then(sample_u64);
         }
         out
+    }
+
+    /// Links up of `count` (nvmlDeviceGetNvLinkState per link); `None` without NVLink.
+    fn links_active(&mut self, d: &Device<'_>, index: u32, count: Option<u64>) -> Option<u32> {
+        let count = u32::try_from(count?).ok().filter(|c| *c > 0)?;
+        let mut up = 0;
+        for link in 0..count {
+            up += u32::from(self.field(
+                index,
+                "nvlink_state",
+                d.link_wrapper_for(link).is_active(),
+            )?);
+        }
+        Some(up)
     }
 
     /// GPU `index` answered GPU_IS_LOST: said once until it answers again, counted each time.
@@ -366,7 +467,14 @@ impl FieldErrors {
     }
 
     /// One GPU's reading; `None` while it is off the bus (said once, counted each round).
-    fn read(&mut self, d: &Device<'_>, index: u32, uuid: String, now_ms: i64) -> Option<GpuSample> {
+    fn read(
+        &mut self,
+        nvml: &Nvml,
+        d: &Device<'_>,
+        index: u32,
+        uuid: String,
+        now_ms: i64,
+    ) -> Option<GpuSample> {
         let util = match d.utilization_rates() {
             Err(NvmlError::GpuLost) => {
                 self.gone(index);
@@ -418,7 +526,27 @@ impl FieldErrors {
             remap_failure,
             tx,
             rx,
+            retired_sbe,
+            retired_dbe,
+            retired_pending,
+            link_count,
+            nvl_flit,
+            nvl_data,
+            nvl_replay,
+            nvl_recovery,
         ] = self.field_values(d, index);
+        let links_active = self.links_active(d, index, link_count);
+        // Bytes over all links: only a GPU with NVLink is asked.
+        let [nvl_tx, nvl_rx] = match links_active {
+            Some(_) => match nvlink_bytes(nvml, d) {
+                Ok(v) => v.map(|(name, r)| self.field(index, name, r)),
+                Err(e) => {
+                    self.field::<()>(index, "nvlink_bytes", Err(e));
+                    [None, None]
+                }
+            },
+            None => [None, None],
+        };
         let small = |v: Option<u64>| v.and_then(|v| u32::try_from(v).ok());
         let reasons = self.field(index, "clocks_event_reasons", d.current_throttle_reasons());
         let flag = |r: ThrottleReasons| reasons.map(|m| u32::from(m.contains(r)));
@@ -470,6 +598,25 @@ impl FieldErrors {
             row_remap_failure: small(remap_failure),
             pcie_tx_bytes: tx,
             pcie_rx_bytes: rx,
+            retired_pages_sbe: small(retired_sbe),
+            retired_pages_dbe: small(retired_dbe),
+            retired_pages_pending: small(retired_pending),
+            nvlink_links_active: links_active,
+            nvlink_crc_flit_errors: nvl_flit,
+            nvlink_crc_data_errors: nvl_data,
+            nvlink_replay_errors: nvl_replay,
+            nvlink_recovery_errors: nvl_recovery,
+            nvlink_tx_bytes: nvl_tx,
+            nvlink_rx_bytes: nvl_rx,
+            // Filled in by the GPM step (Hopper and later).
+            gpm_graphics_activity: None,
+            gpm_sm_activity: None,
+            gpm_sm_occupancy: None,
+            gpm_tensor_activity: None,
+            gpm_dram_activity: None,
+            gpm_fp64_activity: None,
+            gpm_fp32_activity: None,
+            gpm_fp16_activity: None,
         })
     }
 }
@@ -482,6 +629,52 @@ fn pod_ref(a: &Assignment) -> PodRef {
         device_id: a.device_id.clone(),
         resource: a.resource.clone(),
     }
+}
+
+/// A value read under a field name (for [`FieldErrors::field`]).
+type NamedRead = (&'static str, Result<u64, NvmlError>);
+
+/// NVLink data bytes sent and received over all links: field values 138 and 139 with the
+/// all-links scope (`UINT_MAX`), which nvml-wrapper's `field_values_for` cannot ask for (it
+/// always sends scope 0, link 0), through the raw symbol. NVML counts KiB.
+#[allow(unsafe_code)]
+fn nvlink_bytes(nvml: &Nvml, d: &Device<'_>) -> Result<[NamedRead; 2], NvmlError> {
+    use nvml_wrapper_sys::bindings::nvmlFieldValue_t;
+    let f = nvml
+        .lib()
+        .nvmlDeviceGetFieldValues
+        .as_ref()
+        .map_err(|_| NvmlError::FailedToLoadSymbol("nvmlDeviceGetFieldValues".into()))?;
+    // SAFETY: nvmlFieldValue_t is plain data (integers and a union of integers and a
+    // double): all zeroes is a valid value.
+    let mut values: [nvmlFieldValue_t; 2] = unsafe { std::mem::zeroed() };
+    for (v, id) in values.iter_mut().zip([138, 139]) {
+        v.fieldId = id;
+        v.scopeId = u32::MAX;
+    }
+    // SAFETY: `d` is a live handle of this NVML; NVML writes at most `values.len()` entries
+    // into the array, whose length we pass.
+    nvml_wrapper::error::nvml_try(unsafe { f(d.handle(), 2, values.as_mut_ptr()) })?;
+    Ok(
+        [("nvlink_tx_bytes", 0), ("nvlink_rx_bytes", 1)].map(|(name, i)| {
+            let v = &values[i];
+            let got = nvml_wrapper::error::nvml_try(v.nvmlReturn).and_then(|()| {
+                // SAFETY: the union member read is the one `valueType` names.
+                let kib = unsafe {
+                    match v.valueType {
+                        0 => v.value.dVal as u64,
+                        1 => u64::from(v.value.uiVal),
+                        2 => v.value.ulVal as u64,
+                        3 => v.value.ullVal,
+                        4 => u64::try_from(v.value.sllVal).unwrap_or(0),
+                        _ => return Err(NvmlError::UnexpectedVariant(v.valueType)),
+                    }
+                };
+                Ok(kib.saturating_mul(1024))
+            });
+            (name, got)
+        }),
+    )
 }
 
 /// Which instance id [`instance_id`] reads.
@@ -524,7 +717,7 @@ impl GpuSource for NvmlSource {
         let mut samples = Vec::with_capacity(self.inventory.len());
         let mut gpus = Vec::with_capacity(self.inventory.len());
         let mapping = self.pods.as_ref().map(|t| t.snapshot());
-        let nvml = self.nvml.clone();
+        let nvml = self.nvml;
         for i in 0..self.inventory.len() {
             let (index, uuid) = (self.inventory[i].index, self.inventory[i].uuid.clone());
             let errors_before = self.errors.count;
@@ -535,7 +728,13 @@ impl GpuSource for NvmlSource {
             // sample must never be stamped with another GPU's UUID.
             let sample = match nvml.device_by_uuid(uuid.as_str()) {
                 Ok(device) => {
-                    let sample = self.errors.read(&device, index, uuid.clone(), now_ms);
+                    let mut sample = self.errors.read(nvml, &device, index, uuid.clone(), now_ms);
+                    if let Some(s) = sample
+                        .as_mut()
+                        .filter(|_| self.gpm_supported.contains(&index))
+                    {
+                        self.gpm(&device, index, s);
+                    }
                     if sample.is_some() {
                         if self.inventory[i].mig_enabled == Some(true) {
                             mig = self.mig_devices(&device, index);

@@ -43,6 +43,11 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A percentage in hundredths (GPM fields).
+fn centi(percent: f64) -> u32 {
+    (percent * 100.0).round().clamp(0.0, 10_000.0) as u32
+}
+
 fn unit(h: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
@@ -193,6 +198,31 @@ impl SimulatedSource {
             pcie_rx_bytes: Some(
                 (timestamp_ms.max(0) as u64).saturating_sub(DRIVER_LOADED_MS) * 3_000_000,
             ),
+            // H100 SXM: no page retirement (rows are remapped): absent.
+            retired_pages_sbe: None,
+            retired_pages_dbe: None,
+            retired_pages_pending: None,
+            nvlink_links_active: Some(18),
+            nvlink_crc_flit_errors: Some(0),
+            nvlink_crc_data_errors: Some(0),
+            nvlink_replay_errors: Some(h % 4),
+            nvlink_recovery_errors: Some(0),
+            // About 40 GB/s each way, on average, since the driver loaded.
+            nvlink_tx_bytes: Some(
+                (timestamp_ms.max(0) as u64).saturating_sub(DRIVER_LOADED_MS) * 40_000_000,
+            ),
+            nvlink_rx_bytes: Some(
+                (timestamp_ms.max(0) as u64).saturating_sub(DRIVER_LOADED_MS) * 40_000_000,
+            ),
+            // GPM activity follows the load (hundredths of a percent).
+            gpm_graphics_activity: Some(centi(util)),
+            gpm_sm_activity: Some(centi(util * 0.9)),
+            gpm_sm_occupancy: Some(centi(util * 0.45)),
+            gpm_tensor_activity: Some(centi(util * 0.6)),
+            gpm_dram_activity: Some(centi(util * 0.7)),
+            gpm_fp64_activity: Some(centi(util * 0.02)),
+            gpm_fp32_activity: Some(centi(util * 0.3)),
+            gpm_fp16_activity: Some(centi(util * 0.4)),
         }
     }
 

@@ -78,12 +78,12 @@ impl XidWatcher {
     /// Starts waiting for critical XID events of `gpus` (NVML index, UUID) into `log`. A
     /// GPU whose driver offers no XID events is said once at info and skipped; without an
     /// event set at all the thread says so once and ends.
-    pub fn start(nvml: Arc<Nvml>, gpus: Vec<(u32, String)>, log: Arc<XidLog>) -> Self {
+    pub fn start(nvml: &'static Nvml, gpus: Vec<(u32, String)>, log: Arc<XidLog>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
             .name("nvml-xid".into())
-            .spawn(move || watch(&nvml, &gpus, &log, &stopping))
+            .spawn(move || watch(nvml, &gpus, &log, &stopping))
             .map_err(|error| tracing::warn!(%error, "cannot start the XID event thread"))
             .ok();
         Self { stop, thread }

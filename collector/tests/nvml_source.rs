@@ -90,9 +90,57 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
             row_remap_failure: Some(0),
             pcie_tx_bytes: Some(5_000_000_000),
             pcie_rx_bytes: Some(7_000_000_000),
+            // Hopper: no page retirement (rows are remapped), absent.
+            retired_pages_sbe: None,
+            retired_pages_dbe: None,
+            retired_pages_pending: None,
+            // 17 of 18 links up; error totals; KiB counted by NVML, bytes here.
+            nvlink_links_active: Some(17),
+            nvlink_crc_flit_errors: Some(1),
+            nvlink_crc_data_errors: Some(0),
+            nvlink_replay_errors: Some(3),
+            nvlink_recovery_errors: Some(0),
+            nvlink_tx_bytes: Some(12_345_678 * 1024),
+            nvlink_rx_bytes: Some(23_456_789 * 1024),
+            // GPM needs two samples: none in the first round.
+            gpm_graphics_activity: None,
+            gpm_sm_activity: None,
+            gpm_sm_occupancy: None,
+            gpm_tensor_activity: None,
+            gpm_dram_activity: None,
+            gpm_fp64_activity: None,
+            gpm_fp32_activity: None,
+            gpm_fp16_activity: None,
         }
     );
+    // The second round has GPM activity over the interval, in hundredths of a percent.
+    let second = src.collect(1_790_000_001_000).unwrap().remove(0);
+    let s0 = &second.samples[0];
+    assert_eq!(
+        [
+            s0.gpm_graphics_activity,
+            s0.gpm_sm_activity,
+            s0.gpm_sm_occupancy,
+            s0.gpm_tensor_activity,
+            s0.gpm_dram_activity,
+            s0.gpm_fp64_activity,
+            s0.gpm_fp32_activity,
+            s0.gpm_fp16_activity,
+        ],
+        [6250, 5825, 3100, 4475, 2750, 50, 1200, 2025].map(Some)
+    );
     let g1 = &b.samples[1];
+    // A board before Ampere answers retired pages; without NVLink or GPM those are absent.
+    assert_eq!(
+        (
+            g1.retired_pages_sbe,
+            g1.retired_pages_dbe,
+            g1.retired_pages_pending
+        ),
+        (Some(2), Some(0), Some(0))
+    );
+    assert_eq!((g1.nvlink_links_active, g1.nvlink_tx_bytes), (None, None));
+    assert_eq!(second.samples[1].gpm_sm_activity, None);
     assert_eq!(
         g1.energy_consumed_millijoules, None,
         "NOT_SUPPORTED energy is absent"

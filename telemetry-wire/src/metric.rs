@@ -493,6 +493,186 @@ pub const METRICS: &[MetricDef] = &[
         pcie_rx_bytes,
         1.0
     ),
+    metric!(
+        "retired_pages_sbe",
+        "1",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_RETIRED_SBE)",
+        "DCGM_FI_DEV_RETIRED_SBE",
+        "Memory pages retired after single-bit errors (boards before Ampere)",
+        retired_pages_sbe,
+        1.0
+    ),
+    metric!(
+        "retired_pages_dbe",
+        "1",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_RETIRED_DBE)",
+        "DCGM_FI_DEV_RETIRED_DBE",
+        "Memory pages retired after double-bit errors (boards before Ampere)",
+        retired_pages_dbe,
+        1.0
+    ),
+    metric!(
+        "retired_pages_pending",
+        "0/1",
+        Gauge,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_RETIRED_PENDING)",
+        "DCGM_FI_DEV_RETIRED_PENDING",
+        "A page retirement waits for the next GPU reset (boards before Ampere)",
+        retired_pages_pending,
+        1.0
+    ),
+    metric!(
+        "nvlink_links_active",
+        "links",
+        Gauge,
+        "nvmlDeviceGetNvLinkState",
+        "DCGM_FI_DEV_NVLINK_LINK_STATUS (per link)",
+        "NVLinks up (of the NVML_FI_DEV_NVLINK_LINK_COUNT the GPU has)",
+        nvlink_links_active,
+        1.0
+    ),
+    metric!(
+        "nvlink_crc_flit_errors",
+        "1",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL)",
+        "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
+        "NVLink flow-control CRC errors over all links",
+        nvlink_crc_flit_errors,
+        1.0
+    ),
+    metric!(
+        "nvlink_crc_data_errors",
+        "1",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL)",
+        "DCGM_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL",
+        "NVLink data CRC errors over all links",
+        nvlink_crc_data_errors,
+        1.0
+    ),
+    metric!(
+        "nvlink_replay_errors",
+        "1",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL)",
+        "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
+        "NVLink transmissions replayed over all links",
+        nvlink_replay_errors,
+        1.0
+    ),
+    metric!(
+        "nvlink_recovery_errors",
+        "1",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL)",
+        "DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL",
+        "NVLink link recoveries over all links",
+        nvlink_recovery_errors,
+        1.0
+    ),
+    metric!(
+        "nvlink_tx_bytes",
+        "B",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, all links)",
+        "DCGM_FI_PROF_NVLINK_TX_BYTES",
+        "Data bytes sent over all NVLinks (counter: rate it for bandwidth; DCGM reports the rate)",
+        nvlink_tx_bytes,
+        1.0
+    ),
+    metric!(
+        "nvlink_rx_bytes",
+        "B",
+        Counter,
+        "nvmlDeviceGetFieldValues(NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, all links)",
+        "DCGM_FI_PROF_NVLINK_RX_BYTES",
+        "Data bytes received over all NVLinks (counter)",
+        nvlink_rx_bytes,
+        1.0
+    ),
+    metric!(
+        "gpm_graphics_activity_percent",
+        "%",
+        Gauge,
+        "nvmlGpmMetricsGet(NVML_GPM_METRIC_GRAPHICS_UTIL)",
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+        "Time the graphics/compute engine was busy over the round (Hopper and later; DCGM: 0-1)",
+        gpm_graphics_activity,
+        100.0
+    ),
+    metric!(
+        "gpm_sm_activity_percent",
+        "%",
+        Gauge,
+        "nvmlGpmMetricsGet(NVML_GPM_METRIC_SM_UTIL)",
+        "DCGM_FI_PROF_SM_ACTIVE",
+        "Time each SM had a warp assigned, averaged over SMs (Hopper and later)",
+        gpm_sm_activity,
+        100.0
+    ),
+    metric!(
+        "gpm_sm_occupancy_percent",
+        "%",
+        Gauge,
+        "nvmlGpmMetricsGet(NVML_GPM_METRIC_SM_OCCUPANCY)",
+        "DCGM_FI_PROF_SM_OCCUPANCY",
+        "Resident warps of the SMs' maximum, averaged over SMs (Hopper and later)",
+        gpm_sm_occupancy,
+        100.0
+    ),
+    metric!(
+        "gpm_tensor_activity_percent",
+        "%",
+        Gauge,
+        "nvmlGpmMetricsGet(NVML_GPM_METRIC_ANY_TENSOR_UTIL)",
+        "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
+        "Time the tensor cores were busy (Hopper and later)",
+        gpm_tensor_activity,
+        100.0
+    ),
+    metric!(
+        "gpm_dram_activity_percent",
+        "%",
+        Gauge,
+        "nvmlGpmMetricsGet(NVML_GPM_METRIC_DRAM_BW_UTIL)",
+        "DCGM_FI_PROF_DRAM_ACTIVE",
+        "Device memory bandwidth used, of its peak (Hopper and later)",
+        gpm_dram_activity,
+        100.0
+    ),
+    metric!(
+        "gpm_fp64_activity_percent",
+        "%",
+        Gauge,
+        "nvmlGpmMetricsGet(NVML_GPM_METRIC_FP64_UTIL)",
+        "DCGM_FI_PROF_PIPE_FP64_ACTIVE",
+        "Time the FP64 pipes were busy (Hopper and later)",
+        gpm_fp64_activity,
+        100.0
+    ),
+    metric!(
+        "gpm_fp32_activity_percent",
+        "%",
+        Gauge,
+        "nvmlGpmMetricsGet(NVML_GPM_METRIC_FP32_UTIL)",
+        "DCGM_FI_PROF_PIPE_FP32_ACTIVE",
+        "Time the FP32 pipes were busy (Hopper and later)",
+        gpm_fp32_activity,
+        100.0
+    ),
+    metric!(
+        "gpm_fp16_activity_percent",
+        "%",
+        Gauge,
+        "nvmlGpmMetricsGet(NVML_GPM_METRIC_FP16_UTIL)",
+        "DCGM_FI_PROF_PIPE_FP16_ACTIVE",
+        "Time the FP16 pipes were busy (Hopper and later)",
+        gpm_fp16_activity,
+        100.0
+    ),
 ];
 
 /// The README's metric table (Markdown), generated from [`METRICS`].
@@ -536,15 +716,17 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), METRICS.len());
-        assert!(
-            names
-                .iter()
-                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-        );
+        // Lower case, digits and underscores, starting with a letter (Prometheus-safe).
+        assert!(names.iter().all(|n| {
+            n.starts_with(|c: char| c.is_ascii_lowercase())
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        }));
         let s = GpuSample {
             power_usage_milliwatts: Some(312_500),
             energy_consumed_millijoules: Some(1_234_567),
             gpu_utilization_percent: Some(0),
+            gpm_fp16_activity: Some(4_321),
             ..Default::default()
         };
         let got: Vec<_> = values(&s).collect();
@@ -553,7 +735,8 @@ mod tests {
             vec![
                 ("gpu_utilization_percent", 0.0),
                 ("power_usage_watts", 312.5),
-                ("energy_consumed_joules", 1234.567)
+                ("energy_consumed_joules", 1234.567),
+                ("gpm_fp16_activity_percent", 43.21)
             ]
         );
         assert!(find("power_usage_watts").is_some());

@@ -55,11 +55,13 @@ fn uuids(body: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The metrics the test double's GPUs give, as the API names and scales them: read through
-/// the same library in this process.
+/// The metrics the test double's GPUs give from their second round on, as the API names and
+/// scales them: read through the same library in this process.
 fn expected_latest() -> Vec<Value> {
     let mut src = NvmlSource::open(Some(&nvml_double()), "here").unwrap();
-    let batch = src.collect(0).unwrap().remove(0);
+    // The second round: GPM activity needs an interval.
+    src.collect(0).unwrap();
+    let batch = src.collect(1000).unwrap().remove(0);
     batch
         .samples
         .iter()
@@ -97,7 +99,11 @@ async fn nvml_readings_health_and_xids_reach_the_api_exactly() {
             (s == 200
                 && body["count"] == 2
                 && body["gpus"][1]["xid"]["counts"] == json!({"48": 1})
-                && body["gpus"][0]["xid"]["counts"] == json!({"13": 2}))
+                && body["gpus"][0]["xid"]["counts"] == json!({"13": 2})
+                // From the second round on (GPM needs an interval).
+                && body["gpus"][0]["latest"]
+                    .get("gpm_sm_activity_percent")
+                    .is_some())
             .then_some(body)
         },
     )
@@ -123,6 +129,8 @@ async fn nvml_readings_health_and_xids_reach_the_api_exactly() {
     );
     assert_eq!(g0["latest"]["power_usage_watts"], 312.5);
     assert_eq!(g0["latest"]["pcie_tx_bytes"], 5_000_000_000u64);
+    assert_eq!(g0["latest"]["gpm_sm_activity_percent"], 58.25);
+    assert_eq!(g0["latest"]["nvlink_links_active"], 17);
     assert_eq!(g1["latest"].get("energy_consumed_joules"), None);
     assert_eq!(g1["latest"]["gpu_utilization_percent"], 0);
     // Health and XIDs: 13 is the application's own (counted, no health change); 48 fails

@@ -1,9 +1,12 @@
 //! A test build of `libnvidia-ml.so`: the NVML C functions the collector calls, answering for
 //! two fixed GPUs, so the real `nvml-wrapper` code path runs in CI without a GPU.
 //!
-//! GPU 0 answers every query. GPU 1 answers `NVML_ERROR_NOT_SUPPORTED` for the energy counter,
-//! the video encoder and decoder and the ECC counters (as a board without them, or with ECC
-//! off, would) and reads 0 % utilization (a real zero, not an absence).
+//! GPU 0 (a Hopper board) answers every query: 17 of its 18 NVLinks are up, it has GPM, and
+//! no page retirement (NOT_SUPPORTED, as on Ampere and later). GPU 1 answers
+//! `NVML_ERROR_NOT_SUPPORTED` for the energy counter, the video encoder and decoder, the ECC
+//! counters, HBM temperature, the PCIe byte counters, NVLink and GPM (as a PCIe board without
+//! them, or with ECC off, would), answers retired pages (as a board before Ampere would) and
+//! reads 0 % utilization (a real zero, not an absence).
 //! Neither supports fan speed (passively cooled, like an H100 SXM). The values are the
 //! constants below; `collector/tests/nvml_source.rs` asserts them exactly.
 //!
@@ -82,6 +85,23 @@ struct Gpu {
     remap: [u32; 4],
     /// Field values 197, 198: PCIe bytes sent and received; `None`: not supported.
     pcie_bytes: Option<[u64; 2]>,
+    /// Field values 29-31: retired pages SBE, DBE, pending; `None`: not supported (Ampere+).
+    retired: Option<[u32; 3]>,
+    /// NVLink: links up of the link count (field 91), error totals (fields 38, 45, 52, 59),
+    /// KiB sent and received over all links (fields 138, 139, scope UINT_MAX); `None`: a
+    /// PCIe-only board.
+    nvlink: Option<NvLink>,
+    /// GPM activity percent (graphics, SM, occupancy, tensor, DRAM, FP64, FP32, FP16);
+    /// `None`: no GPM (before Hopper).
+    gpm: Option<[f64; 8]>,
+}
+
+#[derive(Clone, Copy)]
+struct NvLink {
+    links: u32,
+    up: u32,
+    errors: [u64; 4],
+    kib: [u64; 2],
 }
 
 static GPUS: [Gpu; 2] = [
@@ -117,6 +137,15 @@ static GPUS: [Gpu; 2] = [
         remap: [2, 0, 0, 0],
         // Past 4 GiB: the counters are 64-bit.
         pcie_bytes: Some([5_000_000_000, 7_000_000_000]),
+        retired: None,
+        // 18 links, one down.
+        nvlink: Some(NvLink {
+            links: 18,
+            up: 17,
+            errors: [1, 0, 3, 0],
+            kib: [12_345_678, 23_456_789],
+        }),
+        gpm: Some([62.5, 58.25, 31.0, 44.75, 27.5, 0.5, 12.0, 20.25]),
     },
     Gpu {
         name: "NVIDIA H100 80GB HBM3",
@@ -151,6 +180,10 @@ static GPUS: [Gpu; 2] = [
         // A row remap waits for the next reset.
         remap: [0, 1, 1, 0],
         pcie_bytes: None,
+        // Answers retired pages (as a board before Ampere would), has no NVLink and no GPM.
+        retired: Some([2, 0, 0]),
+        nvlink: None,
+        gpm: None,
     },
 ];
 
@@ -699,6 +732,17 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
                 82 => g.mem_temp.map(|x| (1, u64::from(x))),
                 142..=145 => Some((1, u64::from(g.remap[(v.field_id - 142) as usize]))),
                 197 | 198 => g.pcie_bytes.map(|b| (3, b[(v.field_id - 197) as usize])),
+                29..=31 => g
+                    .retired
+                    .map(|r| (1, u64::from(r[(v.field_id - 29) as usize]))),
+                91 => g.nvlink.map(|n| (1, u64::from(n.links))),
+                38 | 45 | 52 | 59 => g
+                    .nvlink
+                    .map(|n| (3, n.errors[((v.field_id - 38) / 7) as usize])),
+                // Throughput: only the all-links scope (the collector asks for it).
+                138 | 139 if v.scope_id == u32::MAX => {
+                    g.nvlink.map(|n| (3, n.kib[(v.field_id - 138) as usize]))
+                }
                 _ => None,
             };
             v.timestamp = 1_790_000_000_000_000;
@@ -962,4 +1006,160 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
         }
         SUCCESS
     })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetNvLinkState(
+    d: Device,
+    link: c_uint,
+    active: *mut c_int,
+) -> Ret {
+    with_gpu!(d, |g| match g.nvlink {
+        Some(n) if link < n.links => {
+            // The last links are the ones down.
+            unsafe { *active = c_int::from(link < n.up) };
+            SUCCESS
+        }
+        Some(_) => INVALID_ARGUMENT,
+        None => NOT_SUPPORTED,
+    })
+}
+
+/// `nvmlGpmSupport_t`.
+#[repr(C)]
+pub struct GpmSupport {
+    version: c_uint,
+    is_supported_device: c_uint,
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(d: Device, s: *mut GpmSupport) -> Ret {
+    with_gpu!(d, |g| unsafe {
+        if (*s).version != 1 {
+            return INVALID_ARGUMENT;
+        }
+        (*s).is_supported_device = c_uint::from(g.gpm.is_some());
+        SUCCESS
+    })
+}
+
+/// GPM samples: handle → the device it was last taken on.
+fn gpm_samples() -> &'static std::sync::Mutex<std::collections::HashMap<usize, usize>> {
+    static S: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<usize, usize>>> =
+        std::sync::OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
+static NEXT_GPM_SAMPLE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0x10_0000);
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpmSampleAlloc(sample: *mut *mut c_void) -> Ret {
+    let h = NEXT_GPM_SAMPLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    gpm_samples()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(h, 0);
+    unsafe { *sample = h as *mut c_void };
+    SUCCESS
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlGpmSampleFree(sample: *mut c_void) -> Ret {
+    match gpm_samples()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(sample as usize))
+    {
+        Some(_) => SUCCESS,
+        None => INVALID_ARGUMENT,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn nvmlGpmSampleGet(d: Device, sample: *mut c_void) -> Ret {
+    with_gpu!(d, |g| {
+        if g.gpm.is_none() {
+            return NOT_SUPPORTED;
+        }
+        match gpm_samples()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&(sample as usize))
+        {
+            Some(dev) => {
+                *dev = d as usize;
+                SUCCESS
+            }
+            None => INVALID_ARGUMENT,
+        }
+    })
+}
+
+/// `nvmlGpmMetric_t`.
+#[repr(C)]
+pub struct GpmMetric {
+    metric_id: c_uint,
+    nvml_return: Ret,
+    value: f64,
+    short_name: *mut c_char,
+    long_name: *mut c_char,
+    unit: *mut c_char,
+}
+
+/// `nvmlGpmMetricsGet_t` (as nvml-wrapper-sys 0.10 lays it out: 210 metrics).
+#[repr(C)]
+pub struct GpmMetricsGet {
+    version: c_uint,
+    num_metrics: c_uint,
+    sample1: *mut c_void,
+    sample2: *mut c_void,
+    metrics: [GpmMetric; 210],
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlGpmMetricsGet(req: *mut GpmMetricsGet) -> Ret {
+    let req = unsafe { &mut *req };
+    if req.version != 1 || req.num_metrics as usize > req.metrics.len() {
+        return INVALID_ARGUMENT;
+    }
+    let samples = gpm_samples().lock().unwrap_or_else(|p| p.into_inner());
+    let (Some(&d1), Some(&d2)) = (
+        samples.get(&(req.sample1 as usize)),
+        samples.get(&(req.sample2 as usize)),
+    ) else {
+        return INVALID_ARGUMENT;
+    };
+    // Two samples of the same GPU.
+    let Some(g) = gpu(d2 as Device).filter(|_| d1 == d2) else {
+        return INVALID_ARGUMENT;
+    };
+    let Some(gpm) = g.gpm else {
+        return NOT_SUPPORTED;
+    };
+    for m in &mut req.metrics[..req.num_metrics as usize] {
+        // Graphics, SM, occupancy, tensor (any), DRAM, FP64, FP32, FP16.
+        let slot = match m.metric_id {
+            1 => Some(0),
+            2 => Some(1),
+            3 => Some(2),
+            5 => Some(3),
+            10 => Some(4),
+            11 => Some(5),
+            12 => Some(6),
+            13 => Some(7),
+            _ => None,
+        };
+        match slot {
+            Some(i) => {
+                m.value = gpm[i];
+                m.nvml_return = SUCCESS;
+            }
+            None => m.nvml_return = NOT_SUPPORTED,
+        }
+        m.short_name = std::ptr::null_mut();
+        m.long_name = std::ptr::null_mut();
+        m.unit = std::ptr::null_mut();
+    }
+    SUCCESS
 }

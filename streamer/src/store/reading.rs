@@ -44,7 +44,7 @@ macro_rules! col {
 }
 
 /// Number of columns.
-pub const N_COLUMNS: usize = 41;
+pub const N_COLUMNS: usize = 59;
 // A reading's presence bits are a u64.
 const _: () = assert!(N_COLUMNS <= 64);
 
@@ -92,6 +92,25 @@ pub const COLUMNS: [Column; N_COLUMNS] = [
     col!(39, row_remap_failure, u32),
     col!(40, pcie_tx_bytes, u64),
     col!(41, pcie_rx_bytes, u64),
+    // Schema version 3.
+    col!(42, retired_pages_sbe, u32),
+    col!(43, retired_pages_dbe, u32),
+    col!(44, retired_pages_pending, u32),
+    col!(45, nvlink_links_active, u32),
+    col!(46, nvlink_crc_flit_errors, u64),
+    col!(47, nvlink_crc_data_errors, u64),
+    col!(48, nvlink_replay_errors, u64),
+    col!(49, nvlink_recovery_errors, u64),
+    col!(50, nvlink_tx_bytes, u64),
+    col!(51, nvlink_rx_bytes, u64),
+    col!(52, gpm_graphics_activity, u32),
+    col!(53, gpm_sm_activity, u32),
+    col!(54, gpm_sm_occupancy, u32),
+    col!(55, gpm_tensor_activity, u32),
+    col!(56, gpm_dram_activity, u32),
+    col!(57, gpm_fp64_activity, u32),
+    col!(58, gpm_fp32_activity, u32),
+    col!(59, gpm_fp16_activity, u32),
 ];
 
 /// The position in [`COLUMNS`] of column `id`, if this build knows it.
@@ -225,6 +244,24 @@ mod tests {
             row_remap_failure: Some(1),
             pcie_tx_bytes: Some(40),
             pcie_rx_bytes: Some(41),
+            retired_pages_sbe: Some(42),
+            retired_pages_dbe: Some(43),
+            retired_pages_pending: Some(1),
+            nvlink_links_active: Some(18),
+            nvlink_crc_flit_errors: Some(46),
+            nvlink_crc_data_errors: Some(47),
+            nvlink_replay_errors: Some(48),
+            nvlink_recovery_errors: Some(49),
+            nvlink_tx_bytes: Some(50 << 40),
+            nvlink_rx_bytes: Some(51 << 40),
+            gpm_graphics_activity: Some(5_200),
+            gpm_sm_activity: Some(5_300),
+            gpm_sm_occupancy: Some(5_400),
+            gpm_tensor_activity: Some(5_500),
+            gpm_dram_activity: Some(5_600),
+            gpm_fp64_activity: Some(5_700),
+            gpm_fp32_activity: Some(5_800),
+            gpm_fp16_activity: Some(10_000),
             ..Default::default()
         };
         let back = Reading::from_wire(&full).to_wire();
