@@ -414,6 +414,14 @@ impl FieldErrors {
                 }
                 None
             }
+            // The collector runs unprivileged on purpose: a read that needs more is absent,
+            // said once with NVML's reason, and neither an error nor a health matter.
+            Err(e @ NvmlError::NoPermission) => {
+                if self.unsupported.insert((index, field)) {
+                    tracing::info!(gpu = index, field, reason = %e, "needs more privilege than the collector has (it runs as non-root with no capabilities); left absent");
+                }
+                None
+            }
             Err(error) => {
                 self.count += 1;
                 if self.warned.insert((index, field)) {

@@ -492,3 +492,33 @@ fn json_output_shows_mig_devices_and_processes_on_them() {
     assert_eq!(g0["pods"], serde_json::Value::Null);
     assert_eq!(v["gpus"][1]["mig_devices"], serde_json::json!([]));
 }
+
+#[test]
+fn a_read_that_needs_privilege_is_absent_and_said_once_without_degrading_health() {
+    let lib = double();
+    let out = Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["--source", "nvml", "--nvml-lib", lib.to_str().unwrap()])
+        .args(["--output", "json", "--rounds", "3", "--interval", "10ms"])
+        .env("RUST_LOG", "info")
+        .env("NVML_TEST_DOUBLE_NO_PERMISSION", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("needs more privilege"))
+        .collect();
+    // Two policies (power, thermal) on two GPUs, each once over three rounds.
+    assert_eq!(said.len(), 4, "{stderr}");
+    assert!(
+        said.iter()
+            .all(|l| l.contains("No permission") || l.contains("permission")),
+        "{said:?}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let g0 = &last["gpus"][0];
+    assert_eq!(g0["metrics"].get("power_violation_seconds"), None);
+    assert_eq!(g0["health"]["status"], "ok", "{g0}");
+}

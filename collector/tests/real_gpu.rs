@@ -14,7 +14,8 @@ pcie.link.width.current,ecc.errors.corrected.volatile.total,ecc.errors.uncorrect
 ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total,\
 clocks_event_reasons.gpu_idle,clocks_event_reasons.sw_power_cap,clocks_event_reasons.hw_slowdown,\
 clocks_event_reasons.sw_thermal_slowdown,clocks_event_reasons.hw_thermal_slowdown,temperature.memory,\
-remapped_rows.correctable,remapped_rows.uncorrectable,remapped_rows.pending,remapped_rows.failure";
+remapped_rows.correctable,remapped_rows.uncorrectable,remapped_rows.pending,remapped_rows.failure,\
+retired_pages.single_bit_ecc.count,retired_pages.double_bit.count,retired_pages.pending";
 
 fn smi() -> HashMap<String, HashMap<&'static str, String>> {
     let out = Command::new("nvidia-smi")
@@ -265,10 +266,131 @@ fn nvml_source_agrees_with_nvidia_smi() {
                 "remapped_rows.failure",
                 0.0,
             ),
+            // Ampere and later: both [N/A] / absent.
+            (
+                "retired_pages_sbe",
+                n(s.retired_pages_sbe),
+                "retired_pages.single_bit_ecc.count",
+                0.0,
+            ),
+            (
+                "retired_pages_dbe",
+                n(s.retired_pages_dbe),
+                "retired_pages.double_bit.count",
+                0.0,
+            ),
+            (
+                "retired_pages_pending",
+                n(s.retired_pages_pending),
+                "retired_pages.pending",
+                0.0,
+            ),
         ];
         for (what, ours, field, tolerance) in checks {
             ok &= close(what, ours, num(row, field), tolerance);
         }
+        // NVLink: links up against `nvidia-smi nvlink --status` (a line per link, "<inactive>"
+        // for a link down; no lines without NVLink).
+        let links = Command::new("nvidia-smi")
+            .args(["nvlink", "--status", "-i", &info.index.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let link_lines: Vec<&str> = links
+            .lines()
+            .filter(|l| l.trim_start().starts_with("Link "))
+            .collect();
+        let up = link_lines
+            .iter()
+            .filter(|l| !l.contains("inactive"))
+            .count();
+        let theirs = (!link_lines.is_empty()).then_some(up as f64);
+        ok &= close(
+            "nvlink_links_active",
+            n(s.nvlink_links_active),
+            Some(0.0).and(theirs),
+            0.0,
+        );
+        println!(
+            "     nvlink bytes tx {:?} rx {:?}, errors flit {:?} data {:?} replay {:?} recovery {:?}",
+            s.nvlink_tx_bytes,
+            s.nvlink_rx_bytes,
+            s.nvlink_crc_flit_errors,
+            s.nvlink_crc_data_errors,
+            s.nvlink_replay_errors,
+            s.nvlink_recovery_errors
+        );
+        // Health as judged, and the XID counters (no nvidia-smi counterpart).
+        let h = info
+            .health
+            .as_ref()
+            .expect("every GPU has a health verdict");
+        println!(
+            "     health {:?} {:?}, xids {:?}",
+            h.status(),
+            h.reasons,
+            info.xid_counts
+        );
     }
+    // GPM (Hopper and later) needs two rounds a real interval apart (NVML wants samples at
+    // least 100 ms apart): every ratio within 0..=100 % where present.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = src.collect(collector::sampler::now_ms()).unwrap().remove(0);
+    for s in &second.samples {
+        let gpm = [
+            s.gpm_graphics_activity,
+            s.gpm_sm_activity,
+            s.gpm_sm_occupancy,
+            s.gpm_tensor_activity,
+            s.gpm_dram_activity,
+            s.gpm_fp64_activity,
+            s.gpm_fp32_activity,
+            s.gpm_fp16_activity,
+        ];
+        println!("GPU {} GPM (1/100 %): {gpm:?}", s.uuid);
+        ok &= gpm.iter().flatten().all(|v| *v <= 10_000);
+    }
+    // Processes against `nvidia-smi --query-compute-apps`: the same PIDs with the same memory.
+    let apps = Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=gpu_uuid,pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut theirs: Vec<(String, u32, u64)> = apps
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.parse().ok()?,
+                f.get(2)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    let mut ours: Vec<(String, u32, u64)> = second
+        .gpus
+        .iter()
+        .flat_map(|g| {
+            g.processes.iter().map(|p| {
+                (
+                    g.uuid.clone(),
+                    p.pid,
+                    p.used_memory_bytes.unwrap_or(0) / 1_048_576,
+                )
+            })
+        })
+        .collect();
+    theirs.sort();
+    ours.sort();
+    println!("processes: collector {ours:?} nvidia-smi {theirs:?}");
+    let pids = |v: &[(String, u32, u64)]| {
+        v.iter()
+            .map(|(g, p, _)| (g.clone(), *p))
+            .collect::<Vec<_>>()
+    };
+    ok &= pids(&ours) == pids(&theirs);
     assert!(ok, "the collector and nvidia-smi disagree (see above)");
 }

@@ -18,6 +18,9 @@
 //! (N rounds): every query of it then answers `NVML_ERROR_GPU_IS_LOST`, and the event set
 //! delivers one XID 79 (fallen off the bus) for it.
 //!
+//! With `NVML_TEST_DOUBLE_NO_PERMISSION` set, `nvmlDeviceGetViolationStatus` answers
+//! `NVML_ERROR_NO_PERMISSION` on every GPU (a query that needs more privilege).
+//!
 //! XID events: every GPU offers critical-XID events; `NVML_TEST_DOUBLE_XIDS` lists the
 //! events the event set delivers, one per wait, in order, as `gpu:code` pairs separated by
 //! commas (e.g. `0:13,0:13,1:48`). With none left a wait blocks for its timeout and answers
@@ -40,6 +43,7 @@ type Ret = c_int;
 const SUCCESS: Ret = 0;
 const INVALID_ARGUMENT: Ret = 2;
 const NOT_SUPPORTED: Ret = 3;
+const NO_PERMISSION: Ret = 4;
 const NOT_FOUND: Ret = 6;
 const INSUFFICIENT_SIZE: Ret = 7;
 const DRIVER_NOT_LOADED: Ret = 9;
@@ -679,6 +683,9 @@ pub unsafe extern "C" fn nvmlDeviceGetViolationStatus(
     v: *mut ViolationTime,
 ) -> Ret {
     with_gpu!(d, |g| {
+        if std::env::var_os("NVML_TEST_DOUBLE_NO_PERMISSION").is_some() {
+            return NO_PERMISSION;
+        }
         let ns = match policy {
             0 | 1 => g.violation_ns[policy as usize],
             _ => return NOT_SUPPORTED,
