@@ -141,6 +141,15 @@ fn nvml_source_reads_inventory_and_exact_values_with_unsupported_fields_absent()
     );
     assert_eq!((g1.nvlink_links_active, g1.nvlink_tx_bytes), (None, None));
     assert_eq!(second.samples[1].gpm_sm_activity, None);
+    assert_eq!(g1.fan_speed_percent, Some(30));
+    // Between them, the two GPUs give every metric of the catalog.
+    for m in telemetry_wire::metric::METRICS {
+        assert!(
+            second.samples.iter().any(|s| m.value(s).is_some()),
+            "the test double gives no {}",
+            m.name
+        );
+    }
     assert_eq!(
         g1.energy_consumed_millijoules, None,
         "NOT_SUPPORTED energy is absent"
@@ -277,11 +286,12 @@ fn a_field_the_gpu_does_not_support_is_logged_once_not_every_round() {
             })
             .count()
     };
-    // GPU 1 lacks these; fan speed neither GPU has: once per GPU, over three rounds.
+    // GPU 1 lacks these, GPU 0 a fan: once per GPU and field, over three rounds.
     assert_eq!(lines("energy"), 1, "{stderr}");
     assert_eq!(lines("encoder_utilization"), 1, "{stderr}");
     assert_eq!(lines("ecc_corrected_volatile"), 1, "{stderr}");
-    assert_eq!(lines("fan_speed"), 2, "{stderr}");
+    assert_eq!(lines("fan_speed"), 1, "{stderr}");
+    assert_eq!(lines("nvlink_link_count"), 1, "{stderr}");
     // Three rounds of two GPUs on stdout.
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 3);
 }

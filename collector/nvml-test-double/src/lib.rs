@@ -7,7 +7,7 @@
 //! counters, HBM temperature, the PCIe byte counters, NVLink and GPM (as a PCIe board without
 //! them, or with ECC off, would), answers retired pages (as a board before Ampere would) and
 //! reads 0 % utilization (a real zero, not an absence).
-//! Neither supports fan speed (passively cooled, like an H100 SXM). The values are the
+//! GPU 0 reports no fan (passively cooled, like an H100 SXM); GPU 1 has one. The values are the
 //! constants below; `collector/tests/nvml_source.rs` asserts them exactly.
 //!
 //! With the env var `NVML_TEST_DOUBLE_INIT_ERROR` set, `nvmlInit_v2` fails with
@@ -98,6 +98,8 @@ struct Gpu {
     /// GPM activity percent (graphics, SM, occupancy, tensor, DRAM, FP64, FP32, FP16);
     /// `None`: no GPM (before Hopper).
     gpm: Option<[f64; 8]>,
+    /// Fan speed percent; `None`: passively cooled.
+    fan: Option<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -150,6 +152,7 @@ static GPUS: [Gpu; 2] = [
             kib: [12_345_678, 23_456_789],
         }),
         gpm: Some([62.5, 58.25, 31.0, 44.75, 27.5, 0.5, 12.0, 20.25]),
+        fan: None,
     },
     Gpu {
         name: "NVIDIA H100 80GB HBM3",
@@ -188,6 +191,8 @@ static GPUS: [Gpu; 2] = [
         retired: Some([2, 0, 0]),
         nvlink: None,
         gpm: None,
+        // A PCIe board with its own fan.
+        fan: Some(30),
     },
 ];
 
@@ -578,8 +583,19 @@ pub unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(d: Device, c: c_int, mhz: *mu
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetFanSpeed_v2(d: Device, _fan: c_uint, _s: *mut c_uint) -> Ret {
-    with_gpu!(d, |_g| NOT_SUPPORTED)
+pub unsafe extern "C" fn nvmlDeviceGetFanSpeed_v2(
+    d: Device,
+    fan: c_uint,
+    speed: *mut c_uint,
+) -> Ret {
+    with_gpu!(d, |g| match g.fan {
+        Some(v) if fan == 0 => {
+            unsafe { *speed = v };
+            SUCCESS
+        }
+        Some(_) => INVALID_ARGUMENT,
+        None => NOT_SUPPORTED,
+    })
 }
 
 #[unsafe(no_mangle)]
