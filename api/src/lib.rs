@@ -81,6 +81,39 @@ pub enum KeyOrigin {
     Generated,
 }
 
+/// The secrets the api runs with, loaded and checked before anything binds or opens.
+#[derive(Debug)]
+pub struct Secrets {
+    /// The API key ring.
+    pub keys: KeyRing,
+    /// Where the API key came from.
+    pub origin: KeyOrigin,
+    /// The service token for the streamer (gateway mode; `None` when embedded).
+    pub tokens: Option<KeyRing>,
+}
+
+/// Loads and checks (present, strong) every secret `cfg` needs: a missing or weak one stops
+/// the api with one line before it opens a socket or the data directory.
+///
+/// # Errors
+/// [`RunError`] naming the secret, where it looked and why it is refused.
+pub fn load_secrets(cfg: &ApiConfig) -> Result<Secrets, RunError> {
+    let (keys, origin) = api_keys(cfg)?;
+    let tokens = if cfg.embedded {
+        None
+    } else {
+        Some(
+            cfg.secrets
+                .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?,
+        )
+    };
+    Ok(Secrets {
+        keys,
+        origin,
+        tokens,
+    })
+}
+
 fn api_keys(cfg: &ApiConfig) -> Result<(KeyRing, KeyOrigin), RunError> {
     match cfg.secrets.load(&SecretSpec::API_KEY, cfg.api_key.as_ref()) {
         Ok(k) => Ok((k, KeyOrigin::Configured)),
@@ -96,16 +129,22 @@ fn api_keys(cfg: &ApiConfig) -> Result<(KeyRing, KeyOrigin), RunError> {
     }
 }
 
-/// Runs the api (gateway to the streamer, or embedded) on `listener` until `shutdown`.
+/// Runs the api (gateway to the streamer, or embedded) with `secrets` ([`load_secrets`]) on
+/// `listener` until `shutdown`.
 ///
 /// # Errors
-/// [`RunError`] when a secret is missing, the source cannot start, or serving fails.
+/// [`RunError`] when the source cannot start or serving fails.
 pub async fn run(
     cfg: ApiConfig,
+    secrets: Secrets,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let (keys, origin) = api_keys(&cfg)?;
+    let Secrets {
+        keys,
+        origin,
+        tokens,
+    } = secrets;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -140,9 +179,12 @@ pub async fn run(
         background = Some(task);
         Arc::new(b)
     } else {
-        let tokens = cfg
-            .secrets
-            .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
+        let tokens = match tokens {
+            Some(t) => t,
+            None => cfg
+                .secrets
+                .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?,
+        };
         watched.push((SecretSpec::SERVICE_TOKEN, tokens.clone()));
         let grpc = GrpcBackend::new(&cfg.streamer_url, tokens, cfg.streamer_timeout)?;
         // The GPU list and single-GPU reads come from a mirror the streamer keeps current.

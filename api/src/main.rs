@@ -13,6 +13,14 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = ApiConfig::parse();
+    // Secrets first: a missing or weak one stops here, before any socket or file is opened.
+    let secrets = match api::load_secrets(&cfg) {
+        Ok(s) => s,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "api: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(error) => {
@@ -24,7 +32,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match api::run(cfg, listener, shutdown_signal()).await {
+    match api::run(cfg, secrets, listener, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "api: {error}");

@@ -312,7 +312,7 @@ fn missing_library_error_names_it_and_suggests_simulated() {
 fn run_collector(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_collector"));
     cmd.args(args)
-        .env("SERVICE_TOKEN", "t")
+        .env("SERVICE_TOKEN", "collector-test-token-0123456789")
         .env("RUST_LOG", "off");
     for (k, v) in env {
         cmd.env(k, v);

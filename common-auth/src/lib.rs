@@ -27,7 +27,7 @@ pub mod secret;
 
 pub use keyring::{KeyRing, RotationPolicy};
 pub use reload::SecretArgs;
-pub use secret::{SecretSpec, load_secret};
+pub use secret::{SecretSpec, load_secret, load_secret_from, weakness};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,18 @@ pub enum AuthError {
         name: &'static str,
         /// Where it was looked for, e.g. `env API_KEY is unset; /etc/x/api-key: not found`.
         looked: String,
+    },
+    /// A secret is too weak to guard anything (short, or a placeholder from the docs).
+    #[error(
+        "{name} from {place} is refused: {why}. Make a strong one with `openssl rand -hex 32` (or pass --allow-weak-secrets for a throwaway demo)"
+    )]
+    Weak {
+        /// Human name of the secret.
+        name: &'static str,
+        /// Where it came from (a file path or `env API_KEY`).
+        place: String,
+        /// Why it is weak (never the value, except a docs placeholder).
+        why: String,
     },
     /// The secret settings contradict each other.
     #[error("{0}")]

@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::secret::{read_retired_file, read_secret_file};
-use crate::{AuthError, KeyRing, RotationPolicy, SecretSpec, load_secret};
+use crate::{AuthError, KeyRing, RotationPolicy, SecretSpec, load_secret_from, weakness};
 
 /// Flags shared by every binary: where the secret directory is and how rotation rolls out.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,6 +31,10 @@ pub struct SecretArgs {
     /// the new one first).
     #[arg(long, env = "SECRET_SIGNING_DELAY", default_value = "2m", value_parser = humantime::parse_duration)]
     pub secret_signing_delay: Duration,
+    /// Accept secrets shorter than 16 characters or equal to a placeholder from the docs
+    /// (throwaway demos only; a weak value is otherwise refused at start and on rotation).
+    #[arg(long, env = "ALLOW_WEAK_SECRETS")]
+    pub allow_weak_secrets: bool,
 }
 
 impl Default for SecretArgs {
@@ -41,6 +45,7 @@ impl Default for SecretArgs {
             secret_reload_interval: Duration::from_secs(10),
             secret_grace: p.grace,
             secret_signing_delay: p.signing_delay,
+            allow_weak_secrets: false,
         }
     }
 }
@@ -69,7 +74,14 @@ impl SecretArgs {
                 self.secret_grace, self.secret_signing_delay
             )));
         }
-        let v = load_secret(spec, direct, self.secret_dir.as_deref())?;
+        let (v, place) = load_secret_from(spec, direct, self.secret_dir.as_deref())?;
+        if let Some(why) = weakness(v.expose_secret()).filter(|_| !self.allow_weak_secrets) {
+            return Err(AuthError::Weak {
+                name: spec.name,
+                place,
+                why,
+            });
+        }
         Ok(KeyRing::with_policy(v, self.policy()))
     }
 
@@ -100,6 +112,7 @@ impl SecretArgs {
             dir,
             watched,
             self.secret_reload_interval,
+            self.allow_weak_secrets,
             shutdown,
         )))
     }
@@ -107,8 +120,9 @@ impl SecretArgs {
 
 /// Re-reads each watched secret once; rotates the rings whose file changed. Returns how
 /// many rotated. A missing or empty file keeps the current value (a Secret being replaced
-/// is briefly empty); an unreadable one is logged.
-pub fn reload_once(dir: &Path, watched: &[(SecretSpec, KeyRing)]) -> usize {
+/// is briefly empty); an unreadable one is logged; a weak one (see [`weakness`]) is refused
+/// and logged, keeping the current value, unless `allow_weak`.
+pub fn reload_once(dir: &Path, watched: &[(SecretSpec, KeyRing)], allow_weak: bool) -> usize {
     let mut rotated = 0;
     for (spec, ring) in watched {
         if spec.retired {
@@ -133,6 +147,17 @@ pub fn reload_once(dir: &Path, watched: &[(SecretSpec, KeyRing)]) -> usize {
         }
         match read_secret_file(spec, &dir.join(spec.file_name)) {
             Ok(Some(v)) => {
+                if let Some(why) = weakness(v.expose_secret()).filter(|_| !allow_weak) {
+                    if !ring.accepts(v.expose_secret().as_bytes()) {
+                        tracing::error!(
+                            secret = spec.name,
+                            file = %dir.join(spec.file_name).display(),
+                            why,
+                            "rotation to a weak value refused; the current value stays in use"
+                        );
+                    }
+                    continue;
+                }
                 if ring.rotate(v) {
                     rotated += 1;
                     let p = ring.policy();
@@ -157,6 +182,7 @@ pub async fn watch(
     dir: PathBuf,
     watched: Vec<(SecretSpec, KeyRing)>,
     interval: Duration,
+    allow_weak: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -167,14 +193,67 @@ pub async fn watch(
             _ = tick.tick() => {}
             () = &mut shutdown => break,
         }
-        reload_once(&dir, &watched);
+        reload_once(&dir, &watched, allow_weak);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
+
+    #[test]
+    fn a_weak_secret_is_refused_at_start_naming_where_it_came_from_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api-key"), "your-secure-api-key-here\n").unwrap();
+        let args = SecretArgs {
+            secret_dir: Some(dir.path().to_path_buf()),
+            ..SecretArgs::default()
+        };
+        let err = args
+            .load(&SecretSpec::API_KEY, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "API key from {}/api-key is refused: it is the placeholder \"your-secure-api-key-here\" from the docs. Make a strong one with `openssl rand -hex 32` (or pass --allow-weak-secrets for a throwaway demo)",
+                dir.path().display()
+            )
+        );
+        let short = SecretString::from("short".to_string());
+        let err = SecretArgs::default()
+            .load(&SecretSpec::SERVICE_TOKEN, Some(&short))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("service token from env SERVICE_TOKEN is refused: it is 5 characters"),
+            "{err}"
+        );
+        assert!(!err.contains("short\""), "the value is never shown: {err}");
+        let demo = SecretArgs {
+            allow_weak_secrets: true,
+            ..SecretArgs::default()
+        };
+        assert!(demo.load(&SecretSpec::SERVICE_TOKEN, Some(&short)).is_ok());
+    }
+
+    #[test]
+    fn a_rotation_to_a_weak_value_is_refused_and_the_current_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api-key"), "first-key-0123456789").unwrap();
+        let args = SecretArgs {
+            secret_dir: Some(dir.path().to_path_buf()),
+            ..SecretArgs::default()
+        };
+        let ring = args.load(&SecretSpec::API_KEY, None).unwrap();
+        let watched = vec![(SecretSpec::API_KEY, ring.clone())];
+        std::fs::write(dir.path().join("api-key"), "changeme").unwrap();
+        assert_eq!(reload_once(dir.path(), &watched, false), 0);
+        assert_eq!(ring.current().expose_secret(), "first-key-0123456789");
+        assert!(!ring.accepts(b"changeme"));
+        // A demo that allows weak values takes it.
+        assert_eq!(reload_once(dir.path(), &watched, true), 1);
+    }
 
     #[test]
     fn a_changed_file_rotates_the_ring_and_an_unchanged_or_missing_one_does_not() {
@@ -186,10 +265,10 @@ mod tests {
         };
         let ring = args.load(&SecretSpec::API_KEY, None).unwrap();
         let watched = vec![(SecretSpec::API_KEY, ring.clone())];
-        assert_eq!(reload_once(dir.path(), &watched), 0);
+        assert_eq!(reload_once(dir.path(), &watched, false), 0);
 
         std::fs::write(dir.path().join("api-key"), "second-key-0123456789").unwrap();
-        assert_eq!(reload_once(dir.path(), &watched), 1);
+        assert_eq!(reload_once(dir.path(), &watched, false), 1);
         assert_eq!(ring.current().expose_secret(), "second-key-0123456789");
         assert!(
             ring.accepts(b"first-key-0123456789"),
@@ -202,7 +281,7 @@ mod tests {
         );
 
         std::fs::remove_file(dir.path().join("api-key")).unwrap();
-        assert_eq!(reload_once(dir.path(), &watched), 0);
+        assert_eq!(reload_once(dir.path(), &watched, false), 0);
         assert_eq!(ring.current().expose_secret(), "second-key-0123456789");
     }
 
@@ -216,7 +295,7 @@ mod tests {
         let err = args
             .load(
                 &SecretSpec::API_KEY,
-                Some(&SecretString::from("k".to_string())),
+                Some(&SecretString::from("key-0123456789abcdef".to_string())),
             )
             .unwrap_err();
         assert!(
@@ -244,7 +323,7 @@ mod tests {
         )
         .unwrap();
         let watched = vec![(SecretSpec::SERVICE_TOKEN_PREVIOUS, ring.clone())];
-        assert_eq!(reload_once(dir.path(), &watched), 1);
+        assert_eq!(reload_once(dir.path(), &watched, false), 1);
         let values: Vec<String> = ring
             .verifying()
             .1
@@ -253,14 +332,14 @@ mod tests {
             .collect();
         assert_eq!(values, ["token-now-0123456789", "old-a", "old-b"]);
         std::fs::remove_file(dir.path().join("service-token-previous")).unwrap();
-        assert_eq!(reload_once(dir.path(), &watched), 0);
+        assert_eq!(reload_once(dir.path(), &watched, false), 0);
         assert_eq!(
             ring.verifying().1.len(),
             3,
             "file gone for a moment: list kept"
         );
         std::fs::write(dir.path().join("service-token-previous"), "").unwrap();
-        assert_eq!(reload_once(dir.path(), &watched), 1);
+        assert_eq!(reload_once(dir.path(), &watched, false), 1);
         assert_eq!(
             ring.verifying().1.len(),
             1,

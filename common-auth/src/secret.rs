@@ -56,6 +56,36 @@ impl SecretSpec {
     };
 }
 
+/// The shortest secret a service accepts (without `--allow-weak-secrets`).
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The docs' example values (the seed document's and ours): a secret equal to one of these is
+/// a copy-paste, not a secret. The Helm chart refuses the same list (`ts.checkSecretValue`).
+pub const PLACEHOLDERS: &[&str] = &[
+    "your-secure-api-key-here",
+    "your-secure-service-token-here",
+    "your-secure-api-key",
+    "your-secure-service-token",
+    "new-secure-api-key",
+    "new-secure-service-token",
+    "new-api-key",
+    "new-service-token",
+    "changeme",
+    "change-me",
+];
+
+/// Why `value` is too weak to guard anything, `None` when it is fine: shorter than
+/// [`MIN_SECRET_LEN`], or one of the docs' [`PLACEHOLDERS`]. What the seed's generators make
+/// (`openssl rand -hex 32`, `uuidgen`, `pwgen -s 32 1`) always passes.
+pub fn weakness(value: &str) -> Option<String> {
+    let v = value.trim();
+    if PLACEHOLDERS.iter().any(|p| p.eq_ignore_ascii_case(v)) {
+        return Some(format!("it is the placeholder {v:?} from the docs"));
+    }
+    let n = v.chars().count();
+    (n < MIN_SECRET_LEN).then(|| format!("it is {n} characters, fewer than {MIN_SECRET_LEN}"))
+}
+
 /// Reads a list of retired values, one per line; an absent file is an empty list.
 ///
 /// # Errors
@@ -92,19 +122,33 @@ pub fn load_secret(
     direct: Option<&SecretString>,
     dir: Option<&Path>,
 ) -> Result<SecretString, AuthError> {
+    load_secret_from(spec, direct, dir).map(|(v, _)| v)
+}
+
+/// [`load_secret`], also saying where the value came from (a file path or `env <VAR>`).
+///
+/// # Errors
+/// See [`load_secret`].
+pub fn load_secret_from(
+    spec: &SecretSpec,
+    direct: Option<&SecretString>,
+    dir: Option<&Path>,
+) -> Result<(SecretString, String), AuthError> {
     let mut looked = Vec::new();
     match dir {
         Some(dir) => {
             let path = dir.join(spec.file_name);
             match read_secret_file(spec, &path)? {
-                Some(v) => return Ok(v),
+                Some(v) => return Ok((v, path.display().to_string())),
                 None => looked.push(format!("{} not found or empty", path.display())),
             }
         }
         None => looked.push("no secret directory configured (--secret-dir)".to_string()),
     }
     match direct {
-        Some(v) if !v.expose_secret().trim().is_empty() => return Ok(v.clone()),
+        Some(v) if !v.expose_secret().trim().is_empty() => {
+            return Ok((v.clone(), format!("env {}", spec.env_var)));
+        }
         Some(_) => looked.push(format!("env {} is empty", spec.env_var)),
         None => looked.push(format!("env {} is unset", spec.env_var)),
     }
@@ -140,6 +184,36 @@ pub(crate) fn read_secret_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_values_and_the_docs_placeholders_are_weak_generated_ones_are_not() {
+        for weak in [
+            "short",
+            "fifteen-chars-x",
+            "your-secure-api-key-here",
+            "CHANGEME",
+            " change-me ",
+        ] {
+            assert!(weakness(weak).is_some(), "{weak}");
+        }
+        assert_eq!(
+            weakness("your-secure-api-key").unwrap(),
+            "it is the placeholder \"your-secure-api-key\" from the docs"
+        );
+        assert_eq!(
+            weakness("short").unwrap(),
+            "it is 5 characters, fewer than 16"
+        );
+        // openssl rand -hex 32, uuidgen, pwgen -s 32 1
+        for strong in [
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "0b5a1c34-7f3e-4d2a-9c1e-5d6f7a8b9c0d",
+            "Xk3vQ9pL2mN7rT5wY8zB1cD4fG6hJ0aS",
+            "sixteen-chars-ok",
+        ] {
+            assert_eq!(weakness(strong), None, "{strong}");
+        }
+    }
 
     #[test]
     fn mounted_file_wins_over_the_env_value_and_env_is_the_fallback() {

@@ -67,7 +67,21 @@ impl OffsetSource for StoreOffsets {
     }
 }
 
-/// Runs the streamer over `store` (opened by the caller, see
+/// The service token and the retired ones, checked (present, strong) before anything else
+/// starts: a missing or weak token stops the streamer before it opens a socket.
+///
+/// # Errors
+/// [`StreamerError`] naming the secret and where it looked.
+pub fn load_token(cfg: &StreamerConfig) -> Result<KeyRing, StreamerError> {
+    let ring = cfg
+        .secrets
+        .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
+    cfg.secrets
+        .load_retired(&SecretSpec::SERVICE_TOKEN_PREVIOUS, &ring)?;
+    Ok(ring)
+}
+
+/// Runs the streamer with the service token `ring` ([`load_token`]) over `store` (opened by the caller, see
 /// [`StreamerConfig::disk_config`]): gRPC on `listener`, consuming until `shutdown`
 /// resolves. On shutdown the gRPC server stops accepting, the consumer finishes its batch,
 /// the store flushes and the consumer commits once more.
@@ -76,15 +90,11 @@ impl OffsetSource for StoreOffsets {
 /// [`StreamerError`] when the secret, Kafka clients or the gRPC server cannot start.
 pub async fn run(
     cfg: StreamerConfig,
+    ring: KeyRing,
     store: Arc<Store>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StreamerError> {
-    let ring = cfg
-        .secrets
-        .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
-    cfg.secrets
-        .load_retired(&SecretSpec::SERVICE_TOKEN_PREVIOUS, &ring)?;
     let metrics = Arc::new(StreamerMetrics::default());
 
     // In the background: the query service comes up even while the broker is away.

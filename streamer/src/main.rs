@@ -13,6 +13,14 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = StreamerConfig::parse();
+    // Secrets first: a missing or weak token stops here, before any socket or file is opened.
+    let ring = match streamer::load_token(&cfg) {
+        Ok(r) => r,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "streamer: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let store = match streamer::store::Store::open_disk(cfg.disk_config()) {
         Ok(s) => std::sync::Arc::new(s),
         Err(error) => {
@@ -35,7 +43,7 @@ async fn main() -> std::process::ExitCode {
         // A plain line on stdout, for scripts and tests that start it on port 0.
         let _ = writeln!(std::io::stdout(), "streamer grpc listening on {addr}");
     }
-    match streamer::run(cfg, store, listener, shutdown_signal()).await {
+    match streamer::run(cfg, ring, store, listener, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "streamer: {error}");

@@ -227,7 +227,7 @@ async fn main() {
 
     // 2. The real binaries on that directory.
     let token = "bench-token-0123456789".to_string();
-    let key = "bench-key".to_string();
+    let key = "bench-key-0123456789abcdef".to_string();
     let grpc = free_port();
     let t = Instant::now();
     let spawn_streamer = || {

@@ -2,6 +2,7 @@
 
 import base64
 import copy
+import pathlib
 
 import helm_python as helm
 import kubernetes_validate
@@ -511,3 +512,14 @@ def test_upgrades_keep_existing_values_and_retire_a_replaced_token(tmp_path):
     assert data["service-token"] == STRONG_TOKEN
     assert data["service-token-previous"] == "existing-token-0123456789\nolder-token-0123456789"
     assert data["api-key"] == "existing-api-key-0123456789"
+
+
+def test_the_chart_and_the_binaries_refuse_the_same_placeholders():
+    """One list in two languages: the chart's ts.checkSecretValue and common-auth's PLACEHOLDERS."""
+    import re
+    root = pathlib.Path(__file__).resolve().parents[2]
+    tpl = (root / "helm/telemetry-stack/templates/_helpers.tpl").read_text()
+    chart = re.search(r'\$placeholders := list ((?:"[^"]*" ?)+)', tpl).group(1)
+    rust = (root / "common-auth/src/secret.rs").read_text()
+    binaries = re.search(r"pub const PLACEHOLDERS: &\[&str\] = &\[(.*?)\];", rust, re.S).group(1)
+    assert re.findall(r'"([^"]*)"', chart) == re.findall(r'"([^"]*)"', binaries)

@@ -33,7 +33,7 @@ async fn without_a_broker_the_collector_buffers_drops_the_oldest_and_counts() {
         "collector",
         &bin("collector"),
         &args,
-        &[("SERVICE_TOKEN", "t".into())],
+        &[("SERVICE_TOKEN", "buffer-test-token-0123456789".into())],
     );
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");

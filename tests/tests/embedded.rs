@@ -19,7 +19,7 @@ fn spawn_embedded(cwd: &std::path::Path) -> (Proc, String) {
             "--interval",
             "100ms",
         ]),
-        &[("API_KEY", "embedded-key".to_string())],
+        &[("API_KEY", "embedded-key-0123456789".to_string())],
         Some(cwd),
     );
     let base = integration_tests::api_url(&mut p);
@@ -27,7 +27,12 @@ fn spawn_embedded(cwd: &std::path::Path) -> (Proc, String) {
 }
 
 async fn samples(http: &reqwest::Client, base: &str) -> Option<Vec<(String, u64, Value)>> {
-    let (s, body) = get_json(http, &format!("{base}/api/v1/gpus"), Some("embedded-key")).await;
+    let (s, body) = get_json(
+        http,
+        &format!("{base}/api/v1/gpus"),
+        Some("embedded-key-0123456789"),
+    )
+    .await;
     let gpus = body["gpus"].as_array().filter(|_| s == 200)?;
     Some(
         gpus.iter()
@@ -101,7 +106,7 @@ async fn embedded_mode_keeps_what_it_served_across_a_clean_stop_and_a_kill_9() {
         let url = format!(
             "{base}/api/v1/gpus/{uuid}/telemetry?start_time={t}&end_time=2100-01-01T00:00:00Z&limit=1"
         );
-        let (s, body) = get_json(&http, &url, Some("embedded-key")).await;
+        let (s, body) = get_json(&http, &url, Some("embedded-key-0123456789")).await;
         assert_eq!(s, 200, "{body}");
         assert_eq!(body["samples"][0]["timestamp"], *last_seen, "{uuid}");
     }

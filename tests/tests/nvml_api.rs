@@ -10,7 +10,7 @@ use integration_tests::{Proc, args, bin, eventually, get_json, nvml_double};
 use serde_json::{Value, json};
 use telemetry_wire::metric;
 
-const KEY: &str = "nvml-api-key";
+const KEY: &str = "nvml-api-key-0123456789";
 const G0: &str = "GPU-11111111-2222-3333-4444-555555555555";
 const G1: &str = "GPU-66666666-7777-8888-9999-000000000000";
 
