@@ -652,3 +652,17 @@ pub fn pod_resources(
         ..Default::default()
     }
 }
+
+/// `api --embedded --listen 127.0.0.1:0` plus `extra` flags, with `env`, in `cwd` (its
+/// `./data`); returns the process and the base URL it printed.
+pub fn spawn_embedded_api(
+    cwd: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> (Proc, String) {
+    let mut flags = vec!["--embedded", "--listen", "127.0.0.1:0"];
+    flags.extend_from_slice(extra);
+    let mut p = Proc::spawn_in("api", &bin("api"), &args(&flags), env, Some(cwd));
+    let base = api_url(&mut p);
+    (p, base)
+}

@@ -3,27 +3,15 @@
 
 use std::time::Duration;
 
-use integration_tests::{Proc, args, bin, eventually, get_json};
+use integration_tests::{Proc, eventually, get_json};
 use serde_json::Value;
 
 fn spawn_embedded(cwd: &std::path::Path) -> (Proc, String) {
-    let mut p = Proc::spawn_in(
-        "api",
-        &bin("api"),
-        &args(&[
-            "--embedded",
-            "--listen",
-            "127.0.0.1:0",
-            "--source",
-            "simulated",
-            "--interval",
-            "100ms",
-        ]),
+    integration_tests::spawn_embedded_api(
+        cwd,
+        &["--source", "simulated", "--interval", "100ms"],
         &[("API_KEY", "embedded-key-0123456789".to_string())],
-        Some(cwd),
-    );
-    let base = integration_tests::api_url(&mut p);
-    (p, base)
+    )
 }
 
 async fn samples(http: &reqwest::Client, base: &str) -> Option<Vec<(String, u64, Value)>> {

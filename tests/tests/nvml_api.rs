@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use collector::nvml::NvmlSource;
 use collector::source::GpuSource;
-use integration_tests::{Proc, args, bin, eventually, get_json, nvml_double};
+use integration_tests::{Proc, eventually, get_json, nvml_double};
 use serde_json::{Value, json};
 use telemetry_wire::metric;
 
@@ -18,13 +18,9 @@ fn spawn(dir: &std::path::Path, env: &[(&str, &str)]) -> (Proc, String) {
     let lib = nvml_double();
     let mut vars = vec![("API_KEY", KEY.to_string())];
     vars.extend(env.iter().map(|(k, v)| (*k, (*v).to_string())));
-    let mut p = Proc::spawn_in(
-        "api",
-        &bin("api"),
-        &args(&[
-            "--embedded",
-            "--listen",
-            "127.0.0.1:0",
+    integration_tests::spawn_embedded_api(
+        dir,
+        &[
             "--source",
             "nvml",
             "--nvml-lib",
@@ -33,12 +29,9 @@ fn spawn(dir: &std::path::Path, env: &[(&str, &str)]) -> (Proc, String) {
             "gpu-node-7",
             "--interval",
             "100ms",
-        ]),
+        ],
         &vars,
-        Some(dir),
-    );
-    let base = integration_tests::api_url(&mut p);
-    (p, base)
+    )
 }
 
 async fn gpus(http: &reqwest::Client, base: &str, query: &str) -> (u16, Value) {

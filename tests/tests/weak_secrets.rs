@@ -102,7 +102,6 @@ fn every_binary_refuses_a_short_or_placeholder_secret_before_binding_anything() 
 
 #[test]
 fn allow_weak_secrets_lets_a_demo_start_and_generated_values_always_pass() {
-    use integration_tests::{Proc, args};
     for (var, value) in [
         ("ALLOW_WEAK_SECRETS", "true"),
         // The seed's generators: openssl rand -hex 32, uuidgen, pwgen -s 32 1.
@@ -118,20 +117,8 @@ fn allow_weak_secrets_lets_a_demo_start_and_generated_values_always_pass() {
         if var == "ALLOW_WEAK_SECRETS" {
             env.push(("API_KEY", "short".to_string()));
         }
-        let mut p = Proc::spawn_in(
-            "api",
-            &bin("api"),
-            &args(&[
-                "--embedded",
-                "--listen",
-                "127.0.0.1:0",
-                "--source",
-                "simulated",
-            ]),
-            &env,
-            Some(dir.path()),
-        );
-        let url = integration_tests::api_url(&mut p);
+        let (_p, url) =
+            integration_tests::spawn_embedded_api(dir.path(), &["--source", "simulated"], &env);
         assert!(url.starts_with("http://"), "{var}={value}: {url}");
     }
 }
