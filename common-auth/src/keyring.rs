@@ -49,12 +49,56 @@ struct Previous {
     rotated_at: Instant,
 }
 
+/// When a retired value stopped being the one to sign with, as its list states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetiredAt {
+    /// At this time (UTC ms): it verifies records of earlier times only.
+    At(i64),
+    /// No time given: retired when this service first saw it listed.
+    Unstated,
+    /// Revoked (a leaked token): verifies nothing.
+    Revoked,
+}
+
+/// One entry of a retired-values list (`service-token-previous`).
+#[derive(Debug, Clone)]
+pub struct RetiredValue {
+    /// The value.
+    pub value: SecretString,
+    /// When it was retired.
+    pub at: RetiredAt,
+}
+
+/// A value that may verify a record signature: the current and previous ones without a time
+/// limit, a retired one only for records timed before its retirement (UTC ms).
+#[derive(Debug, Clone)]
+pub struct Verifying {
+    /// The value.
+    pub value: SecretString,
+    /// Records signed with it must be timed before this (UTC ms); `None`: no limit.
+    pub not_after_ms: Option<i64>,
+}
+
+struct Retired {
+    value: SecretString,
+    digest: [u8; 32],
+    at: RetiredAt,
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 struct Inner {
     current: SecretString,
     current_digest: [u8; 32],
     previous: Option<Previous>,
     // Retired values: accepted for verifying old records only (see `verifying`).
-    retired: Vec<SecretString>,
+    retired: Vec<Retired>,
+    // When each retired value without a stated time was first seen (UTC ms), by digest.
+    first_seen: std::collections::HashMap<[u8; 32], i64>,
     policy: RotationPolicy,
     version: u64,
 }
@@ -86,6 +130,7 @@ impl KeyRing {
                 current_digest,
                 previous: None,
                 retired: Vec::new(),
+                first_seen: std::collections::HashMap::new(),
                 policy,
                 version: 0,
             })),
@@ -178,35 +223,81 @@ impl KeyRing {
     }
 
     /// Replaces the retired values (accepted only by [`KeyRing::verifying`]). Returns whether
-    /// they changed.
-    pub fn set_retired(&self, retired: Vec<SecretString>) -> bool {
-        let digests = |v: &[SecretString]| -> Vec<[u8; 32]> {
-            v.iter()
-                .map(|s| digest(s.expose_secret().as_bytes()))
-                .collect()
-        };
+    /// they changed. A value listed without a time counts as retired at the end of the
+    /// rotation's grace period, counted from the first time this ring saw it listed.
+    pub fn set_retired(&self, retired: Vec<RetiredValue>) -> bool {
+        let now = wall_ms();
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        if digests(&inner.retired) == digests(&retired) {
+        let next: Vec<Retired> = retired
+            .into_iter()
+            .map(|r| Retired {
+                digest: digest(r.value.expose_secret().as_bytes()),
+                value: r.value,
+                at: r.at,
+            })
+            .collect();
+        for r in &next {
+            if r.at == RetiredAt::Unstated {
+                inner.first_seen.entry(r.digest).or_insert(now);
+            }
+        }
+        let key = |v: &[Retired]| -> Vec<([u8; 32], RetiredAt)> {
+            v.iter().map(|r| (r.digest, r.at)).collect()
+        };
+        if key(&inner.retired) == key(&next) {
             return false;
         }
-        inner.retired = retired;
+        inner.retired = next;
         inner.version += 1;
         true
     }
 
     /// Every value a record signature may have been made with, and the ring's version, read
-    /// together: [`KeyRing::accepted`] plus the retired values. For verifying records that
-    /// may be replayed from Kafka long after a rotation; never for authenticating calls.
-    pub fn verifying(&self) -> (u64, Vec<SecretString>) {
+    /// together: [`KeyRing::accepted`] (no time limit) plus the retired values that are not
+    /// revoked, each limited to records timed before its retirement. For verifying records
+    /// that may be replayed from Kafka long after a rotation; never for authenticating calls.
+    pub fn verifying(&self) -> (u64, Vec<Verifying>) {
         let now = Instant::now();
         let inner = self.read();
-        let mut out = vec![inner.current.clone()];
+        let open = |value: &SecretString| Verifying {
+            value: value.clone(),
+            not_after_ms: None,
+        };
+        let mut out = vec![open(&inner.current)];
+        // The previous value during its grace period, unless the retired list states a time
+        // or a revocation for it (the operator's word wins).
         if let Some(p) = &inner.previous
             && now.saturating_duration_since(p.rotated_at) < inner.policy.grace
+            && !inner
+                .retired
+                .iter()
+                .any(|r| r.at != RetiredAt::Unstated && bool::from(r.digest.ct_eq(&p.digest)))
         {
-            out.push(p.value.clone());
+            out.push(open(&p.value));
         }
-        out.extend(inner.retired.iter().cloned());
+        for r in &inner.retired {
+            let at = match r.at {
+                RetiredAt::At(t) => t,
+                // Senders may sign with it until the rotation's grace period ends.
+                RetiredAt::Unstated => inner
+                    .first_seen
+                    .get(&r.digest)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_add(
+                        i64::try_from(inner.policy.grace.as_millis()).unwrap_or(i64::MAX),
+                    ),
+                RetiredAt::Revoked => continue,
+            };
+            // The current value listed as retired stays current.
+            if bool::from(r.digest.ct_eq(&inner.current_digest)) {
+                continue;
+            }
+            out.push(Verifying {
+                value: r.value.clone(),
+                not_after_ms: Some(at),
+            });
+        }
         (inner.version, out)
     }
 
@@ -276,22 +367,56 @@ mod tests {
     }
 
     #[test]
-    fn retired_values_verify_records_but_never_authenticate() {
+    fn retired_values_verify_older_records_only_and_never_authenticate() {
         let ring = KeyRing::with_policy(s("new"), POLICY);
-        assert!(ring.set_retired(vec![s("old-1"), s("old-2")]));
-        assert!(!ring.set_retired(vec![s("old-1"), s("old-2")]));
+        let retired = |v: &str, at: RetiredAt| RetiredValue { value: s(v), at };
+        let list = vec![
+            retired("old-1", RetiredAt::At(1_000)),
+            retired("old-2", RetiredAt::Unstated),
+            retired("leaked", RetiredAt::Revoked),
+        ];
+        let before = wall_ms();
+        assert!(ring.set_retired(list.clone()));
+        assert!(!ring.set_retired(list));
         let (v, verifying) = ring.verifying();
         assert_eq!(v, 1);
-        let values: Vec<_> = verifying
+        let got: Vec<_> = verifying
             .iter()
-            .map(|t| t.expose_secret().to_string())
+            .map(|t| (t.value.expose_secret().to_string(), t.not_after_ms))
             .collect();
-        assert_eq!(values, ["new", "old-1", "old-2"]);
+        assert_eq!(
+            got[..2],
+            [
+                ("new".to_string(), None),
+                ("old-1".to_string(), Some(1_000))
+            ]
+        );
+        // Listed without a time: retired a grace period after it was first seen; a revoked
+        // one verifies nothing.
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[2].0, "old-2");
+        let grace = i64::try_from(POLICY.grace.as_millis()).unwrap();
+        assert!((before + grace..=wall_ms() + grace).contains(&got[2].1.unwrap()));
+        // Seen again later: still the first time.
+        let first = got[2].1;
+        assert!(ring.set_retired(vec![retired("old-2", RetiredAt::Unstated)]));
+        assert_eq!(ring.verifying().1[1].not_after_ms, first);
         assert!(
             !ring.accepts(b"old-1"),
             "a retired token is not a credential"
         );
         assert_eq!(ring.accepted().len(), 1);
+        // Rotated out and revoked at once (it leaked): the grace period does not keep it.
+        assert!(ring.rotate(s("newer")));
+        assert_eq!(ring.verifying().1.len(), 3, "new in grace, newer, old-2");
+        assert!(ring.set_retired(vec![retired("new", RetiredAt::Revoked)]));
+        let values: Vec<_> = ring
+            .verifying()
+            .1
+            .iter()
+            .map(|v| v.value.expose_secret().to_string())
+            .collect();
+        assert_eq!(values, ["newer"]);
     }
 
     #[test]

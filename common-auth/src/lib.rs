@@ -25,7 +25,7 @@ mod keyring;
 pub mod reload;
 pub mod secret;
 
-pub use keyring::{KeyRing, RotationPolicy};
+pub use keyring::{KeyRing, RetiredAt, RetiredValue, RotationPolicy, Verifying};
 pub use reload::SecretArgs;
 pub use secret::{SecretSpec, load_secret, load_secret_from, weakness};
 

@@ -328,7 +328,7 @@ mod tests {
             .verifying()
             .1
             .iter()
-            .map(|t| t.expose_secret().to_string())
+            .map(|t| t.value.expose_secret().to_string())
             .collect();
         assert_eq!(values, ["token-now-0123456789", "old-a", "old-b"]);
         std::fs::remove_file(dir.path().join("service-token-previous")).unwrap();

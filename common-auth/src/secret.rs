@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::AuthError;
+use crate::{AuthError, RetiredAt, RetiredValue};
 
 /// Which secret to load and where to look for it.
 #[derive(Debug, Clone)]
@@ -86,21 +86,22 @@ pub fn weakness(value: &str) -> Option<String> {
     (n < MIN_SECRET_LEN).then(|| format!("it is {n} characters, fewer than {MIN_SECRET_LEN}"))
 }
 
-/// Reads a list of retired values, one per line; an absent file is an empty list.
+/// Reads a list of retired values, one per line: the value, then optionally its retirement
+/// time (RFC 3339, e.g. `2026-11-28T10:00:00Z`: it verifies only records timed before) or
+/// `revoked` (a leaked value: it verifies nothing). A value without either counts as retired
+/// when the service first loads it. An absent file is an empty list.
 ///
 /// # Errors
-/// [`AuthError::Read`] when the file exists but cannot be read.
+/// [`AuthError::Read`] when the file exists but cannot be read, [`AuthError::Config`] naming
+/// the line (never its value) when a line's second word is neither a time nor `revoked`.
 pub(crate) fn read_retired_file(
     spec: &SecretSpec,
     path: &Path,
-) -> Result<Vec<SecretString>, AuthError> {
+) -> Result<Vec<RetiredValue>, AuthError> {
     match std::fs::read_to_string(path) {
-        Ok(s) => Ok(s
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(|l| SecretString::from(l.to_string()))
-            .collect()),
+        Ok(s) => parse_retired(&s).map_err(|(line, why)| {
+            AuthError::Config(format!("{} line {line}: {why}", path.display()))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(AuthError::Read {
             name: spec.name,
@@ -108,6 +109,42 @@ pub(crate) fn read_retired_file(
             source,
         }),
     }
+}
+
+/// Parses a retired-values list (see [`read_retired_file`]); on error the 1-based line and
+/// why, never the value.
+pub fn parse_retired(text: &str) -> Result<Vec<RetiredValue>, (usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut words = line.split_whitespace();
+        let Some(value) = words.next() else {
+            continue;
+        };
+        let at = match words.next() {
+            None => RetiredAt::Unstated,
+            Some("revoked") => RetiredAt::Revoked,
+            Some(t) => {
+                let when = humantime::parse_rfc3339_weak(t).map_err(|_| {
+                    (
+                        n + 1,
+                        "after the value comes its retirement time (RFC 3339, e.g. 2026-11-28T10:00:00Z) or `revoked`".to_string(),
+                    )
+                })?;
+                let ms = when
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                RetiredAt::At(ms)
+            }
+        };
+        if words.next().is_some() {
+            return Err((n + 1, "more than a value and one time or `revoked`".into()));
+        }
+        out.push(RetiredValue {
+            value: SecretString::from(value.to_string()),
+            at,
+        });
+    }
+    Ok(out)
 }
 
 /// Loads one secret: the file `spec.file_name` in `dir` when it exists and is non-empty
@@ -184,6 +221,31 @@ pub(crate) fn read_secret_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retired_lists_take_a_time_or_revoked_and_bad_lines_name_their_number_not_their_value() {
+        let got =
+            parse_retired("old-a\n\n  old-b 2026-11-28T10:00:00Z \nleaked revoked\n").unwrap();
+        let at: Vec<_> = got.iter().map(|r| r.at).collect();
+        assert_eq!(
+            at,
+            [
+                RetiredAt::Unstated,
+                RetiredAt::At(1_795_860_000_000),
+                RetiredAt::Revoked
+            ]
+        );
+        assert_eq!(got[1].value.expose_secret(), "old-b");
+        let (line, why) = parse_retired("ok-token\nsecret-value yesterday\n")
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(line, 2);
+        assert!(
+            !why.contains("secret-value") && why.contains("RFC 3339"),
+            "{why}"
+        );
+        assert_eq!(parse_retired("a b c").unwrap_err().0, 1);
+    }
 
     #[test]
     fn short_values_and_the_docs_placeholders_are_weak_generated_ones_are_not() {

@@ -18,7 +18,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
 use crate::{QueueError, kafka};
-use telemetry_wire::wire::{RecordParts, header};
+use telemetry_wire::wire::{RecordParts, RecordTime, header};
 
 /// Tells the consumer where to resume a partition.
 pub trait OffsetSource: Send + Sync + 'static {
@@ -171,6 +171,8 @@ pub struct ConsumedRecord {
     pub value: Option<Vec<u8>>,
     /// All headers, in order.
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The broker's timestamp.
+    pub time: RecordTime,
 }
 
 impl ConsumedRecord {
@@ -188,6 +190,7 @@ impl ConsumedRecord {
             value: self.value.as_deref(),
             key_id: self.header(header::KEY_ID),
             signature: self.header(header::SIGNATURE),
+            time: self.time,
         }
     }
 }
@@ -333,5 +336,10 @@ fn own(m: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
         headers,
+        time: match m.timestamp() {
+            rdkafka::Timestamp::CreateTime(t) => RecordTime::Create(t),
+            rdkafka::Timestamp::LogAppendTime(t) => RecordTime::LogAppend(t),
+            rdkafka::Timestamp::NotAvailable => RecordTime::None,
+        },
     }
 }

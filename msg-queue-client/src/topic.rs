@@ -24,7 +24,10 @@ pub async fn ensure_topic(
         .set("bootstrap.servers", brokers)
         .create()
         .map_err(kafka("create admin client"))?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    // The broker stamps each record when it appends it: a timestamp no producer can choose,
+    // which bounds what a retired service token may still sign (see `wire::record_time`).
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
+        .set("message.timestamp.type", "LogAppendTime");
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));

@@ -54,6 +54,11 @@ pub struct StreamerConfig {
     pub max_buffered_samples: usize,
     #[command(flatten)]
     pub secrets: common_auth::SecretArgs,
+    /// How long after its retirement a retired service token (`service-token-previous`)
+    /// still verifies records: set it to the telemetry topic's retention (older records
+    /// are gone from Kafka, so nothing is left for it to verify).
+    #[arg(long, env = "RETIRED_TOKEN_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retired_token_max_age: Duration,
     /// The service token (prefer the env var or --secret-dir: flags show in `ps`).
     #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
     pub service_token: Option<SecretString>,

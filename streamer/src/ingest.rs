@@ -18,6 +18,10 @@ use crate::store::{Store, StoreError, now_ms};
 /// window, so its batch is rejected.
 pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 
+/// How long after its retirement a retired service token verifies records, by default: a
+/// week (set it to the telemetry topic's retention).
+pub const DEFAULT_RETIRED_MAX_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// The outcome of one batch of records.
 #[derive(Debug, Default)]
 pub struct Ingested {
@@ -32,6 +36,8 @@ pub struct Ingested {
 #[derive(Debug, Clone)]
 pub struct Ingestor {
     tokens: KeyRing,
+    // How long after its retirement a retired token still verifies (replayed) records.
+    retired_max_age_ms: i64,
     // The verifier for the tokens accepted last time, keyed by (ring version, how many
     // tokens were accepted): rebuilt after a rotation and when a grace period ends.
     verifier: Arc<Mutex<((u64, usize), RecordVerifier)>>,
@@ -45,24 +51,39 @@ impl Ingestor {
     /// period, and the retired ones (`service-token-previous`) for records replayed long
     /// after a rotation.
     pub fn new(tokens: KeyRing, store: Arc<Store>, metrics: Arc<StreamerMetrics>) -> Self {
-        let (version, verifying) = tokens.verifying();
-        let verifier = RecordVerifier::new(verifying.iter());
         Self {
-            verifier: Arc::new(Mutex::new(((version, verifying.len()), verifier))),
+            verifier: Arc::new(Mutex::new(((u64::MAX, 0), RecordVerifier::new([])))),
             tokens,
+            retired_max_age_ms: DEFAULT_RETIRED_MAX_AGE_MS,
             store,
             metrics,
         }
     }
 
-    fn verifier(&self) -> RecordVerifier {
+    /// Sets how long after its retirement a retired token still verifies records (records
+    /// replayed from the topic: its retention).
+    #[must_use]
+    pub fn with_retired_max_age(mut self, max_age: std::time::Duration) -> Self {
+        self.retired_max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    fn verifier(&self, now: i64) -> RecordVerifier {
         // Version and values read together: a rotation between two reads could otherwise
         // pair a new key with old values and keep them.
-        let (version, verifying) = self.tokens.verifying();
+        let (version, mut verifying) = self.tokens.verifying();
+        // A retired token past the topic's retention has nothing left to verify.
+        verifying.retain(|v| {
+            v.not_after_ms
+                .is_none_or(|at| at.saturating_add(self.retired_max_age_ms) > now)
+        });
         let key = (version, verifying.len());
         let mut cached = self.verifier.lock().unwrap_or_else(|p| p.into_inner());
         if cached.0 != key {
-            *cached = (key, RecordVerifier::new(verifying.iter()));
+            *cached = (
+                key,
+                RecordVerifier::with_limits(verifying.iter().map(|v| (&v.value, v.not_after_ms))),
+            );
         }
         cached.1.clone()
     }
@@ -74,8 +95,8 @@ impl Ingestor {
     /// [`StoreError`] when the store fails: nothing after the failing record counts as
     /// handled, and the caller must not commit.
     pub fn process(&self, records: &[ConsumedRecord]) -> Result<Ingested, StoreError> {
-        let verifier = self.verifier();
         let now = now_ms();
+        let verifier = self.verifier(now);
         let mut out = Ingested::default();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for (i, rec) in records.iter().enumerate() {

@@ -110,7 +110,8 @@ pub async fn run(
     let consumer = TelemetryConsumer::new(&ccfg, Arc::new(StoreOffsets(store.clone())))?;
     let dead_letter =
         DeadLetterProducer::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.topic, &[])?;
-    let ingestor = Ingestor::new(ring.clone(), store.clone(), metrics.clone());
+    let ingestor = Ingestor::new(ring.clone(), store.clone(), metrics.clone())
+        .with_retired_max_age(cfg.retired_token_max_age);
 
     let stop_tx = Arc::new(watch::channel(false).0);
     let stop_rx = stop_tx.subscribe();

@@ -118,7 +118,9 @@ impl VerifyError {
 /// Verifies records against the tokens it was given (current and, during rotation, previous).
 #[derive(Clone)]
 pub struct RecordVerifier {
-    macs: HashMap<String, HmacSha256>,
+    // Per key id: the MAC, and the time (UTC ms) records signed with it must be before
+    // (a retired token), if any.
+    macs: HashMap<String, (HmacSha256, Option<i64>)>,
 }
 
 impl std::fmt::Debug for RecordVerifier {
@@ -132,10 +134,20 @@ impl std::fmt::Debug for RecordVerifier {
 impl RecordVerifier {
     /// A verifier accepting signatures made with any of `tokens`.
     pub fn new<'a>(tokens: impl IntoIterator<Item = &'a SecretString>) -> Self {
+        Self::with_limits(tokens.into_iter().map(|t| (t, None)))
+    }
+
+    /// A verifier accepting signatures made with any of `tokens`, each with the time (UTC
+    /// ms) a record signed with it must be timed before (`None`: no limit; a retired token:
+    /// its retirement). [`RecordVerifier::verify_limited`] returns the limit of the token a
+    /// signature was made with.
+    pub fn with_limits<'a>(
+        tokens: impl IntoIterator<Item = (&'a SecretString, Option<i64>)>,
+    ) -> Self {
         Self {
             macs: tokens
                 .into_iter()
-                .map(|t| (key_id(t), mac_for(t)))
+                .map(|(t, limit)| (key_id(t), (mac_for(t), limit)))
                 .collect(),
         }
     }
@@ -152,6 +164,22 @@ impl RecordVerifier {
         value: &[u8],
         signature: Option<&[u8]>,
     ) -> Result<(), VerifyError> {
+        self.verify_limited(key_id, key, value, signature)
+            .map(|_| ())
+    }
+
+    /// [`RecordVerifier::verify`], returning the time limit of the token the signature was
+    /// made with (see [`RecordVerifier::with_limits`]).
+    ///
+    /// # Errors
+    /// See [`VerifyError`].
+    pub fn verify_limited(
+        &self,
+        key_id: Option<&[u8]>,
+        key: &[u8],
+        value: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<Option<i64>, VerifyError> {
         let (Some(key_id), Some(signature)) = (key_id, signature) else {
             return Err(VerifyError::Unsigned);
         };
@@ -164,13 +192,14 @@ impl RecordVerifier {
         }
         // Checked above: 16 ASCII hex characters, safe to log.
         let key_id_str = String::from_utf8_lossy(key_id).into_owned();
-        let Some(mac) = self.macs.get(&key_id_str) else {
+        let Some((mac, limit)) = self.macs.get(&key_id_str) else {
             return Err(VerifyError::UnknownKeyId(key_id_str));
         };
         let mut mac = mac.clone();
         feed(&mut mac, key, value);
         mac.verify_slice(signature)
-            .map_err(|_| VerifyError::BadSignature)
+            .map_err(|_| VerifyError::BadSignature)?;
+        Ok(*limit)
     }
 }
 

@@ -83,6 +83,17 @@ pub enum Reject {
     /// The batch decoded but breaks an invariant.
     #[error("invalid batch: {0}")]
     Invalid(String),
+    /// Signed with a retired service token, but timed after its retirement (a leaked token
+    /// rotated out must not sign new records).
+    #[error(
+        "signed with a service token retired at {retired_at_ms} ms, but the record is from {record_ms} ms"
+    )]
+    RetiredToken {
+        /// The token's retirement, UTC ms.
+        retired_at_ms: i64,
+        /// The record's time, UTC ms (see [`RecordTime`]).
+        record_ms: i64,
+    },
 }
 
 impl Reject {
@@ -93,6 +104,7 @@ impl Reject {
             Reject::Decode(_) => "decode_error",
             Reject::UnsupportedSchema(_) => "unsupported_schema_version",
             Reject::Invalid(_) => "invalid_batch",
+            Reject::RetiredToken { .. } => "retired_token",
         }
     }
 }
@@ -108,9 +120,46 @@ pub struct RecordParts<'a> {
     pub key_id: Option<&'a [u8]>,
     /// [`header::SIGNATURE`] header.
     pub signature: Option<&'a [u8]>,
+    /// The broker's timestamp of the record.
+    pub time: RecordTime,
 }
 
-/// Verifies the signature, decodes the batch and checks its invariants.
+/// The broker's timestamp of a record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecordTime {
+    /// None given.
+    #[default]
+    None,
+    /// Set by the producer (whoever signed the record chose it).
+    Create(i64),
+    /// Set by the broker when it appended the record (the topic's
+    /// `message.timestamp.type=LogAppendTime`): not up to the producer.
+    LogAppend(i64),
+}
+
+/// The time a record counts as made at, for a retired token's limit: the broker's append
+/// time when the topic has one (no producer can choose it), else the latest of the
+/// producer's timestamp, the batch's collection time and its newest sample (all chosen by
+/// the signer, so a retired token can only sign records dated before its retirement, which
+/// the retention window bounds).
+pub fn record_time(batch: &TelemetryBatch, time: RecordTime) -> i64 {
+    match time {
+        RecordTime::LogAppend(t) => t,
+        RecordTime::Create(t) => t.max(claimed_time(batch)),
+        RecordTime::None => claimed_time(batch),
+    }
+}
+
+fn claimed_time(batch: &TelemetryBatch) -> i64 {
+    batch
+        .samples
+        .iter()
+        .map(|s| s.timestamp_ms)
+        .fold(batch.collected_at_ms, i64::max)
+}
+
+/// Verifies the signature, decodes the batch and checks its invariants; a record signed
+/// with a retired token must be timed (see [`record_time`]) before the token's retirement.
 ///
 /// Invariants: schema version in `1..=SCHEMA_VERSION`; node non-empty and equal to the
 /// record key; every sample names a GPU listed in the batch, with a non-empty uuid; GPUs
@@ -121,9 +170,18 @@ pub struct RecordParts<'a> {
 pub fn open(verifier: &RecordVerifier, parts: RecordParts<'_>) -> Result<TelemetryBatch, Reject> {
     let key = parts.key.unwrap_or_default();
     let value = parts.value.unwrap_or_default();
-    verifier.verify(parts.key_id, key, value, parts.signature)?;
+    let limit = verifier.verify_limited(parts.key_id, key, value, parts.signature)?;
     let batch = TelemetryBatch::decode(value).map_err(|e| Reject::Decode(e.to_string()))?;
     validate(&batch, key)?;
+    if let Some(retired_at_ms) = limit {
+        let record_ms = record_time(&batch, parts.time);
+        if record_ms >= retired_at_ms {
+            return Err(Reject::RetiredToken {
+                retired_at_ms,
+                record_ms,
+            });
+        }
+    }
     Ok(batch)
 }
 
@@ -219,6 +277,7 @@ mod tests {
             value: Some(&r.value),
             key_id: Some(r.key_id.as_bytes()),
             signature: Some(&r.signature),
+            time: RecordTime::None,
         }
     }
 
@@ -230,6 +289,41 @@ mod tests {
         assert_eq!(got.samples[0].gpu_utilization_percent, Some(0));
         assert_eq!(got.samples[0].temperature_celsius, None);
         assert_eq!(rec.key, b"node-a");
+    }
+
+    #[test]
+    fn a_retired_token_verifies_records_from_before_its_retirement_only() {
+        let old = SecretString::from("retired-token".to_string());
+        let v = RecordVerifier::with_limits([(&token(), None), (&old, Some(1_700_000_000_200))]);
+        let rec = seal(&RecordSigner::new(&old), &batch());
+        // The batch and its sample are at ...123: before the retirement at ...200.
+        assert!(open(&v, parts(&rec)).is_ok());
+        // The broker appended it after the retirement: refused, whatever the batch claims.
+        let late = RecordParts {
+            time: RecordTime::LogAppend(1_700_000_000_200),
+            ..parts(&rec)
+        };
+        assert_eq!(
+            open(&v, late).unwrap_err(),
+            Reject::RetiredToken {
+                retired_at_ms: 1_700_000_000_200,
+                record_ms: 1_700_000_000_200
+            }
+        );
+        assert_eq!(open(&v, late).unwrap_err().reason(), "retired_token");
+        // A producer timestamp after the retirement counts too.
+        let created_late = RecordParts {
+            time: RecordTime::Create(1_700_000_000_300),
+            ..parts(&rec)
+        };
+        assert!(open(&v, created_late).is_err());
+        // A newer batch signed with it: refused.
+        let mut newer = batch();
+        newer.samples[0].timestamp_ms = 1_700_000_000_250;
+        let rec = seal(&RecordSigner::new(&old), &newer);
+        assert_eq!(open(&v, parts(&rec)).unwrap_err().reason(), "retired_token");
+        // The current token has no limit.
+        assert!(open(&v, parts(&seal(&RecordSigner::new(&token()), &newer))).is_ok());
     }
 
     #[test]
@@ -303,6 +397,7 @@ mod tests {
             value: Some(&garbage),
             key_id: Some(signer.key_id().as_bytes()),
             signature: Some(&sig),
+            time: RecordTime::None,
         };
         assert_eq!(open(&v, p).unwrap_err().reason(), "decode_error");
         assert_eq!(
@@ -344,6 +439,7 @@ mod tests {
                 value: Some(&value),
                 key_id: Some(signer.key_id().as_bytes()),
                 signature: sign.then_some(&sig[..]),
+                time: RecordTime::Create(1),
             };
             let _ = open(&v, p);
         }

@@ -138,6 +138,7 @@ fn fetched(recs: &[SignedRecord]) -> Vec<ConsumedRecord> {
                 (header::KEY_ID.into(), Some(r.key_id.as_bytes().to_vec())),
                 (header::SIGNATURE.into(), Some(r.signature.to_vec())),
             ],
+            time: telemetry_wire::wire::RecordTime::None,
         })
         .collect()
 }

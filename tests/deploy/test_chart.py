@@ -366,6 +366,7 @@ def test_streamer_data_directory_is_a_pvc_with_recreate_or_an_empty_dir():
     env = {e["name"]: e.get("value") for e in pod_spec(d)["containers"][0]["env"]}
     mounts = {m["name"]: m["mountPath"] for m in pod_spec(d)["containers"][0]["volumeMounts"]}
     assert env["STREAMER_DATA_DIR"] == mounts["data"] == "/var/lib/telemetry"
+    assert env["RETIRED_TOKEN_MAX_AGE"] == "48h"
     _, off = install({"streamer": {"persistence": {"enabled": False}}})
     vols = {v["name"]: v for v in pod_spec(one(off, "Deployment", "streamer"))["volumes"]}
     assert vols["data"] == {"name": "data", "emptyDir": {}}
@@ -507,11 +508,28 @@ def test_upgrades_keep_existing_values_and_retire_a_replaced_token(tmp_path):
         "service-token": "existing-token-0123456789",
         "service-token-previous": "older-token-0123456789",
     }
-    # Rotating the token through values retires the replaced one, newest first.
+    # Rotating the token through values retires the replaced one, newest first, with its
+    # retirement time: the end of the grace period (30m by default).
+    import datetime
+    import re
+
+    before = datetime.datetime.now(datetime.timezone.utc)
     data = rendered({"secrets": {"serviceToken": STRONG_TOKEN}})
     assert data["service-token"] == STRONG_TOKEN
-    assert data["service-token-previous"] == "existing-token-0123456789\nolder-token-0123456789"
+    first, rest = data["service-token-previous"].split("\n", 1)
+    assert rest == "older-token-0123456789"
+    token, at = first.split(" ")
+    assert token == "existing-token-0123456789"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", at), at
+    at = datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    grace = datetime.timedelta(minutes=30)
+    assert before + grace - datetime.timedelta(seconds=1) <= at <= datetime.datetime.now(datetime.timezone.utc) + grace
     assert data["api-key"] == "existing-api-key-0123456789"
+    # A grace period in days works too.
+    data = rendered({"secrets": {"serviceToken": STRONG_TOKEN}, "rotation": {"gracePeriod": "2d"}})
+    at = data["service-token-previous"].split("\n")[0].split(" ")[1]
+    at = datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    assert at - before > datetime.timedelta(hours=47)
 
 
 def test_the_chart_and_the_binaries_refuse_the_same_placeholders():

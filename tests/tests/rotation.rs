@@ -263,3 +263,125 @@ async fn a_restarted_streamer_still_verifies_records_signed_before_a_rotation_wi
     )
     .await;
 }
+
+/// RFC 3339 of UTC ms, for `service-token-previous`.
+fn rfc3339(ms: i64) -> String {
+    api::model::rfc3339_ms(ms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_token_verifies_only_records_from_before_its_retirement_and_a_revoked_one_none() {
+    use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
+    use telemetry_wire::RecordSigner;
+    use telemetry_wire::wire::seal;
+
+    let secrets = tempfile::tempdir().unwrap();
+    let dir = secrets.path().to_str().unwrap().to_string();
+    let (old, new) = (
+        "service-token-leaked-0123456789",
+        "service-token-fresh-0123456789",
+    );
+    write_atomically(secrets.path(), "service-token", new);
+    let broker = Broker::start();
+    let n = Names::fresh("retired-at");
+    let grpc = free_port();
+    let fleet = collector::simulated::SimulatedSource::new(collector::simulated::FleetSpec {
+        nodes: 1,
+        gpus_per_node: 1,
+        seed: 5,
+    });
+    let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &n.topic)).unwrap();
+    let old_signer = RecordSigner::new(&secrecy::SecretString::from(old.to_string()));
+    let now = collector::sampler::now_ms;
+
+    // A record signed with the old token while it was still the one in use (the topic made
+    // as the streamer makes it: the broker stamps append times).
+    msg_queue_client::topic::ensure_topic(&broker.addr, &n.topic, 4, 1)
+        .await
+        .unwrap();
+    producer
+        .send(&seal(&old_signer, &fleet.batch(0, now() - 1_000)))
+        .await
+        .unwrap();
+    // Then it is retired (its time stated) and the streamer starts: it replays the record,
+    // appended before the retirement, and stores it.
+    let retired_at = now();
+    write_atomically(
+        secrets.path(),
+        "service-token-previous",
+        &format!("{old} {}\n", rfc3339(retired_at)),
+    );
+    let mut streamer = spawn_streamer_with(
+        &broker,
+        &n,
+        grpc,
+        &["--secret-dir", &dir, "--secret-reload-interval", "200ms"],
+        &[("RUST_LOG", "info".to_string())],
+    );
+    let http = reqwest::Client::new();
+    let (_api, base) = spawn_api_with(
+        grpc,
+        &[],
+        &[
+            ("SERVICE_TOKEN", new.to_string()),
+            ("API_KEY", n.api_key.clone()),
+        ],
+    );
+    let counter = |name: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let text = get_text(&http, &format!("{base}/metrics")).await?;
+            integration_tests::metric_value(&text, name)
+        }
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the first record stored",
+        || async { (counter("streamer_samples_stored_total").await == Some(1)).then_some(()) },
+    )
+    .await;
+
+    // Backdating the batch does not help: the broker stamps the record when it appends it
+    // (or the producer does, and that is after the retirement too).
+    producer
+        .send(&seal(&old_signer, &fleet.batch(0, retired_at - 30_000)))
+        .await
+        .unwrap();
+    producer
+        .send(&seal(&old_signer, &fleet.batch(0, now())))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "both late records refused",
+        || async {
+            (counter("streamer_records_rejected_total{reason=\"retired_token\"}").await == Some(2))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(counter("streamer_samples_stored_total").await, Some(1));
+    assert_eq!(counter("streamer_dead_lettered_total").await, Some(2));
+
+    // Revoked (it leaked): not even records from before count any more.
+    write_atomically(
+        secrets.path(),
+        "service-token-previous",
+        &format!("{old} revoked\n"),
+    );
+    streamer.wait_line("retired values reloaded", Duration::from_secs(10));
+    producer
+        .send(&seal(&old_signer, &fleet.batch(0, retired_at - 60_000)))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "a revoked token's record refused",
+        || async {
+            (counter("streamer_records_rejected_total{reason=\"unknown_key_id\"}").await == Some(1))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(counter("streamer_samples_stored_total").await, Some(1));
+}
