@@ -28,6 +28,11 @@ pub struct ApiConfig {
     pub streamer_timeout: Duration,
     #[command(flatten)]
     pub secrets: common_auth::SecretArgs,
+    #[command(flatten)]
+    pub http: crate::server::HttpLimits,
+    /// Raw range answers (`/telemetry` without `step`) in progress at once; more wait.
+    #[arg(long, env = "API_MAX_CONCURRENT_RANGES", default_value_t = crate::routes::DEFAULT_CONCURRENT_RANGES)]
+    pub max_concurrent_ranges: usize,
     /// The API key (prefer the env var or --secret-dir: flags show in `ps`).
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<SecretString>,

@@ -27,6 +27,9 @@ pub enum ApiError {
     /// The backend is down (503).
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The request took longer than `--request-timeout` (503).
+    #[error("request timed out")]
+    Timeout,
 }
 
 impl ApiError {
@@ -50,7 +53,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Machine-readable code: `invalid_parameter`, `not_found`, `unauthorized`,
-    /// `unavailable`.
+    /// `unavailable`, `timeout`.
     pub code: &'static str,
     /// Human-readable message.
     pub message: String,
@@ -69,8 +72,12 @@ impl IntoResponse for ApiError {
             ),
             ApiError::UnknownGpu(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Backend(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            ApiError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout", None),
         };
-        let message = if status.is_server_error() {
+        let message = if matches!(self, ApiError::Timeout) {
+            tracing::warn!("request timed out");
+            "the request took too long; retry later or ask for less".to_string()
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
             "telemetry backend unavailable; retry later".to_string()
         } else {

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -224,8 +225,9 @@ pub async fn run(
         backend,
         keys,
         metrics: Arc::default(),
+        ranges: routes::range_slots(cfg.max_concurrent_ranges),
     };
-    serve(listener, routes::router(state), stopped()).await?;
+    server::serve(listener, routes::router(state), cfg.http.clone(), stopped()).await?;
     if let Some(t) = background {
         let _ = t.await;
     }

@@ -41,6 +41,17 @@ pub struct AppState {
     pub keys: KeyRing,
     /// Request counters.
     pub metrics: Arc<ApiMetrics>,
+    /// How many raw range answers may be in progress at once (each holds decoded blocks
+    /// while it streams); more wait for a slot, up to the request timeout.
+    pub ranges: Arc<tokio::sync::Semaphore>,
+}
+
+/// Raw range answers in progress at once, by default (`--max-concurrent-ranges`).
+pub const DEFAULT_CONCURRENT_RANGES: usize = 16;
+
+/// The default range limit, for [`AppState::ranges`].
+pub fn range_slots(n: usize) -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(n.max(1)))
 }
 
 impl std::fmt::Debug for AppState {
@@ -228,6 +239,36 @@ async fn processes(
     Ok(Json(body).into_response())
 }
 
+/// The metrics a `metrics=` list names, each once, in the order given.
+fn metric_list(list: &str) -> Result<Vec<&'static MetricDef>, ApiError> {
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    // Checked before any lookup: a huge list costs one split, not a lookup per name.
+    if names.len() > metric::METRICS.len() {
+        return Err(ApiError::bad(
+            "metrics",
+            format!(
+                "{} names; at most {} (each metric once)",
+                names.len(),
+                metric::METRICS.len()
+            ),
+        ));
+    }
+    let mut out: Vec<&'static MetricDef> = Vec::with_capacity(names.len());
+    for name in names {
+        let m = metric::find(name).ok_or_else(|| {
+            let known: Vec<&str> = metric::METRICS.iter().map(|m| m.name).collect();
+            ApiError::bad(
+                "metrics",
+                format!("unknown metric {name:?}; known: {}", known.join(", ")),
+            )
+        })?;
+        if !out.iter().any(|o| o.name == m.name) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
 /// Samples of one GPU in a time window, oldest first.
 #[utoipa::path(get, path = "/api/v1/gpus/{uuid}/telemetry", tag = "gpus",
     params(
@@ -278,20 +319,8 @@ async fn telemetry(
         },
         None => DEFAULT_LIMIT,
     };
-    let only: Option<Vec<&'static MetricDef>> = match p.get("metrics") {
-        Some(list) => Some(
-            list.split(',')
-                .map(|name| {
-                    metric::find(name.trim()).ok_or_else(|| {
-                        let known: Vec<&str> = metric::METRICS.iter().map(|m| m.name).collect();
-                        ApiError::bad(
-                            "metrics",
-                            format!("unknown metric {name:?}; known: {}", known.join(", ")),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        ),
+    let only = match p.get("metrics") {
+        Some(list) => Some(metric_list(list)?),
         None => None,
     };
     let step = match p.get("step") {
@@ -326,6 +355,13 @@ async fn telemetry(
         );
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     }
+    // A slot for this answer, held until its last byte is written (moved into the body).
+    let slot = st
+        .ranges
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| BackendError::Unavailable("shutting down".into()))?;
     let Some(mut parts) = st
         .backend
         .range_stream(uuid.clone(), start_ms, end_ms, limit)
@@ -370,8 +406,8 @@ async fn telemetry(
         })
         .buffered(2);
     let pieces = futures::stream::unfold(
-        (written.boxed(), body, false),
-        |(mut written, mut body, done)| async move {
+        (written.boxed(), body, false, slot),
+        |(mut written, mut body, done, slot)| async move {
             if done {
                 return None;
             }
@@ -388,7 +424,7 @@ async fn telemetry(
                     (Err(std::io::Error::other(error)), true)
                 }
             };
-            Some((piece, (written, body, done)))
+            Some((piece, (written, body, done, slot)))
         },
     );
     let mut resp = Response::new(Body::from_stream(pieces));

@@ -51,6 +51,7 @@ fn app() -> axum::Router {
         }),
         keys: KeyRing::new(KEY.to_string().into()),
         metrics: Arc::default(),
+        ranges: api::routes::range_slots(api::routes::DEFAULT_CONCURRENT_RANGES),
     })
 }
 
@@ -424,6 +425,7 @@ async fn with_the_streamer_down_reads_are_a_json_503_and_readyz_fails_but_health
         backend: Arc::new(backend),
         keys: KeyRing::new(KEY.to_string().into()),
         metrics: Arc::default(),
+        ranges: api::routes::range_slots(api::routes::DEFAULT_CONCURRENT_RANGES),
     });
     let get = |uri: &str| {
         Request::builder()
@@ -488,6 +490,7 @@ async fn a_long_range_streams_in_pieces_and_is_gzipped_when_asked() {
         }),
         keys: KeyRing::new(KEY.to_string().into()),
         metrics: Arc::default(),
+        ranges: api::routes::range_slots(api::routes::DEFAULT_CONCURRENT_RANGES),
     });
     let uri = format!(
         "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-22T00:00:00Z&limit=100000"

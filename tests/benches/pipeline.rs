@@ -170,6 +170,7 @@ async fn serve_api(backend: Arc<dyn TelemetryBackend>) -> String {
         backend,
         keys: KeyRing::new("k".to_string().into()),
         metrics: Arc::default(),
+        ranges: api::routes::range_slots(api::routes::DEFAULT_CONCURRENT_RANGES),
     });
     tokio::spawn(api::serve(l, app, std::future::pending()));
     format!("http://{addr}")
