@@ -59,6 +59,7 @@ pub async fn run_consumer(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut reject_log = RejectLog::default();
     let mut last_committed: Vec<(i32, i64)> = Vec::new();
     let mut consume_backoff = FIRST_BACKOFF;
     'outer: loop {
@@ -102,25 +103,30 @@ pub async fn run_consumer(
             }
         };
 
-        // 2. Dead-letter the rejects, each once.
-        for (i, reject) in &ingested.rejected {
-            let rec = &records[*i];
-            tracing::warn!(
-                reason = reject.reason(),
-                %reject,
-                partition = rec.partition,
-                offset = rec.offset,
-                "record rejected; sending to dead-letter topic"
-            );
-            let mut backoff = FIRST_BACKOFF;
-            loop {
-                match dead_letter
-                    .send(rec, reject.reason(), &reject.to_string())
-                    .await
-                {
+        // 2. Dead-letter the rejects, each once: all in flight together (one wait per batch),
+        //    a transient failure retrying only the ones that failed.
+        reject_log.add(&records, &ingested.rejected);
+        let mut pending: Vec<usize> = (0..ingested.rejected.len()).collect();
+        let mut backoff = FIRST_BACKOFF;
+        while !pending.is_empty() {
+            let sends = pending.iter().map(|&k| {
+                let (i, reject) = &ingested.rejected[k];
+                let rec = &records[*i];
+                let dead_letter = &dead_letter;
+                async move {
+                    dead_letter
+                        .send(rec, reject.reason(), &reject.to_string())
+                        .await
+                }
+            });
+            let results = futures::future::join_all(sends).await;
+            let mut retry = Vec::new();
+            let mut transient = None;
+            for (&k, result) in pending.iter().zip(results) {
+                let rec = &records[ingested.rejected[k].0];
+                match result {
                     Ok(()) => {
                         metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                        break;
                     }
                     Err(error) if error.is_permanent() => {
                         // Retrying cannot help and would stop all ingest behind this record:
@@ -132,18 +138,23 @@ pub async fn run_consumer(
                             offset = rec.offset,
                             "dead-letter topic refuses this record for good; skipped"
                         );
-                        break;
                     }
                     Err(error) => {
                         metrics.error("dead_letter");
-                        tracing::warn!(%error, "dead-letter delivery failed; retrying");
-                        if !pause(&mut backoff, &mut shutdown).await {
-                            break 'outer;
-                        }
+                        transient = Some(error);
+                        retry.push(k);
                     }
                 }
             }
+            if let Some(error) = transient {
+                tracing::warn!(%error, records = retry.len(), "dead-letter delivery failed; retrying");
+                if !pause(&mut backoff, &mut shutdown).await {
+                    break 'outer;
+                }
+            }
+            pending = retry;
         }
+        reject_log.maybe_say();
 
         // 3. Cover the offsets in the store (durable with its next flush, together with
         //    the samples); then commit to the group (lag monitoring).
@@ -170,7 +181,65 @@ pub async fn run_consumer(
         Ok(Err(error)) => tracing::warn!(%error, "final commit failed"),
         Err(error) => tracing::warn!(%error, "final commit task failed"),
     }
+    reject_log.say();
     tracing::info!("consumer stopped");
+}
+
+/// Rejected records, logged as a summary per reason at most every [`REJECT_LOG_EVERY`]
+/// (a flood of junk is a handful of lines, not one per record); each record's detail is at
+/// debug level.
+#[derive(Debug, Default)]
+struct RejectLog {
+    // reason → (records since the last summary, an example: partition, offset, detail)
+    pending: std::collections::BTreeMap<&'static str, (u64, String)>,
+    said_at: Option<std::time::Instant>,
+}
+
+/// How often a summary of rejected records is logged, at most.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl RejectLog {
+    fn add(
+        &mut self,
+        records: &[msg_queue_client::consumer::ConsumedRecord],
+        rejected: &[(usize, telemetry_wire::wire::Reject)],
+    ) {
+        for (i, reject) in rejected {
+            let rec = &records[*i];
+            tracing::debug!(reason = reject.reason(), %reject, partition = rec.partition, offset = rec.offset, "record rejected");
+            let e = self.pending.entry(reject.reason()).or_insert_with(|| {
+                (
+                    0,
+                    format!(
+                        "partition {} offset {}: {reject}",
+                        rec.partition, rec.offset
+                    ),
+                )
+            });
+            e.0 += 1;
+        }
+    }
+
+    fn maybe_say(&mut self) {
+        if self.said_at.is_none_or(|t| t.elapsed() >= REJECT_LOG_EVERY) {
+            self.say();
+        }
+    }
+
+    fn say(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        for (reason, (count, example)) in std::mem::take(&mut self.pending) {
+            tracing::warn!(
+                reason,
+                records = count,
+                example,
+                "records rejected and sent to the dead-letter topic"
+            );
+        }
+        self.said_at = Some(std::time::Instant::now());
+    }
 }
 
 fn merge(into: &mut Vec<(i32, i64)>, next: &[(i32, i64)]) {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use common_auth::KeyRing;
 use msg_queue_client::consumer::ConsumedRecord;
 use telemetry_wire::RecordVerifier;
-use telemetry_wire::wire::{Reject, check_times, open};
+use telemetry_wire::wire::{Reject, TelemetryBatch, check_times, open};
 
 use crate::metrics::StreamerMetrics;
 use crate::store::{Store, StoreError, now_ms};
@@ -17,6 +17,11 @@ use crate::store::{Store, StoreError, now_ms};
 /// A sample further ahead would push every real sample of its GPU out of the retention
 /// window, so its batch is rejected.
 pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// How long a GPU stays its node's after that node last reported it: a batch from another
+/// node listing it within this is refused (a signer claiming someone else's GPU); after it,
+/// the GPU may have moved, and the new node takes it over.
+pub const GPU_OWNERSHIP_MS: i64 = 10 * 60 * 1000;
 
 /// How long after its retirement a retired service token verifies records, by default: a
 /// week (set it to the telemetry topic's retention).
@@ -88,6 +93,24 @@ impl Ingestor {
         cached.1.clone()
     }
 
+    /// Refuses a batch listing a GPU another node reported within [`GPU_OWNERSHIP_MS`].
+    fn check_owners(&self, batch: &TelemetryBatch, now: i64) -> Result<(), Reject> {
+        for g in &batch.gpus {
+            if let Some((node, seen)) = self.store.latest().owner(&g.uuid)
+                && node != batch.node
+                && now.saturating_sub(seen) < GPU_OWNERSHIP_MS
+            {
+                return Err(Reject::Invalid(format!(
+                    "GPU {} belongs to node {node:?} (reported {} s ago), not {:?}",
+                    g.uuid,
+                    now.saturating_sub(seen).max(0) / 1000,
+                    batch.node
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Verifies, decodes and stores `records` (in order). Rejected records are counted and
     /// returned for dead-lettering; they never reach the store.
     ///
@@ -102,7 +125,8 @@ impl Ingestor {
         for (i, rec) in records.iter().enumerate() {
             self.metrics.records.fetch_add(1, Ordering::Relaxed);
             let opened = open(&verifier, rec.parts())
-                .and_then(|b| check_times(&b, now, MAX_FUTURE_SKEW_MS).map(|()| b));
+                .and_then(|b| check_times(&b, now, MAX_FUTURE_SKEW_MS).map(|()| b))
+                .and_then(|b| self.check_owners(&b, now).map(|()| b));
             match opened {
                 Ok(batch) => {
                     let applied = self

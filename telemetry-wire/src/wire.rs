@@ -185,6 +185,11 @@ pub fn open(verifier: &RecordVerifier, parts: RecordParts<'_>) -> Result<Telemet
     Ok(batch)
 }
 
+/// Most GPUs one batch may list (a node has 8, 16 with MIG parents; a simulated node more).
+pub const MAX_GPUS_PER_BATCH: usize = 1_024;
+/// Most samples one batch may carry.
+pub const MAX_SAMPLES_PER_BATCH: usize = 65_536;
+
 fn validate(batch: &TelemetryBatch, key: &[u8]) -> Result<(), Reject> {
     if batch.schema_version == 0 || batch.schema_version > SCHEMA_VERSION {
         return Err(Reject::UnsupportedSchema(batch.schema_version));
@@ -197,6 +202,15 @@ fn validate(batch: &TelemetryBatch, key: &[u8]) -> Result<(), Reject> {
             "record key differs from the batch's node".into(),
         ));
     }
+    if batch.gpus.len() > MAX_GPUS_PER_BATCH || batch.samples.len() > MAX_SAMPLES_PER_BATCH {
+        return Err(Reject::Invalid(format!(
+            "{} GPUs and {} samples; at most {MAX_GPUS_PER_BATCH} and {MAX_SAMPLES_PER_BATCH} per record",
+            batch.gpus.len(),
+            batch.samples.len()
+        )));
+    }
+    // One pass each: a set of the listed GPUs, then a lookup per sample (not a scan).
+    let mut listed = std::collections::HashSet::with_capacity(batch.gpus.len());
     for gpu in &batch.gpus {
         if gpu.uuid.is_empty() {
             return Err(Reject::Invalid("a GPU has an empty uuid".into()));
@@ -207,9 +221,10 @@ fn validate(batch: &TelemetryBatch, key: &[u8]) -> Result<(), Reject> {
                 gpu.uuid, gpu.node, batch.node
             )));
         }
+        listed.insert(gpu.uuid.as_str());
     }
     for s in &batch.samples {
-        if !batch.gpus.iter().any(|g| g.uuid == s.uuid) {
+        if !listed.contains(s.uuid.as_str()) {
             return Err(Reject::Invalid(format!(
                 "sample for GPU {:?} which the batch does not list",
                 s.uuid
@@ -219,13 +234,20 @@ fn validate(batch: &TelemetryBatch, key: &[u8]) -> Result<(), Reject> {
     Ok(())
 }
 
-/// Checks sample times against the reader's clock: none before the Unix epoch, none more
-/// than `max_future_ms` ahead of `now_ms`.
+/// Checks the batch's collection time and its sample times against the reader's clock: none
+/// before the Unix epoch, none more than `max_future_ms` ahead of `now_ms`.
 ///
 /// # Errors
-/// [`Reject::Invalid`] naming the first offending sample.
+/// [`Reject::Invalid`] naming the collection time or the first offending sample.
 pub fn check_times(batch: &TelemetryBatch, now_ms: i64, max_future_ms: i64) -> Result<(), Reject> {
     let latest = now_ms.saturating_add(max_future_ms);
+    if batch.collected_at_ms < 0 || batch.collected_at_ms > latest {
+        return Err(Reject::Invalid(format!(
+            "collected at {} ms, outside [0, now + {} s]",
+            batch.collected_at_ms,
+            max_future_ms / 1000
+        )));
+    }
     for s in &batch.samples {
         if s.timestamp_ms < 0 || s.timestamp_ms > latest {
             return Err(Reject::Invalid(format!(
@@ -421,6 +443,51 @@ mod tests {
         assert_eq!(
             check_times(&old, t, 0).unwrap_err().reason(),
             "invalid_batch"
+        );
+        // The collection time is bounded the same way.
+        let mut ahead = batch();
+        ahead.collected_at_ms = t + 10_000;
+        assert_eq!(
+            check_times(&ahead, t, 1000).unwrap_err().to_string(),
+            format!(
+                "invalid batch: collected at {} ms, outside [0, now + 1 s]",
+                t + 10_000
+            )
+        );
+    }
+
+    #[test]
+    fn oversized_batches_are_refused_and_a_big_valid_one_checks_in_linear_time() {
+        let signer = RecordSigner::new(&token());
+        let v = RecordVerifier::new([&token()]);
+        let gpus: Vec<GpuInfo> = (0..MAX_GPUS_PER_BATCH)
+            .map(|i| GpuInfo {
+                uuid: format!("GPU-{i}"),
+                node: "node-a".into(),
+                ..Default::default()
+            })
+            .collect();
+        let mut b = batch();
+        b.samples = gpus
+            .iter()
+            .map(|g| GpuSample {
+                uuid: g.uuid.clone(),
+                timestamp_ms: 1,
+                ..Default::default()
+            })
+            .collect();
+        b.gpus = gpus;
+        // 1,024 GPUs and samples: valid (a set lookup per sample, not a scan).
+        assert!(open(&v, parts(&seal(&signer, &b))).is_ok());
+        b.gpus.push(GpuInfo {
+            uuid: "GPU-one-too-many".into(),
+            node: "node-a".into(),
+            ..Default::default()
+        });
+        let err = open(&v, parts(&seal(&signer, &b))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid batch: 1025 GPUs and 1024 samples; at most 1024 and 65536 per record"
         );
     }
 

@@ -203,6 +203,15 @@ impl Proc {
         }
     }
 
+    /// Every line the process has printed so far (stdout and stderr), reading what is
+    /// waiting without blocking.
+    pub fn lines_so_far(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -154,3 +154,183 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
         "GPU-forged-1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_claiming_another_nodes_gpu_is_dead_lettered() {
+    let broker = Broker::start();
+    let n = Names::fresh("steal");
+    let grpc = free_port();
+    let _streamer = spawn_streamer(&broker, &n, grpc);
+    let (_api, base) = spawn_api(&n, grpc);
+    let signer = RecordSigner::new(&SecretString::from(n.token.clone()));
+    let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &n.topic)).unwrap();
+    let now = collector::sampler::now_ms();
+    let mut owned = batch("node-a", "GPU-owned", 10);
+    owned.collected_at_ms = now;
+    owned.samples[0].timestamp_ms = now;
+    producer.send(&seal(&signer, &owned)).await.unwrap();
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(60), "node-a's GPU stored", || async {
+        let (s, _) = get_json(
+            &http,
+            &format!("{base}/api/v1/gpus/GPU-owned"),
+            Some(&n.api_key),
+        )
+        .await;
+        (s == 200).then_some(())
+    })
+    .await;
+    // node-b (a genuine signer) claims it while node-a reports it.
+    let mut stolen = batch("node-b", "GPU-owned", 99);
+    stolen.collected_at_ms = now + 1000;
+    stolen.samples[0].timestamp_ms = now + 1000;
+    producer.send(&seal(&signer, &stolen)).await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the claim dead-lettered",
+        || async {
+            let text = get_text(&http, &format!("{base}/metrics")).await?;
+            (metric_value(
+                &text,
+                "streamer_records_rejected_total{reason=\"invalid_batch\"}",
+            ) == Some(1)
+                && metric_value(&text, "streamer_dead_lettered_total") == Some(1))
+            .then_some(())
+        },
+    )
+    .await;
+    let (_, gpu) = get_json(
+        &http,
+        &format!("{base}/api/v1/gpus/GPU-owned"),
+        Some(&n.api_key),
+    )
+    .await;
+    assert_eq!(gpu["node"], "node-a");
+    assert_eq!(gpu["latest"]["gpu_utilization_percent"], 10);
+    assert_eq!(gpu["sample_count"], 1);
+}
+
+/// Key, value and headers of a record produced as is.
+type RawRecord = (String, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_junk_flood_is_dead_lettered_about_as_fast_as_valid_records_are_stored_with_few_log_lines()
+ {
+    const N: usize = 10_000;
+    let broker = Broker::start();
+    let n = Names::fresh("flood");
+    let grpc = free_port();
+    let mut streamer = integration_tests::spawn_streamer_with(
+        &broker,
+        &n,
+        grpc,
+        &[],
+        &[
+            ("SERVICE_TOKEN", n.token.clone()),
+            ("RUST_LOG", "info".to_string()),
+        ],
+    );
+    let (_api, base) = spawn_api(&n, grpc);
+    let http = reqwest::Client::new();
+    let counter = |name: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let text = get_text(&http, &format!("{base}/metrics")).await?;
+            metric_value(&text, name)
+        }
+    };
+    let raw: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let send_all = |values: Vec<RawRecord>| {
+        let raw = raw.clone();
+        let topic = n.topic.clone();
+        async move {
+            let sends = values.iter().map(|(key, value, headers)| {
+                let mut h = rdkafka::message::OwnedHeaders::new();
+                for (k, v) in headers {
+                    h = h.insert(rdkafka::message::Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
+                raw.send(
+                    FutureRecord::to(&topic).key(key).payload(value).headers(h),
+                    Duration::from_secs(30),
+                )
+            });
+            for r in futures::future::join_all(sends).await {
+                r.map_err(|(e, _)| e).unwrap();
+            }
+        }
+    };
+    // N valid records (one node, one GPU, a sample each), then N unsigned ones.
+    let token = SecretString::from(n.token.clone());
+    let signer = RecordSigner::new(&token);
+    let now = collector::sampler::now_ms() - N as i64;
+    let valid: Vec<_> = (0..N)
+        .map(|i| {
+            let mut b = batch("flood-node", "GPU-flood", (i % 100) as u32);
+            b.collected_at_ms = now + i as i64;
+            b.samples[0].timestamp_ms = now + i as i64;
+            let r = seal(&signer, &b);
+            (
+                String::from_utf8(r.key).unwrap(),
+                r.value,
+                vec![
+                    (header::KEY_ID.to_string(), r.key_id.into_bytes()),
+                    (header::SIGNATURE.to_string(), r.signature.to_vec()),
+                ],
+            )
+        })
+        .collect();
+    let junk: Vec<_> = (0..N)
+        .map(|i| {
+            (
+                "junk-node".to_string(),
+                format!("junk {i}").into_bytes(),
+                vec![],
+            )
+        })
+        .collect();
+
+    let t = std::time::Instant::now();
+    send_all(valid).await;
+    eventually(Duration::from_secs(120), "valid records stored", || async {
+        (counter("streamer_samples_stored_total").await == Some(N as u64)).then_some(())
+    })
+    .await;
+    let valid_s = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    send_all(junk).await;
+    eventually(Duration::from_secs(120), "junk dead-lettered", || async {
+        (counter("streamer_dead_lettered_total").await == Some(N as u64)).then_some(())
+    })
+    .await;
+    let junk_s = t.elapsed().as_secs_f64();
+    let ratio = junk_s / valid_s;
+    let lines = streamer
+        .lines_so_far()
+        .iter()
+        .filter(|l| l.contains("rejected"))
+        .count();
+    println!(
+        "{N} valid records produced and stored in {valid_s:.2} s ({:.0}/s); {N} unsigned produced and dead-lettered in {junk_s:.2} s ({:.0}/s): ratio {ratio:.2}; {lines} log lines about rejects",
+        N as f64 / valid_s,
+        N as f64 / junk_s
+    );
+    assert_eq!(
+        counter("streamer_records_rejected_total{reason=\"unsigned\"}").await,
+        Some(N as u64)
+    );
+    // A summary per reason at most every 10 s, not a line per record.
+    assert!(lines <= 5, "{lines} lines");
+    // Before batching: about 500 times slower than valid records. The target is 2x; the bound
+    // here leaves room for a noisy shared machine.
+    assert!(
+        ratio < 4.0,
+        "junk took {ratio:.2} times as long as valid records"
+    );
+}

@@ -271,6 +271,17 @@ impl LatestIndex {
         self.read().gpus.get(uuid).map(Entry::state)
     }
 
+    /// The node a known GPU was last reported by, with the time of its newest sample (UTC
+    /// ms; 0 when none).
+    pub fn owner(&self, uuid: &str) -> Option<(String, i64)> {
+        self.read().gpus.get(uuid).map(|e| {
+            (
+                e.info.node.clone(),
+                e.latest.as_ref().map_or(0, |l| l.timestamp_ms),
+            )
+        })
+    }
+
     /// Whether the GPU is known.
     pub fn contains(&self, uuid: &str) -> bool {
         self.read().gpus.contains_key(uuid)
