@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(
             err,
             format!(
-                "API key from {}/api-key is refused: it is the placeholder \"your-secure-api-key-here\" from the docs. Make a strong one with `openssl rand -hex 32` (or pass --allow-weak-secrets for a throwaway demo)",
+                "API key from {}/api-key is refused: it is one of the placeholders from the docs. Make a strong one with `openssl rand -hex 32` (or pass --allow-weak-secrets for a throwaway demo)",
                 dir.path().display()
             )
         );

@@ -66,8 +66,13 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
     let broker = Broker::start();
     let n = Names::fresh("rot");
     let grpc = free_port();
-    let _streamer = spawn_streamer_with(&broker, &n, grpc, &rotation, &[]);
-    let (_api, base) = spawn_api_with(grpc, &rotation, &[]);
+    // Debug logs: everything a service could say about its secrets is in the scan below.
+    let debug = [(
+        "RUST_LOG",
+        "debug,rdkafka=info,h2=info,hyper=info,tower=info".to_string(),
+    )];
+    let mut streamer = spawn_streamer_with(&broker, &n, grpc, &rotation, &debug);
+    let (mut api, base) = spawn_api_with(grpc, &rotation, &debug);
     let mut collector = Proc::spawn(
         "collector",
         &bin("collector"),
@@ -89,7 +94,7 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
             args(&rotation),
         ]
         .concat(),
-        &[],
+        &debug,
     );
     let http = reqwest::Client::new();
     let gpus = format!("{base}/api/v1/gpus");
@@ -168,12 +173,38 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
         "{metrics}"
     );
 
+    // Failures too: a wrong key, and a rotation to a weak value (refused, said, not used).
+    assert_eq!(
+        status(&http, &gpus, "wrong-key-0123456789abcdef").await,
+        401
+    );
+    write_atomically(secrets.path(), "api-key", "changeme");
+    api.wait_line("rotation to a weak value refused", Duration::from_secs(10));
+    assert_eq!(status(&http, &gpus, k2).await, 200, "the current key stays");
+    assert_eq!(status(&http, &gpus, "changeme").await, 401);
+
     collector.term();
     let summary = collector.wait_line("collector stopped:", Duration::from_secs(30));
     assert!(
         summary.contains("dropped=0") && summary.contains("undelivered=0"),
         "{summary}"
     );
+    // Every line every service printed in the whole run (debug level, rotations, failures):
+    // no secret, no value from the Secret.
+    let mut all: Vec<String> = Vec::new();
+    for p in [&mut streamer, &mut api, &mut collector] {
+        all.extend(p.lines_so_far().iter().cloned());
+    }
+    assert!(
+        all.len() > 10,
+        "the run said something: {} lines",
+        all.len()
+    );
+    for value in [k1, k2, t1, t2, "changeme", "wrong-key-0123456789abcdef"] {
+        let leaks: Vec<&String> = all.iter().filter(|l| l.contains(value)).collect();
+        assert!(leaks.is_empty(), "{value} appears in: {leaks:?}");
+    }
+    println!("{} log lines scanned, no secret in them", all.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,7 +53,7 @@ fn every_binary_refuses_a_short_or_placeholder_secret_before_binding_anything() 
                 "simulated",
             ],
             ("API_KEY", "your-secure-api-key-here"),
-            "api: API key from env API_KEY is refused: it is the placeholder \"your-secure-api-key-here\" from the docs. Make a strong one with `openssl rand -hex 32` (or pass --allow-weak-secrets for a throwaway demo)",
+            "api: API key from env API_KEY is refused: it is one of the placeholders from the docs. Make a strong one with `openssl rand -hex 32` (or pass --allow-weak-secrets for a throwaway demo)",
         ),
         (
             "api",
@@ -65,7 +65,7 @@ fn every_binary_refuses_a_short_or_placeholder_secret_before_binding_anything() 
             "streamer",
             vec!["--grpc-addr", "127.0.0.1:0", "--brokers", "127.0.0.1:1"],
             ("SERVICE_TOKEN", "changeme"),
-            "streamer: service token from env SERVICE_TOKEN is refused: it is the placeholder \"changeme\" from the docs. Make a strong one with `openssl rand -hex 32` (or pass --allow-weak-secrets for a throwaway demo)",
+            "streamer: service token from env SERVICE_TOKEN is refused: it is one of the placeholders from the docs. Make a strong one with `openssl rand -hex 32` (or pass --allow-weak-secrets for a throwaway demo)",
         ),
         (
             "collector",
@@ -87,7 +87,7 @@ fn every_binary_refuses_a_short_or_placeholder_secret_before_binding_anything() 
         if want.is_empty() {
             assert!(
                 lines[0].starts_with(
-                    "api: service token from env SERVICE_TOKEN is refused: it is the placeholder"
+                    "api: service token from env SERVICE_TOKEN is refused: it is one of the placeholders"
                 ),
                 "{stderr}"
             );
