@@ -317,3 +317,32 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_retired_list_parses_or_names_a_line_never_a_value(text in "(?s).{0,400}") {
+            match parse_retired(&text) {
+                Ok(list) => {
+                    // One entry per non-blank line, each value a line's first word.
+                    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+                    prop_assert_eq!(list.len(), lines);
+                }
+                Err((line, why)) => {
+                    prop_assert!(line >= 1 && line <= text.lines().count());
+                    let value = text.lines().nth(line - 1).unwrap().split_whitespace().next().unwrap();
+                    prop_assert!(!why.contains(value) || value.len() < 4, "{why}");
+                }
+            }
+        }
+
+        #[test]
+        fn weakness_never_panics_and_long_random_values_pass(v in "[A-Za-z0-9]{16,64}") {
+            prop_assert_eq!(weakness(&v), None);
+        }
+    }
+}

@@ -293,3 +293,48 @@ mod tests {
         assert_eq!(old.key_id().len(), 16);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn no_forgery_is_accepted(
+            key in proptest::collection::vec(any::<u8>(), 0..32),
+            value in proptest::collection::vec(any::<u8>(), 0..256),
+            flip in any::<usize>(),
+            bit in 0u8..8,
+        ) {
+            let real = SecretString::from("the-real-token-0123456789".to_string());
+            let other = SecretString::from("another-token-0123456789".to_string());
+            let signer = RecordSigner::new(&real);
+            let sig = signer.sign(&key, &value);
+            let v = RecordVerifier::new([&real]);
+            let id = signer.key_id().as_bytes();
+            prop_assert!(v.verify(Some(id), &key, &value, Some(&sig)).is_ok());
+            // Another token's signature under the real key id: refused.
+            let forged = RecordSigner::new(&other).sign(&key, &value);
+            prop_assert!(v.verify(Some(id), &key, &value, Some(&forged)).is_err());
+            // Any one bit changed in the signature, the value or the key: refused.
+            let mut s2 = sig;
+            s2[flip % s2.len()] ^= 1 << bit;
+            prop_assert!(v.verify(Some(id), &key, &value, Some(&s2)).is_err());
+            if !value.is_empty() {
+                let mut v2 = value.clone();
+                let i = flip % v2.len();
+                v2[i] ^= 1 << bit;
+                prop_assert!(v.verify(Some(id), &key, &v2, Some(&sig)).is_err());
+            }
+            if !key.is_empty() {
+                let mut k2 = key.clone();
+                let i = flip % k2.len();
+                k2[i] ^= 1 << bit;
+                prop_assert!(v.verify(Some(id), &k2, &value, Some(&sig)).is_err());
+            }
+            // A truncated signature: refused.
+            prop_assert!(v.verify(Some(id), &key, &value, Some(&sig[..31])).is_err());
+        }
+    }
+}
