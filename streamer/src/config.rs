@@ -54,6 +54,8 @@ pub struct StreamerConfig {
     pub max_buffered_samples: usize,
     #[command(flatten)]
     pub secrets: common_auth::SecretArgs,
+    #[command(flatten)]
+    pub grpc: GrpcLimits,
     /// How long after its retirement a retired service token (`service-token-previous`)
     /// still verifies records: set it to the telemetry topic's retention (older records
     /// are gone from Kafka, so nothing is left for it to verify).
@@ -71,6 +73,31 @@ impl StreamerConfig {
         self.store.apply(&mut d);
         d.max_open_samples = self.max_buffered_samples;
         d
+    }
+}
+
+/// Limits on what gRPC clients can hold.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrpcLimits {
+    /// Streams (calls) one connection may have open, and in progress, at once.
+    #[arg(long, env = "STREAMER_GRPC_MAX_STREAMS", default_value_t = 256)]
+    pub max_streams_per_connection: u32,
+    /// `WatchLatest` streams open at once (an api replica holds one); more are refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STREAMER_MAX_WATCHERS", default_value_t = crate::query::DEFAULT_MAX_WATCHERS)]
+    pub max_watchers: usize,
+    /// Longest a call may take to its response head.
+    #[arg(long, env = "STREAMER_CALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+}
+
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        Self {
+            max_streams_per_connection: 256,
+            max_watchers: crate::query::DEFAULT_MAX_WATCHERS,
+            call_timeout: Duration::from_secs(60),
+        }
     }
 }
 

@@ -152,7 +152,7 @@ pub async fn run(
         ],
         stopped(),
     );
-    let served = serve_queries(listener, store, metrics, ring, stopped()).await;
+    let served = serve_queries_with(listener, store, metrics, ring, &cfg.grpc, stopped()).await;
     if let Err(error) = &served {
         // Without its query service the streamer is useless: stop everything, report it.
         tracing::error!(%error, "gRPC server failed; stopping");
@@ -181,6 +181,29 @@ pub async fn serve_queries(
     tokens: KeyRing,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    serve_queries_with(
+        listener,
+        store,
+        metrics,
+        tokens,
+        &config::GrpcLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_queries`] with `limits` on streams, calls and `WatchLatest` watchers.
+///
+/// # Errors
+/// The transport's error when serving fails.
+pub async fn serve_queries_with(
+    listener: TcpListener,
+    store: Arc<Store>,
+    metrics: Arc<StreamerMetrics>,
+    tokens: KeyRing,
+    limits: &config::GrpcLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     // Long-lived WatchLatest streams end when shutdown begins; otherwise the graceful
     // shutdown would wait for them forever.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
@@ -190,12 +213,19 @@ pub async fn serve_queries(
     };
     let service = tonic::service::interceptor::InterceptedService::new(
         TelemetryQueryServer::new(
-            QueryService::new(store, metrics, stopping).with_tokens(tokens.clone()),
+            QueryService::new(store, metrics, stopping)
+                .with_tokens(tokens.clone())
+                .with_max_watchers(limits.max_watchers),
         )
         .max_encoding_message_size(MAX_MESSAGE_BYTES),
         RequireServiceToken { tokens },
     );
     tonic::transport::Server::builder()
+        // Bounds on what one client can hold: streams per connection, calls in progress
+        // per connection, and time to a response head.
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
+        .timeout(limits.call_timeout)
         .initial_stream_window_size(Some(H2_STREAM_WINDOW))
         .initial_connection_window_size(Some(H2_CONNECTION_WINDOW))
         .http2_adaptive_window(Some(true))

@@ -256,7 +256,12 @@ pub struct QueryService {
     metrics: Arc<StreamerMetrics>,
     stopping: tokio::sync::watch::Receiver<bool>,
     tokens: Option<common_auth::KeyRing>,
+    // Slots for open WatchLatest streams (each holds a task and a snapshot's worth of data).
+    watchers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Open `WatchLatest` streams allowed at once, by default (an api replica holds one).
+pub const DEFAULT_MAX_WATCHERS: usize = 64;
 
 impl QueryService {
     /// A service answering from `store`, reporting `metrics`. `stopping` turning true ends
@@ -271,7 +276,15 @@ impl QueryService {
             metrics,
             stopping,
             tokens: None,
+            watchers: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_WATCHERS)),
         }
+    }
+
+    /// Allows at most `n` open `WatchLatest` streams; more are refused (RESOURCE_EXHAUSTED).
+    #[must_use]
+    pub fn with_max_watchers(mut self, n: usize) -> Self {
+        self.watchers = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
     }
 
     /// Re-checks the token of every open `WatchLatest` stream against `tokens`, ending the
@@ -432,9 +445,17 @@ impl TelemetryQuery for QueryService {
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
         let auth = self.tokens.clone().map(|ring| (ring, presented));
+        let slot = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted("too many WatchLatest streams open; retry later")
+        })?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        // Owned by the stream: it ends when the client disconnects (the sender closes).
-        tokio::spawn(watch(self.store.clone(), tx, self.stopping.clone(), auth));
+        // Owned by the stream: it ends when the client disconnects (the sender closes), and
+        // gives its slot back then.
+        let (store, stopping) = (self.store.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            watch(store, tx, stopping, auth).await;
+            drop(slot);
+        });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))

@@ -163,3 +163,53 @@ async fn an_open_latest_state_stream_ends_when_its_token_is_rotated_out() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_latest_streams_past_the_cap_are_refused_and_a_closed_one_frees_its_slot() {
+    use common_auth::grpc::AttachServiceToken;
+    use streamer::metrics::StreamerMetrics;
+    use streamer::query::proto::WatchLatestRequest;
+    use streamer::query::proto::telemetry_query_client::TelemetryQueryClient;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
+    let token = KeyRing::new("watch-cap-token-0123456789".to_string().into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = streamer::config::GrpcLimits {
+        max_watchers: 2,
+        ..Default::default()
+    };
+    let served_token = token.clone();
+    tokio::spawn(async move {
+        streamer::serve_queries_with(
+            listener,
+            store,
+            Arc::new(StreamerMetrics::default()),
+            served_token,
+            &limits,
+            std::future::pending(),
+        )
+        .await
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        TelemetryQueryClient::with_interceptor(channel, AttachServiceToken { tokens: token });
+    let first = client.watch_latest(WatchLatestRequest {}).await.unwrap();
+    let _second = client.watch_latest(WatchLatestRequest {}).await.unwrap();
+    let third = client
+        .watch_latest(WatchLatestRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third}");
+    // Closing one gives its slot back (once the server sees the stream end).
+    drop(first);
+    eventually(Duration::from_secs(10), "a slot freed", || {
+        let mut client = client.clone();
+        async move { client.watch_latest(WatchLatestRequest {}).await.ok() }
+    })
+    .await;
+}
