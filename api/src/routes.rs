@@ -63,9 +63,7 @@ impl std::fmt::Debug for AppState {
 /// The whole API: `/api/v1/...` and `/docs` behind the API key; health, readiness, metrics
 /// and the OpenAPI document open. Unknown paths answer 401 without a key, 404 with one.
 pub fn router(state: AppState) -> Router {
-    let auth = ApiKeyAuth {
-        keys: state.keys.clone(),
-    };
+    let auth = ApiKeyAuth::new(state.keys.clone());
     let protected = Router::new()
         .route("/api/v1/gpus", get(list_gpus))
         .route("/api/v1/gpus/{uuid}", get(get_gpu))

@@ -77,9 +77,9 @@ pub async fn serve(
             s = slots.clone().acquire_owned() => s.map_err(std::io::Error::other)?,
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(conn) => conn,
                 Err(error) => {
                     // Out of file descriptors and the like: wait a little, never spin.
                     if !accept_errors_said {
@@ -93,7 +93,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         accept_errors_said = false;
-        let svc = TowerToHyperService::new(router.clone());
+        // The client's address reaches the handlers (audit lines, per-address limits).
+        let svc = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let mut closed = closed.clone();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())

@@ -3,19 +3,78 @@
 //! Accepted: `X-API-Key: <key>` or `Authorization: Bearer <key>`. A request without a valid
 //! key gets `401` with the house JSON error body and a `WWW-Authenticate` header. The header
 //! values are never logged.
+//!
+//! Each failure is one audit line (target `audit`: route, client address, the presented
+//! key's fingerprint — the first 8 hex digits of its SHA-256 — never the key), and failures
+//! are slowed down per client address with a token bucket: past [`FAILURE_BURST`] failures a
+//! client gets `429` with `Retry-After` until its bucket refills ([`FAILURES_PER_SECOND`]).
 
-use axum::extract::{Request, State};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 
 use crate::KeyRing;
 
-/// State of [`require_api_key`]: the ring of accepted API keys.
+/// Failed authentications a client address may make in a burst.
+pub const FAILURE_BURST: f64 = 10.0;
+/// Failed authentications per second a client address regains.
+pub const FAILURES_PER_SECOND: f64 = 1.0;
+/// Client addresses tracked at most (full buckets are forgotten first).
+const MAX_TRACKED: usize = 10_000;
+
+/// State of [`require_api_key`]: the ring of accepted API keys and the failure buckets.
 #[derive(Debug, Clone)]
 pub struct ApiKeyAuth {
     /// Accepted keys.
     pub keys: KeyRing,
+    failures: Arc<Mutex<HashMap<IpAddr, (f64, Instant)>>>,
+}
+
+impl ApiKeyAuth {
+    /// Requires a key of `keys`.
+    pub fn new(keys: KeyRing) -> Self {
+        Self {
+            keys,
+            failures: Arc::default(),
+        }
+    }
+
+    /// Tokens left for `ip` now (refilled since its last failure).
+    fn tokens(&self, ip: IpAddr, now: Instant) -> f64 {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip).map_or(FAILURE_BURST, |(t, at)| {
+            (t + now.saturating_duration_since(*at).as_secs_f64() * FAILURES_PER_SECOND)
+                .min(FAILURE_BURST)
+        })
+    }
+
+    /// Takes a token from `ip`'s bucket for a failure.
+    fn fail(&self, ip: IpAddr, now: Instant) {
+        let left = self.tokens(ip, now) - 1.0;
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED {
+            // Forget the clients whose buckets have refilled.
+            map.retain(|_, (t, at)| {
+                *t + now.saturating_duration_since(*at).as_secs_f64() * FAILURES_PER_SECOND
+                    < FAILURE_BURST
+            });
+        }
+        map.insert(ip, (left.max(0.0), now));
+    }
+}
+
+/// The first 8 hex digits of the SHA-256 of a presented credential: enough to tell two
+/// apart in an audit log, nothing about the credential itself.
+pub fn fingerprint(presented: &[u8]) -> String {
+    let d = Sha256::digest(presented);
+    d[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The credential a request presents, if any: `X-API-Key`, else `Authorization: Bearer`.
@@ -32,14 +91,50 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
 ///
 /// Use with `axum::middleware::from_fn_with_state(ApiKeyAuth { .. }, require_api_key)`.
 pub async fn require_api_key(State(auth): State<ApiKeyAuth>, req: Request, next: Next) -> Response {
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let now = Instant::now();
+    if let Some(ip) = client
+        && auth.tokens(ip, now) < 1.0
+    {
+        let mut resp = (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(serde_json::json!({"error": {
+                "code": "too_many_failures",
+                "message": "too many failed authentications from this address; retry later"
+            }})),
+        )
+            .into_response();
+        let wait = (1.0 / FAILURES_PER_SECOND).ceil().max(1.0);
+        if let Ok(v) = HeaderValue::from_str(&format!("{wait}")) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
     match presented_key(req.headers()) {
         Some(k) if auth.keys.accepts(k) => next.run(req).await,
         presented => {
-            let message = if presented.is_some() {
-                "invalid API key"
+            let (message, reason) = if presented.is_some() {
+                ("invalid API key", "invalid_key")
             } else {
-                "missing API key: send X-API-Key or Authorization: Bearer"
+                (
+                    "missing API key: send X-API-Key or Authorization: Bearer",
+                    "missing_key",
+                )
             };
+            tracing::warn!(
+                target: "audit",
+                route = %req.uri().path(),
+                client = %client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+                key_fingerprint = %presented.map_or_else(|| "none".to_string(), fingerprint),
+                reason,
+                "authentication failed"
+            );
+            if let Some(ip) = client {
+                auth.fail(ip, now);
+            }
             unauthorized(message)
         }
     }
@@ -65,9 +160,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn app() -> Router {
-        let auth = ApiKeyAuth {
-            keys: KeyRing::new("k-1".to_string().into()),
-        };
+        let auth = ApiKeyAuth::new(KeyRing::new("k-1".to_string().into()));
         Router::new()
             .route("/x", get(|| async { "ok" }))
             .layer(axum::middleware::from_fn_with_state(auth, require_api_key))
@@ -108,6 +201,57 @@ mod tests {
             status(r(Some(("authorization", "Bearer")))).await,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[tokio::test]
+    async fn failures_from_one_address_are_slowed_down_others_are_not() {
+        let app = app();
+        let from = |ip: [u8; 4], key: &str| {
+            let mut req = axum::http::Request::builder()
+                .uri("/x")
+                .header("x-api-key", key)
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from((ip, 40_000))));
+            req
+        };
+        let mut got = Vec::new();
+        for _ in 0..12 {
+            got.push(
+                app.clone()
+                    .oneshot(from([10, 0, 0, 1], "wrong"))
+                    .await
+                    .unwrap()
+                    .status(),
+            );
+        }
+        assert_eq!(got[..10], [StatusCode::UNAUTHORIZED; 10]);
+        assert_eq!(got[10..], [StatusCode::TOO_MANY_REQUESTS; 2]);
+        let resp = app
+            .clone()
+            .oneshot(from([10, 0, 0, 1], "k-1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "even with the right key, for now"
+        );
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        // Another address is not affected.
+        let ok = app
+            .clone()
+            .oneshot(from([10, 0, 0, 2], "k-1"))
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn a_fingerprint_is_eight_hex_digits_of_sha256() {
+        // SHA-256("abc") = ba7816bf…
+        assert_eq!(fingerprint(b"abc"), "ba7816bf");
     }
 
     #[tokio::test]
