@@ -260,9 +260,33 @@ def test_network_policies_expose_only_the_api_and_the_broker_only_to_collector_a
     assert mq[0]["ports"] == [{"port": 9092, "protocol": "TCP"}]
     assert [comp(p) for p in mq[1]["from"]] == ["msg-queue"]
     assert pols["collector"]["spec"]["ingress"] == []
+    dns = {
+        "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+    }
     for p in pols.values():
-        assert p["spec"]["policyTypes"] == ["Ingress"]
+        assert p["spec"]["policyTypes"] == ["Ingress", "Egress"]
         assert p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+        assert p["spec"]["egress"][0] == dns
+    # Out: the api only to the streamer, collector and streamer only to the brokers, the
+    # brokers only to each other.
+    egress = {name: p["spec"]["egress"][1:] for name, p in pols.items()}
+    assert [comp(t) for t in egress["api"][0]["to"]] == ["streamer"]
+    assert egress["api"][0]["ports"] == [{"port": 50051, "protocol": "TCP"}]
+    for name in ["collector", "streamer"]:
+        assert len(egress[name]) == 1
+        assert [comp(t) for t in egress[name][0]["to"]] == ["msg-queue"]
+        assert egress[name][0]["ports"] == [{"port": 9092, "protocol": "TCP"}]
+    assert [comp(t) for t in egress["msg-queue"][0]["to"]] == ["msg-queue"]
+    assert len(egress["api"]) == len(egress["msg-queue"]) == 1
+    # An external Kafka: any address on its ports, or the peers given.
+    _, docs = install(VALUE_SETS["external-kafka"])
+    out = by_kind(docs, "NetworkPolicy")["streamer"]["spec"]["egress"][1]
+    assert out == {"ports": [{"port": 9092, "protocol": "TCP"}]}
+    peers = [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    _, docs = install({**VALUE_SETS["external-kafka"], "networkPolicy": {"kafkaTo": peers, "kafkaPorts": [9093, 9094]}})
+    out = by_kind(docs, "NetworkPolicy")["collector"]["spec"]["egress"][1]
+    assert out == {"to": peers, "ports": [{"port": 9093, "protocol": "TCP"}, {"port": 9094, "protocol": "TCP"}]}
 
 
 def test_external_kafka_replaces_the_bundled_broker():

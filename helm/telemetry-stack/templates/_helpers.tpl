@@ -162,3 +162,37 @@ has them (a projected volume, so both land in one directory).
 default
 {{- end -}}
 {{- end -}}
+
+{{- /* Egress every component needs: DNS. */}}
+{{- define "ts.egressDns" -}}
+- to:
+    {{- toYaml .Values.networkPolicy.dnsTo | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+{{- /* Egress to Kafka: the bundled brokers, or the external cluster (its peers, or any
+address, on its ports). */}}
+{{- define "ts.egressKafka" -}}
+{{- if include "ts.bundledKafka" . }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "ts.selectorLabels" (dict "root" . "component" "msg-queue") | nindent 10 }}
+  ports:
+    - port: 9092
+      protocol: TCP
+{{- else }}
+- {{- with .Values.networkPolicy.kafkaTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    {{- range .Values.networkPolicy.kafkaPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end }}
