@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 
 from conftest import (
+    offline,
     CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, STRONG_API_KEY, STRONG_TOKEN, VALUE_SETS,
     by_kind, chart, env_of, hooks, install, one, pod_spec,
 )
@@ -410,7 +411,7 @@ def test_probes_resources_and_disruption_budgets():
 
 
 def test_service_monitor_is_optional():
-    out = chart().render(VALUE_SETS["everything-on"], name=RELEASE, namespace=NAMESPACE)
+    out = chart().render(offline(VALUE_SETS["everything-on"]), name=RELEASE, namespace=NAMESPACE)
     import yaml
 
     sm = [d for d in yaml.safe_load_all(out["telemetry-stack/templates/servicemonitor.yaml"]) if d]
@@ -565,3 +566,17 @@ def test_the_chart_and_the_binaries_refuse_the_same_placeholders():
     rust = (root / "common-auth/src/secret.rs").read_text()
     binaries = re.search(r"pub const PLACEHOLDERS: &\[&str\] = &\[(.*?)\];", rust, re.S).group(1)
     assert re.findall(r'"([^"]*)"', chart) == re.findall(r'"([^"]*)"', binaries)
+
+
+def test_an_offline_render_without_secrets_fails_in_one_line_instead_of_inventing_them():
+    """`helm template` and GitOps tools cannot see the cluster: generated values would change on
+    every render (and every sync would rotate the secrets)."""
+    with pytest.raises(Exception) as err:
+        install({}, raw=True)
+    msg = str(err.value)
+    assert "cannot see the cluster" in msg and "secrets.apiKey" in msg and "existingSecret" in msg, msg
+    # Given values, an existing Secret, or generate=always: it renders.
+    install(VALUE_SETS["seed-option-1"], raw=True)
+    install(VALUE_SETS["seed-option-2"], raw=True)
+    _, docs = install({"secrets": {"generate": "always"}}, raw=True)
+    assert by_kind(docs, "Secret")
