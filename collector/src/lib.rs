@@ -191,6 +191,7 @@ pub async fn run(
     let tokens = cfg
         .secrets
         .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
+    let kafka_properties = msg_queue_client::parse_properties(&cfg.kafka_properties)?;
     let source = open_source(&cfg.source, SourceKind::Nvml)?;
     tracing::info!(source = %source.describe(), brokers = %cfg.brokers, topic = %cfg.topic, "collector starting");
 
@@ -201,9 +202,11 @@ pub async fn run(
         cfg.partitions,
         cfg.replication,
         std::time::Duration::from_secs(5),
+        kafka_properties.clone(),
     ));
     let mut pcfg = ProducerConfig::new(&cfg.brokers, &cfg.topic);
     pcfg.compression = cfg.compression.clone();
+    pcfg.extra = kafka_properties;
     let producer = TelemetryProducer::new(pcfg)?;
 
     let metrics = Arc::new(CollectorMetrics::default());

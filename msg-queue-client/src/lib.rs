@@ -23,6 +23,9 @@ pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "gpu-telemetry-dlq";
 /// Errors of the Kafka plumbing.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// A `--kafka-property` is malformed (the message names it, never its value).
+    #[error("--kafka-property: {0}")]
+    Property(String),
     /// A Kafka client call failed.
     #[error("kafka {action} failed: {source}")]
     Kafka {
@@ -58,7 +61,7 @@ impl QueueError {
         use rdkafka::types::RDKafkaErrorCode as C;
         let source = match self {
             QueueError::Kafka { source, .. } | QueueError::Delivery { source, .. } => source,
-            QueueError::TopicCreate { .. } => return false,
+            QueueError::TopicCreate { .. } | QueueError::Property(_) => return false,
         };
         matches!(
             source.rdkafka_error_code(),
@@ -75,4 +78,61 @@ impl QueueError {
 
 pub(crate) fn kafka(action: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> QueueError {
     move |source| QueueError::Kafka { action, source }
+}
+
+/// Parses every `key=value` librdkafka property given (`--kafka-property`).
+///
+/// # Errors
+/// [`QueueError::Property`] naming the first malformed one (never its value).
+pub fn parse_properties(raw: &[String]) -> Result<Vec<(String, String)>, QueueError> {
+    raw.iter()
+        .map(|p| parse_property(p).map_err(QueueError::Property))
+        .collect()
+}
+
+/// Parses one `key=value` librdkafka property (`--kafka-property`).
+///
+/// # Errors
+/// A line saying what is wrong (never the value, which may be a password).
+pub fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| {
+        "expected key=value (a librdkafka property, e.g. security.protocol=SASL_PLAINTEXT)"
+            .to_string()
+    })?;
+    let k = k.trim();
+    if k.is_empty()
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+    {
+        return Err(format!("{k:?} is not a librdkafka property name"));
+    }
+    if k == "bootstrap.servers" {
+        return Err("set bootstrap.servers with --brokers".into());
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+#[cfg(test)]
+mod property_tests {
+    use super::parse_property;
+
+    #[test]
+    fn properties_are_key_value_and_errors_never_show_the_value() {
+        assert_eq!(
+            parse_property("sasl.password=s3cr=t").unwrap(),
+            ("sasl.password".to_string(), "s3cr=t".to_string())
+        );
+        let err = parse_property("sasl password=hunter2").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = super::parse_properties(&["a.b=1".into(), "sasl password=hunter2".into()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--kafka-property: \"sasl password\" is not a librdkafka property name"
+        );
+        assert!(parse_property("no-equals-sign").is_err());
+        assert!(parse_property("bootstrap.servers=x:9092").is_err());
+    }
 }

@@ -20,10 +20,27 @@ pub async fn ensure_topic(
     partitions: i32,
     replication: i32,
 ) -> Result<(), QueueError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(kafka("create admin client"))?;
+    ensure_topic_with(brokers, topic, partitions, replication, &[]).await
+}
+
+/// [`ensure_topic`] with extra librdkafka properties (security settings, for example).
+///
+/// # Errors
+/// See [`ensure_topic`].
+pub async fn ensure_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    extra: &[(String, String)],
+) -> Result<(), QueueError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in extra {
+        config.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(kafka("create admin client"))?;
     // The broker stamps each record when it appends it: a timestamp no producer can choose,
     // which bounds what a retired service token may still sign (see `wire::record_time`).
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
@@ -59,10 +76,13 @@ pub async fn ensure_topics_until_done(
     partitions: i32,
     replication: i32,
     retry: Duration,
+    extra: Vec<(String, String)>,
 ) {
     for topic in topics {
         let mut attempt = 0u32;
-        while let Err(error) = ensure_topic(&brokers, &topic, partitions, replication).await {
+        while let Err(error) =
+            ensure_topic_with(&brokers, &topic, partitions, replication, &extra).await
+        {
             attempt += 1;
             if attempt.is_power_of_two() {
                 tracing::warn!(%error, topic, attempt, "cannot ensure topic yet; retrying");

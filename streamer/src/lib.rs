@@ -96,6 +96,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StreamerError> {
     let metrics = Arc::new(StreamerMetrics::default());
+    let kafka_properties = msg_queue_client::parse_properties(&cfg.kafka_properties)?;
 
     // In the background: the query service comes up even while the broker is away.
     let topics = tokio::spawn(msg_queue_client::topic::ensure_topics_until_done(
@@ -104,12 +105,18 @@ pub async fn run(
         cfg.partitions,
         cfg.replication,
         std::time::Duration::from_secs(5),
+        kafka_properties.clone(),
     ));
     let mut ccfg = ConsumerConfig::new(&cfg.brokers, &cfg.group_id, &cfg.topic);
     ccfg.session_timeout = cfg.session_timeout;
+    ccfg.extra = kafka_properties.clone();
     let consumer = TelemetryConsumer::new(&ccfg, Arc::new(StoreOffsets(store.clone())))?;
-    let dead_letter =
-        DeadLetterProducer::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.topic, &[])?;
+    let dead_letter = DeadLetterProducer::new(
+        &cfg.brokers,
+        &cfg.dead_letter_topic,
+        &cfg.topic,
+        &kafka_properties,
+    )?;
     let ingestor = Ingestor::new(ring.clone(), store.clone(), metrics.clone())
         .with_retired_max_age(cfg.retired_token_max_age);
 
