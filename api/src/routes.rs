@@ -146,10 +146,10 @@ fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
 
 /// List every GPU with its latest metrics.
 #[utoipa::path(get, path = "/api/v1/gpus", tag = "gpus",
-    params(("node" = Option<String>, Query, description = "Only GPUs of this node"),
-        ("health" = Option<String>, Query, description = "Only GPUs with this health: ok, degraded, failed, or unknown (no health reported)"),
-        ("namespace" = Option<String>, Query, description = "Only GPUs held by a pod in this namespace (from the kubelet)"),
-        ("pod" = Option<String>, Query, description = "Only GPUs held by a pod of this name")),
+    params(("node" = Option<String>, Query, description = "Only GPUs of this node", min_length = 1),
+        ("health" = Option<String>, Query, description = "Only GPUs with this health: ok, degraded, failed, or unknown (no health reported)", pattern = r"^(ok|degraded|failed|unknown)$"),
+        ("namespace" = Option<String>, Query, description = "Only GPUs held by a pod in this namespace (from the kubelet)", min_length = 1),
+        ("pod" = Option<String>, Query, description = "Only GPUs held by a pod of this name", min_length = 1)),
     responses(
         (status = 200, description = "GPUs ordered by node, then index", body = GpuList<'_>),
         (status = 400, description = "Invalid parameter", body = ErrorBody),
@@ -187,7 +187,7 @@ async fn list_gpus(
 
 /// One GPU with its latest metrics.
 #[utoipa::path(get, path = "/api/v1/gpus/{uuid}", tag = "gpus",
-    params(("uuid" = String, Path, description = "GPU UUID")),
+    params(("uuid" = String, Path, description = "GPU UUID", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
     responses(
         (status = 200, description = "The GPU", body = Gpu<'_>),
         (status = 400, description = "Invalid UUID", body = ErrorBody),
@@ -220,7 +220,7 @@ async fn stored_gpu(
 
 /// The processes on one GPU in its latest round, with their pods.
 #[utoipa::path(get, path = "/api/v1/gpus/{uuid}/processes", tag = "gpus",
-    params(("uuid" = String, Path, description = "GPU UUID")),
+    params(("uuid" = String, Path, description = "GPU UUID", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
     responses(
         (status = 200, description = "Processes by PID", body = Processes<'_>),
         (status = 400, description = "Invalid UUID", body = ErrorBody),
@@ -270,13 +270,13 @@ fn metric_list(list: &str) -> Result<Vec<&'static MetricDef>, ApiError> {
 /// Samples of one GPU in a time window, oldest first.
 #[utoipa::path(get, path = "/api/v1/gpus/{uuid}/telemetry", tag = "gpus",
     params(
-        ("uuid" = String, Path, description = "GPU UUID"),
+        ("uuid" = String, Path, description = "GPU UUID", pattern = r"^[A-Za-z0-9._-]{1,128}$"),
         ("start_time" = Option<String>, Query, description = "RFC 3339, inclusive; default end_time - 1h"),
         ("end_time" = Option<String>, Query, description = "RFC 3339, exclusive; default now"),
         ("metrics" = Option<String>, Query, description = "Comma-separated metric names; default all"),
-        ("limit" = Option<u32>, Query, description = "At most this many samples (1..=100000, default 10000)"),
+        ("limit" = Option<u32>, Query, description = "At most this many samples (1..=100000, default 10000)", minimum = 1, maximum = 100000),
         ("step" = Option<String>, Query, description = "Bucket width (1s..366d, e.g. 1m, 15m, 1h): one sample per bucket, aligned to multiples of the step since the epoch; the window widens to whole buckets. Steps of whole minutes (hours) also read the 1-minute (1-hour) rollups, which outlive raw samples"),
-        ("agg" = Option<String>, Query, description = "With step: avg (default), min, max, last or count")),
+        ("agg" = Option<String>, Query, description = "With step: avg (default), min, max, last or count", pattern = r"^(avg|min|max|last|count)$")),
     responses(
         (status = 200, description = "Samples in time order", body = Telemetry<'_>),
         (status = 400, description = "Invalid parameter (named in the error)", body = ErrorBody),
