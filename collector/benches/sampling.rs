@@ -59,6 +59,7 @@ fn main() {
     let proc_root = tempfile::tempdir().unwrap();
     let mut mapping = PodMapping {
         as_of_ms: Some(1_790_000_000_000),
+        checkpoint_read: true,
         ..Default::default()
     };
     for (g, info) in src.inventory().iter().enumerate() {

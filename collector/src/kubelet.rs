@@ -111,6 +111,8 @@ pub struct PodMapping {
     pub assignments: Vec<Assignment>,
     /// The checkpoint read with it (empty when absent or unreadable).
     pub checkpoint: Vec<CheckpointEntry>,
+    /// Whether the checkpoint was read: then a UID it does not list is nobody's.
+    pub checkpoint_read: bool,
     /// When the kubelet answered (UTC ms); `None` until it has.
     pub as_of_ms: Option<i64>,
     /// The last refresh failed: this is the mapping from `as_of_ms`.
@@ -147,7 +149,9 @@ impl PodMapping {
                     .copied()
                     .find(|a| a.container == e.container && e.device_ids.contains(&a.device_id))
             });
-        if by_checkpoint.is_some() || self.checkpoint.iter().any(|e| e.pod_uid == uid) {
+        // With a checkpoint, only what it says counts: a pod it does not list for this GPU
+        // (one that sees every GPU without the device plugin, say) is not the GPU's holder.
+        if by_checkpoint.is_some() || self.checkpoint_read {
             return by_checkpoint;
         }
         match held.as_slice() {
@@ -305,8 +309,10 @@ pub async fn run(
         match answer {
             Ok(Ok(resp)) => {
                 let assignments = assignments(resp.into_inner());
+                let mut checkpoint_read = true;
                 let checkpoint = match std::fs::read_to_string(&cfg.checkpoint) {
                     Ok(text) => parse_checkpoint(&text).unwrap_or_else(|error| {
+                        checkpoint_read = false;
                         if !checkpoint_said {
                             tracing::warn!(path = %cfg.checkpoint.display(), %error, "cannot read the kubelet's device checkpoint: processes on shared GPUs are not named");
                             checkpoint_said = true;
@@ -314,6 +320,7 @@ pub async fn run(
                         Vec::new()
                     }),
                     Err(error) => {
+                        checkpoint_read = false;
                         if !checkpoint_said {
                             tracing::info!(path = %cfg.checkpoint.display(), %error, "no kubelet device checkpoint: processes on shared GPUs are not named");
                             checkpoint_said = true;
@@ -331,6 +338,7 @@ pub async fn run(
                     *m = PodMapping {
                         assignments,
                         checkpoint,
+                        checkpoint_read,
                         as_of_ms: Some(now_ms()),
                         stale: false,
                     }
@@ -429,6 +437,7 @@ mod tests {
         // Without a checkpoint: the single holder of GPU-b; GPU-a is shared, so no name.
         assert_eq!(m.pod_of_uid("u-solo", &gb).unwrap().pod, "solo");
         assert_eq!(m.pod_of_uid("u-infer", &ga), None);
+        m.checkpoint_read = true;
         m.checkpoint = vec![
             CheckpointEntry {
                 pod_uid: "u-infer".into(),
@@ -444,8 +453,10 @@ mod tests {
             },
         ];
         assert_eq!(m.pod_of_uid("u-infer", &ga).unwrap().pod, "infer-1");
-        // A pod the checkpoint knows on another GPU is not this GPU's holder.
+        // A pod the checkpoint knows on another GPU is not this GPU's holder, nor is one the
+        // checkpoint does not list at all (it sees every GPU without the device plugin).
         assert_eq!(m.pod_of_uid("u-other", &gb), None);
+        assert_eq!(m.pod_of_uid("u-rogue", &gb), None);
     }
 
     #[test]

@@ -46,27 +46,50 @@ impl ApiKeyAuth {
         }
     }
 
-    /// Tokens left for `ip` now (refilled since its last failure).
-    fn tokens(&self, ip: IpAddr, now: Instant) -> f64 {
+    /// Whether `ip` may fail again now (a token left in its bucket, refilled since its last
+    /// failure).
+    fn may_fail(&self, ip: IpAddr, now: Instant) -> bool {
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ip).map_or(FAILURE_BURST, |(t, at)| {
-            (t + now.saturating_duration_since(*at).as_secs_f64() * FAILURES_PER_SECOND)
-                .min(FAILURE_BURST)
-        })
+        map.get(&bucket_key(ip))
+            .is_none_or(|&(t, at)| refilled(t, at, now) >= 1.0)
     }
 
-    /// Takes a token from `ip`'s bucket for a failure.
+    /// Takes a token from `ip`'s bucket for a failure (check and take under one lock).
     fn fail(&self, ip: IpAddr, now: Instant) {
-        let left = self.tokens(ip, now) - 1.0;
+        let key = bucket_key(ip);
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED {
-            // Forget the clients whose buckets have refilled.
-            map.retain(|_, (t, at)| {
-                *t + now.saturating_duration_since(*at).as_secs_f64() * FAILURES_PER_SECOND
-                    < FAILURE_BURST
-            });
+        let left = map
+            .get(&key)
+            .map_or(FAILURE_BURST, |&(t, at)| refilled(t, at, now))
+            - 1.0;
+        if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
+            // Forget the clients whose buckets have refilled; if every one is still
+            // draining (many addresses failing at once), forget an arbitrary one: the map
+            // stays bounded, at worst an attacker's bucket is forgotten early.
+            map.retain(|_, &mut (t, at)| refilled(t, at, now) < FAILURE_BURST);
+            if map.len() >= MAX_TRACKED
+                && let Some(k) = map.keys().next().copied()
+            {
+                map.remove(&k);
+            }
         }
-        map.insert(ip, (left.max(0.0), now));
+        map.insert(key, (left.max(0.0), now));
+    }
+}
+
+/// Tokens in a bucket that held `t` at `at`, as of `now`.
+fn refilled(t: f64, at: Instant, now: Instant) -> f64 {
+    (t + now.saturating_duration_since(at).as_secs_f64() * FAILURES_PER_SECOND).min(FAILURE_BURST)
+}
+
+/// The bucket an address counts in: itself for IPv4, its /64 for IPv6 (one host has a /64).
+fn bucket_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
     }
 }
 
@@ -96,8 +119,16 @@ pub async fn require_api_key(State(auth): State<ApiKeyAuth>, req: Request, next:
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let now = Instant::now();
+    let presented = presented_key(req.headers());
+    // A valid key always passes: clients behind one address (a NAT, an ingress) are not
+    // locked out by another one's failures.
+    if let Some(k) = presented
+        && auth.keys.accepts(k)
+    {
+        return next.run(req).await;
+    }
     if let Some(ip) = client
-        && auth.tokens(ip, now) < 1.0
+        && !auth.may_fail(ip, now)
     {
         let mut resp = (
             StatusCode::TOO_MANY_REQUESTS,
@@ -113,31 +144,26 @@ pub async fn require_api_key(State(auth): State<ApiKeyAuth>, req: Request, next:
         }
         return resp;
     }
-    match presented_key(req.headers()) {
-        Some(k) if auth.keys.accepts(k) => next.run(req).await,
-        presented => {
-            let (message, reason) = if presented.is_some() {
-                ("invalid API key", "invalid_key")
-            } else {
-                (
-                    "missing API key: send X-API-Key or Authorization: Bearer",
-                    "missing_key",
-                )
-            };
-            tracing::warn!(
-                target: "audit",
-                route = %req.uri().path(),
-                client = %client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
-                key_fingerprint = %presented.map_or_else(|| "none".to_string(), fingerprint),
-                reason,
-                "authentication failed"
-            );
-            if let Some(ip) = client {
-                auth.fail(ip, now);
-            }
-            unauthorized(message)
-        }
+    let (message, reason) = if presented.is_some() {
+        ("invalid API key", "invalid_key")
+    } else {
+        (
+            "missing API key: send X-API-Key or Authorization: Bearer",
+            "missing_key",
+        )
+    };
+    tracing::warn!(
+        target: "audit",
+        route = %req.uri().path(),
+        client = %client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+        key_fingerprint = %presented.map_or_else(|| "none".to_string(), fingerprint),
+        reason,
+        "authentication failed"
+    );
+    if let Some(ip) = client {
+        auth.fail(ip, now);
     }
+    unauthorized(message)
 }
 
 /// The 401 response in the house error format.
@@ -230,15 +256,17 @@ mod tests {
         assert_eq!(got[10..], [StatusCode::TOO_MANY_REQUESTS; 2]);
         let resp = app
             .clone()
+            .oneshot(from([10, 0, 0, 1], "wrong"))
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        // The right key from the same address still passes (a NAT or an ingress shares it).
+        let ok = app
+            .clone()
             .oneshot(from([10, 0, 0, 1], "k-1"))
             .await
             .unwrap();
-        assert_eq!(
-            resp.status(),
-            StatusCode::TOO_MANY_REQUESTS,
-            "even with the right key, for now"
-        );
-        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(ok.status(), StatusCode::OK);
         // Another address is not affected.
         let ok = app
             .clone()

@@ -85,6 +85,15 @@ struct Retired {
     at: RetiredAt,
 }
 
+impl Inner {
+    /// Whether the retired list revokes the value with `digest`.
+    fn revoked(&self, digest: &[u8; 32]) -> bool {
+        self.retired
+            .iter()
+            .any(|r| r.at == RetiredAt::Revoked && bool::from(r.digest.ct_eq(digest)))
+    }
+}
+
 fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -170,13 +179,15 @@ impl KeyRing {
         self.accepts_at(candidate, Instant::now())
     }
 
-    /// [`KeyRing::accepts`] as of `now`.
+    /// [`KeyRing::accepts`] as of `now`. A previous value listed as revoked is not accepted,
+    /// grace period or not.
     pub fn accepts_at(&self, candidate: &[u8], now: Instant) -> bool {
         let d = digest(candidate);
         let inner = self.read();
         let mut ok = inner.current_digest.ct_eq(&d);
         if let Some(p) = &inner.previous
             && now.saturating_duration_since(p.rotated_at) < inner.policy.grace
+            && !inner.revoked(&p.digest)
         {
             ok |= p.digest.ct_eq(&d);
         }
@@ -198,7 +209,10 @@ impl KeyRing {
     pub fn signing_at(&self, now: Instant) -> SecretString {
         let inner = self.read();
         match &inner.previous {
-            Some(p) if now.saturating_duration_since(p.rotated_at) < inner.policy.signing_delay => {
+            Some(p)
+                if now.saturating_duration_since(p.rotated_at) < inner.policy.signing_delay
+                    && !inner.revoked(&p.digest) =>
+            {
                 p.value.clone()
             }
             _ => inner.current.clone(),
@@ -216,6 +230,7 @@ impl KeyRing {
         let mut out = vec![inner.current.clone()];
         if let Some(p) = &inner.previous
             && now.saturating_duration_since(p.rotated_at) < inner.policy.grace
+            && !inner.revoked(&p.digest)
         {
             out.push(p.value.clone());
         }
@@ -409,7 +424,11 @@ mod tests {
         // Rotated out and revoked at once (it leaked): the grace period does not keep it.
         assert!(ring.rotate(s("newer")));
         assert_eq!(ring.verifying().1.len(), 3, "new in grace, newer, old-2");
+        assert!(ring.accepts(b"new"), "in grace");
         assert!(ring.set_retired(vec![retired("new", RetiredAt::Revoked)]));
+        // Revoked: no longer a credential, nor signed with, grace or not.
+        assert!(!ring.accepts(b"new"));
+        assert_eq!(ring.signing().expose_secret(), "newer");
         let values: Vec<_> = ring
             .verifying()
             .1

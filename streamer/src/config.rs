@@ -20,14 +20,14 @@ pub struct StreamerConfig {
     #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,
     /// Extra librdkafka properties for every Kafka client, `key=value`, repeatable (env:
-    /// comma-separated), e.g. `security.protocol=SASL_PLAINTEXT`, `sasl.mechanisms=PLAIN`,
+    /// one per line, so a value may hold commas), e.g. `security.protocol=SASL_PLAINTEXT`, `sasl.mechanisms=PLAIN`,
     /// `sasl.username=…`, `sasl.password=…` (prefer the env var from a Secret for a password).
     // Parsed at startup (msg_queue_client::parse_properties), not by clap: clap's error
     // would echo the whole value, which may be a password.
     #[arg(
         long = "kafka-property",
         env = "KAFKA_PROPERTIES",
-        value_delimiter = ',',
+        value_delimiter = '\n',
         hide_env_values = true
     )]
     pub kafka_properties: Vec<String>,

@@ -58,10 +58,10 @@ fn sasl_plain_is_accepted_and_the_password_never_printed() {
         "security.protocol=SASL_PLAINTEXT",
         "sasl.mechanisms=PLAIN",
         "sasl.username=collector",
-        "sasl.password=pw-0123456789abcdef",
+        "sasl.password=pw,0123456789abcdef",
     ]);
     // Configured and started: one round sampled, nothing delivered (no broker there).
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("collector stopped: rounds=1"), "{stderr}");
-    assert!(!stderr.contains("pw-0123456789abcdef"), "{stderr}");
+    assert!(!stderr.contains("0123456789abcdef"), "{stderr}");
 }
