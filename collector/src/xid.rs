@@ -18,6 +18,9 @@ use telemetry_wire::health::xid_class;
 
 use crate::sampler::now_ms;
 
+/// Health-bearing events kept per GPU for the health window, at most.
+const MAX_RECENT: usize = 1_000;
+
 /// The code NVML reports for an XID it cannot name.
 pub const UNKNOWN_XID: u32 = 999;
 
@@ -48,6 +51,12 @@ impl XidLog {
         g.last = Some((code, at_ms));
         if xid_class(code).is_some() {
             g.recent.push((code, at_ms));
+            // A storm of XIDs must not grow this without bound: the oldest go first (the
+            // counts keep every one).
+            if g.recent.len() > MAX_RECENT {
+                let excess = g.recent.len() - MAX_RECENT;
+                g.recent.drain(..excess);
+            }
         }
     }
 
@@ -218,5 +227,13 @@ mod tests {
         assert_eq!(g.recent, vec![]);
         assert_eq!(g.counts[&13], 2);
         assert_eq!(log.snapshot(1, 0, 1), GpuXids::default());
+        // A storm: counted in full, the window list bounded.
+        for t in 0..5_000 {
+            log.record(2, 94, t);
+        }
+        let g = log.snapshot(2, 5_000, 1_000_000);
+        assert_eq!(g.counts[&94], 5_000);
+        assert_eq!(g.recent.len(), MAX_RECENT);
+        assert_eq!(g.recent[0], (94, 4_000), "the oldest went first");
     }
 }

@@ -108,6 +108,8 @@ struct Inner {
     retired: Vec<Retired>,
     // When each retired value without a stated time was first seen (UTC ms), by digest.
     first_seen: std::collections::HashMap<[u8; 32], i64>,
+    // The last value a rotation to was refused (weak), so the refusal is said once.
+    refused: Option<[u8; 32]>,
     policy: RotationPolicy,
     version: u64,
 }
@@ -140,6 +142,7 @@ impl KeyRing {
                 previous: None,
                 retired: Vec::new(),
                 first_seen: std::collections::HashMap::new(),
+                refused: None,
                 policy,
                 version: 0,
             })),
@@ -314,6 +317,16 @@ impl KeyRing {
             });
         }
         (inner.version, out)
+    }
+
+    /// Notes that a rotation to `value` was refused; `true` the first time for that value
+    /// (so the refusal is logged once, not at every reload).
+    pub fn refuse(&self, value: &SecretString) -> bool {
+        let d = digest(value.expose_secret().as_bytes());
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let new = inner.refused != Some(d);
+        inner.refused = Some(d);
+        new
     }
 
     /// A number that changes on every rotation (for caches derived from the ring).

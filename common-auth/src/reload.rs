@@ -148,7 +148,7 @@ pub fn reload_once(dir: &Path, watched: &[(SecretSpec, KeyRing)], allow_weak: bo
         match read_secret_file(spec, &dir.join(spec.file_name)) {
             Ok(Some(v)) => {
                 if let Some(why) = weakness(v.expose_secret()).filter(|_| !allow_weak) {
-                    if !ring.accepts(v.expose_secret().as_bytes()) {
+                    if !ring.accepts(v.expose_secret().as_bytes()) && ring.refuse(&v) {
                         tracing::error!(
                             secret = spec.name,
                             file = %dir.join(spec.file_name).display(),
@@ -251,6 +251,9 @@ mod tests {
         assert_eq!(reload_once(dir.path(), &watched, false), 0);
         assert_eq!(ring.current().expose_secret(), "first-key-0123456789");
         assert!(!ring.accepts(b"changeme"));
+        // Said once per refused value, not at every reload.
+        assert!(!ring.refuse(&SecretString::from("changeme".to_string())));
+        assert!(ring.refuse(&SecretString::from("change-me".to_string())));
         // A demo that allows weak values takes it.
         assert_eq!(reload_once(dir.path(), &watched, true), 1);
     }
