@@ -164,12 +164,13 @@ impl PodMapping {
 /// The mapping, shared between the refresh task and the sampler.
 #[derive(Debug, Default)]
 pub struct PodTable {
-    mapping: RwLock<PodMapping>,
+    // Swapped whole on a change, so a round's snapshot is a pointer copy.
+    mapping: RwLock<Arc<PodMapping>>,
 }
 
 impl PodTable {
-    /// A copy of the current mapping.
-    pub fn snapshot(&self) -> PodMapping {
+    /// The current mapping (shared, not copied).
+    pub fn snapshot(&self) -> Arc<PodMapping> {
         self.mapping
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -178,11 +179,17 @@ impl PodTable {
 
     /// Replaces the mapping (the refresh task's job; benchmarks set one directly).
     pub fn set(&self, mapping: PodMapping) {
-        self.update(|m| *m = mapping);
+        *self.mapping.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(mapping);
     }
 
-    fn update(&self, f: impl FnOnce(&mut PodMapping)) {
-        f(&mut self.mapping.write().unwrap_or_else(|p| p.into_inner()));
+    /// Marks the mapping stale (the kubelet did not answer).
+    fn mark_stale(&self) {
+        let mut m = self.mapping.write().unwrap_or_else(|p| p.into_inner());
+        if !m.stale {
+            let mut next = PodMapping::clone(&m);
+            next.stale = true;
+            *m = Arc::new(next);
+        }
     }
 }
 
@@ -334,14 +341,12 @@ pub async fn run(
                     tracing::info!(socket = %cfg.socket.display(), devices = assignments.len(), "pod attribution from the kubelet");
                 }
                 failing = false;
-                table.update(|m| {
-                    *m = PodMapping {
-                        assignments,
-                        checkpoint,
-                        checkpoint_read,
-                        as_of_ms: Some(now_ms()),
-                        stale: false,
-                    }
+                table.set(PodMapping {
+                    assignments,
+                    checkpoint,
+                    checkpoint_read,
+                    as_of_ms: Some(now_ms()),
+                    stale: false,
                 });
             }
             failed => {
@@ -360,7 +365,7 @@ pub async fn run(
                     failing = true;
                 }
                 if known {
-                    table.update(|m| m.stale = true);
+                    table.mark_stale();
                 }
             }
         }

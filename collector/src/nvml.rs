@@ -408,17 +408,19 @@ impl FieldErrors {
                 self.gone(index);
                 None
             }
-            Err(e @ (NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_))) => {
+            // Not there, or (the collector runs unprivileged on purpose) not allowed: absent,
+            // said once with NVML's reason, neither an error nor a health matter.
+            Err(
+                e @ (NvmlError::NotSupported
+                | NvmlError::FailedToLoadSymbol(_)
+                | NvmlError::NoPermission),
+            ) => {
                 if self.unsupported.insert((index, field)) {
-                    tracing::info!(gpu = index, field, reason = %e, "not available on this GPU; left absent");
-                }
-                None
-            }
-            // The collector runs unprivileged on purpose: a read that needs more is absent,
-            // said once with NVML's reason, and neither an error nor a health matter.
-            Err(e @ NvmlError::NoPermission) => {
-                if self.unsupported.insert((index, field)) {
-                    tracing::info!(gpu = index, field, reason = %e, "needs more privilege than the collector has (it runs as non-root with no capabilities); left absent");
+                    if matches!(e, NvmlError::NoPermission) {
+                        tracing::info!(gpu = index, field, reason = %e, "needs more privilege than the collector has (it runs as non-root with no capabilities); left absent");
+                    } else {
+                        tracing::info!(gpu = index, field, reason = %e, "not available on this GPU; left absent");
+                    }
                 }
                 None
             }
@@ -748,7 +750,7 @@ impl GpuSource for NvmlSource {
                             mig = self.mig_devices(&device, index);
                             ids.mig = mig.iter().map(|m| m.uuid.clone()).collect();
                         }
-                        processes = self.processes(&device, index, &ids, &mig, mapping.as_ref());
+                        processes = self.processes(&device, index, &ids, &mig, mapping.as_deref());
                     }
                     sample
                 }

@@ -95,20 +95,20 @@ impl Ingestor {
 
     /// Refuses a batch listing a GPU another node reported within [`GPU_OWNERSHIP_MS`].
     fn check_owners(&self, batch: &TelemetryBatch, now: i64) -> Result<(), Reject> {
-        for g in &batch.gpus {
-            if let Some((node, seen)) = self.store.latest().owner(&g.uuid)
-                && node != batch.node
-                && now.saturating_sub(seen) < GPU_OWNERSHIP_MS
-            {
-                return Err(Reject::Invalid(format!(
-                    "GPU {} belongs to node {node:?} (reported {} s ago), not {:?}",
-                    g.uuid,
-                    now.saturating_sub(seen).max(0) / 1000,
-                    batch.node
-                )));
-            }
+        let uuids = batch.gpus.iter().map(|g| g.uuid.as_str());
+        let since = now.saturating_sub(GPU_OWNERSHIP_MS - 1);
+        match self
+            .store
+            .latest()
+            .claimed_elsewhere(uuids, &batch.node, since)
+        {
+            None => Ok(()),
+            Some((uuid, node, seen)) => Err(Reject::Invalid(format!(
+                "GPU {uuid} belongs to node {node:?} (reported {} s ago), not {:?}",
+                now.saturating_sub(seen).max(0) / 1000,
+                batch.node
+            ))),
         }
-        Ok(())
     }
 
     /// Verifies, decodes and stores `records` (in order). Rejected records are counted and

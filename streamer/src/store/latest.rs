@@ -271,14 +271,20 @@ impl LatestIndex {
         self.read().gpus.get(uuid).map(Entry::state)
     }
 
-    /// The node a known GPU was last reported by, with the time of its newest sample (UTC
-    /// ms; 0 when none).
-    pub fn owner(&self, uuid: &str) -> Option<(String, i64)> {
-        self.read().gpus.get(uuid).map(|e| {
-            (
-                e.info.node.clone(),
-                e.latest.as_ref().map_or(0, |l| l.timestamp_ms),
-            )
+    /// The first of `uuids` another node than `node` reported at or after `since_ms`: the
+    /// GPU, that node and the time of its newest sample (UTC ms). One lock for the lot; a
+    /// copy only on a conflict.
+    pub fn claimed_elsewhere<'u>(
+        &self,
+        uuids: impl IntoIterator<Item = &'u str>,
+        node: &str,
+        since_ms: i64,
+    ) -> Option<(&'u str, String, i64)> {
+        let inner = self.read();
+        uuids.into_iter().find_map(|uuid| {
+            let e = inner.gpus.get(uuid)?;
+            let seen = e.latest.as_ref().map_or(0, |l| l.timestamp_ms);
+            (e.info.node != node && seen >= since_ms).then(|| (uuid, e.info.node.clone(), seen))
         })
     }
 
