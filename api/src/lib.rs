@@ -91,6 +91,8 @@ pub struct Secrets {
     pub origin: KeyOrigin,
     /// The service token for the streamer (gateway mode; `None` when embedded).
     pub tokens: Option<KeyRing>,
+    /// Where they come from (keeps them current).
+    pub source: common_auth::SecretSource,
 }
 
 /// Loads and checks (present, strong) every secret `cfg` needs: a missing or weak one stops
@@ -98,25 +100,27 @@ pub struct Secrets {
 ///
 /// # Errors
 /// [`RunError`] naming the secret, where it looked and why it is refused.
-pub fn load_secrets(cfg: &ApiConfig) -> Result<Secrets, RunError> {
-    let (keys, origin) = api_keys(cfg)?;
+pub async fn load_secrets(cfg: &ApiConfig) -> Result<Secrets, RunError> {
+    let source = common_auth::SecretSource::open(&cfg.secrets).await?;
+    let (keys, origin) = api_keys(cfg, &source)?;
     let tokens = if cfg.embedded {
         None
     } else {
-        Some(
-            cfg.secrets
-                .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?,
-        )
+        Some(source.load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?)
     };
     Ok(Secrets {
         keys,
         origin,
         tokens,
+        source,
     })
 }
 
-fn api_keys(cfg: &ApiConfig) -> Result<(KeyRing, KeyOrigin), RunError> {
-    match cfg.secrets.load(&SecretSpec::API_KEY, cfg.api_key.as_ref()) {
+fn api_keys(
+    cfg: &ApiConfig,
+    source: &common_auth::SecretSource,
+) -> Result<(KeyRing, KeyOrigin), RunError> {
+    match source.load(&SecretSpec::API_KEY, cfg.api_key.as_ref()) {
         Ok(k) => Ok((k, KeyOrigin::Configured)),
         Err(e) if cfg.embedded && matches!(e, common_auth::AuthError::Missing { .. }) => {
             let bytes: [u8; 32] = rand::random();
@@ -145,6 +149,7 @@ pub async fn run(
         keys,
         origin,
         tokens,
+        source,
     } = secrets;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -182,9 +187,7 @@ pub async fn run(
     } else {
         let tokens = match tokens {
             Some(t) => t,
-            None => cfg
-                .secrets
-                .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?,
+            None => source.load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?,
         };
         watched.push((SecretSpec::SERVICE_TOKEN, tokens.clone()));
         let grpc = GrpcBackend::new(&cfg.streamer_url, tokens, cfg.streamer_timeout)?;
@@ -195,7 +198,7 @@ pub async fn run(
     if origin == KeyOrigin::Generated {
         watched.clear(); // nothing on disk to follow
     }
-    let reload = cfg.secrets.spawn_watch(watched, stopped());
+    let reload = source.spawn_watch(watched, stopped());
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() {
         "localhost".to_string()
@@ -210,10 +213,7 @@ pub async fn run(
         addr.port()
     );
     let _ = match origin {
-        KeyOrigin::Configured => writeln!(
-            out,
-            "  API key: from env API_KEY or --secret-dir (not shown)"
-        ),
+        KeyOrigin::Configured => writeln!(out, "  API key: from {} (not shown)", source.describe()),
         KeyOrigin::Generated => writeln!(
             out,
             "  API key (generated, none configured; set API_KEY to choose one): {}",

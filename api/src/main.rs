@@ -14,7 +14,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cfg = ApiConfig::parse();
     // Secrets first: a missing or weak one stops here, before any socket or file is opened.
-    let secrets = match api::load_secrets(&cfg) {
+    let secrets = match api::load_secrets(&cfg).await {
         Ok(s) => s,
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "api: {error}");

@@ -188,12 +188,11 @@ pub async fn run(
     if cfg.output == config::Output::Json {
         return print_only(cfg, shutdown).await;
     }
-    let tokens = cfg
-        .secrets
-        .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
+    let secrets = common_auth::SecretSource::open(&cfg.secrets).await?;
+    let tokens = secrets.load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
     let kafka_properties = msg_queue_client::parse_properties(&cfg.kafka_properties)?;
     let source = open_source(&cfg.source, SourceKind::Nvml)?;
-    tracing::info!(source = %source.describe(), brokers = %cfg.brokers, topic = %cfg.topic, "collector starting");
+    tracing::info!(source = %source.describe(), secrets = %secrets.describe(), brokers = %cfg.brokers, topic = %cfg.topic, "collector starting");
 
     // In the background: sampling starts at once, even while the broker is away.
     let topics = tokio::spawn(msg_queue_client::topic::ensure_topics_until_done(
@@ -229,11 +228,9 @@ pub async fn run(
     }
     let sink = Arc::new(KafkaSink::new(tokens.clone(), buffer.clone()));
     let mut reload_stop = stop_tx.subscribe();
-    let reload = cfg
-        .secrets
-        .spawn_watch(vec![(SecretSpec::SERVICE_TOKEN, tokens)], async move {
-            let _ = reload_stop.wait_for(|s| *s).await;
-        });
+    let reload = secrets.spawn_watch(vec![(SecretSpec::SERVICE_TOKEN, tokens)], async move {
+        let _ = reload_stop.wait_for(|s| *s).await;
+    });
 
     // Sampling stops on `shutdown` or after `rounds`; then the publisher drains.
     let sampler = sampler::run_sampler(

@@ -18,7 +18,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 use crate::KeyRing;
 
@@ -93,12 +92,7 @@ fn bucket_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The first 8 hex digits of the SHA-256 of a presented credential: enough to tell two
-/// apart in an audit log, nothing about the credential itself.
-pub fn fingerprint(presented: &[u8]) -> String {
-    let d = Sha256::digest(presented);
-    d[..4].iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::fingerprint;
 
 /// The credential a request presents, if any: `X-API-Key`, else `Authorization: Bearer`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {

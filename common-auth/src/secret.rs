@@ -7,7 +7,7 @@
 //! compose, local runs). Trailing newlines in files are trimmed, as `kubectl create secret
 //! --from-file` keeps them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -86,33 +86,14 @@ pub fn weakness(value: &str) -> Option<String> {
     (n < MIN_SECRET_LEN).then(|| format!("it is {n} characters, fewer than {MIN_SECRET_LEN}"))
 }
 
-/// Reads a list of retired values, one per line: the value, then optionally its retirement
+/// Parses a list of retired values, one per line: the value, then optionally its retirement
 /// time (RFC 3339, e.g. `2026-11-28T10:00:00Z`: it verifies only records timed before) or
 /// `revoked` (a leaked value: it verifies nothing). A value without either counts as retired
-/// when the service first loads it. An absent file is an empty list.
+/// when the service first loads it.
 ///
 /// # Errors
-/// [`AuthError::Read`] when the file exists but cannot be read, [`AuthError::Config`] naming
-/// the line (never its value) when a line's second word is neither a time nor `revoked`.
-pub(crate) fn read_retired_file(
-    spec: &SecretSpec,
-    path: &Path,
-) -> Result<Vec<RetiredValue>, AuthError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => parse_retired(&s).map_err(|(line, why)| {
-            AuthError::Config(format!("{} line {line}: {why}", path.display()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(AuthError::Read {
-            name: spec.name,
-            path: PathBuf::from(path),
-            source,
-        }),
-    }
-}
-
-/// Parses a retired-values list (see [`read_retired_file`]); on error the 1-based line and
-/// why, never the value.
+/// The 1-based line and why (never the value) when a line's second word is neither a time
+/// nor `revoked`, or a line has more than two words.
 pub fn parse_retired(text: &str) -> Result<Vec<RetiredValue>, (usize, String)> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -171,50 +152,22 @@ pub fn load_secret_from(
     direct: Option<&SecretString>,
     dir: Option<&Path>,
 ) -> Result<(SecretString, String), AuthError> {
-    let mut looked = Vec::new();
-    match dir {
-        Some(dir) => {
-            let path = dir.join(spec.file_name);
-            match read_secret_file(spec, &path)? {
-                Some(v) => return Ok((v, path.display().to_string())),
-                None => looked.push(format!("{} not found or empty", path.display())),
-            }
-        }
-        None => looked.push("no secret directory configured (--secret-dir)".to_string()),
-    }
-    match direct {
-        Some(v) if !v.expose_secret().trim().is_empty() => {
-            return Ok((v.clone(), format!("env {}", spec.env_var)));
-        }
-        Some(_) => looked.push(format!("env {} is empty", spec.env_var)),
-        None => looked.push(format!("env {} is unset", spec.env_var)),
-    }
-    Err(AuthError::Missing {
-        name: spec.name,
-        looked: looked.join("; "),
-    })
+    let view = dir.map(crate::source::DirView);
+    crate::source::load_from(
+        spec,
+        direct,
+        view.as_ref().map(|v| v as &dyn crate::source::SecretView),
+    )
 }
 
-/// Reads a secret file; `Ok(None)` when it does not exist or holds only whitespace.
-pub(crate) fn read_secret_file(
-    spec: &SecretSpec,
-    path: &Path,
-) -> Result<Option<SecretString>, AuthError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => {
-            let trimmed = s.trim_end_matches(['\n', '\r']);
-            if trimmed.trim().is_empty() {
-                Ok(None)
-            } else {
-                Ok(Some(SecretString::from(trimmed.to_string())))
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(AuthError::Read {
-            name: spec.name,
-            path: PathBuf::from(path),
-            source,
-        }),
+/// A secret's raw text as its one value: trailing newlines trimmed (`kubectl create secret
+/// --from-file` keeps them), `None` when nothing is left.
+pub(crate) fn single_value(raw: SecretString) -> Option<SecretString> {
+    let trimmed = raw.expose_secret().trim_end_matches(['\n', '\r']);
+    if trimmed.trim().is_empty() {
+        None
+    } else {
+        Some(SecretString::from(trimmed.to_string()))
     }
 }
 

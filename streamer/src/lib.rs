@@ -20,7 +20,7 @@ pub mod store;
 use std::sync::Arc;
 
 use common_auth::grpc::RequireServiceToken;
-use common_auth::{KeyRing, SecretSpec};
+use common_auth::{KeyRing, SecretSource, SecretSpec};
 use msg_queue_client::consumer::{ConsumerConfig, OffsetSource, TelemetryConsumer};
 use msg_queue_client::dead_letter::DeadLetterProducer;
 use tokio::net::TcpListener;
@@ -72,16 +72,23 @@ impl OffsetSource for StoreOffsets {
 ///
 /// # Errors
 /// [`StreamerError`] naming the secret and where it looked.
-pub fn load_token(cfg: &StreamerConfig) -> Result<KeyRing, StreamerError> {
-    let ring = cfg
-        .secrets
-        .load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
-    cfg.secrets
-        .load_retired(&SecretSpec::SERVICE_TOKEN_PREVIOUS, &ring)?;
-    Ok(ring)
+pub async fn load_token(cfg: &StreamerConfig) -> Result<Token, StreamerError> {
+    let source = SecretSource::open(&cfg.secrets).await?;
+    let ring = source.load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?;
+    source.load_retired(&SecretSpec::SERVICE_TOKEN_PREVIOUS, &ring)?;
+    Ok(Token { ring, source })
 }
 
-/// Runs the streamer with the service token `ring` ([`load_token`]) over `store` (opened by the caller, see
+/// The service token ring and the source that keeps it current ([`load_token`]).
+#[derive(Debug)]
+pub struct Token {
+    /// Current, previous and retired tokens.
+    pub ring: KeyRing,
+    /// Where they come from.
+    pub source: SecretSource,
+}
+
+/// Runs the streamer with the service `token` ([`load_token`]) over `store` (opened by the caller, see
 /// [`StreamerConfig::disk_config`]): gRPC on `listener`, consuming until `shutdown`
 /// resolves. On shutdown the gRPC server stops accepting, the consumer finishes its batch,
 /// the store flushes and the consumer commits once more.
@@ -90,11 +97,12 @@ pub fn load_token(cfg: &StreamerConfig) -> Result<KeyRing, StreamerError> {
 /// [`StreamerError`] when the secret, Kafka clients or the gRPC server cannot start.
 pub async fn run(
     cfg: StreamerConfig,
-    ring: KeyRing,
+    token: Token,
     store: Arc<Store>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StreamerError> {
+    let Token { ring, source } = token;
     let metrics = Arc::new(StreamerMetrics::default());
     let kafka_properties = msg_queue_client::parse_properties(&cfg.kafka_properties)?;
 
@@ -152,7 +160,7 @@ pub async fn run(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "gRPC query service listening"
     );
-    let reload = cfg.secrets.spawn_watch(
+    let reload = source.spawn_watch(
         vec![
             (SecretSpec::SERVICE_TOKEN, ring.clone()),
             (SecretSpec::SERVICE_TOKEN_PREVIOUS, ring.clone()),

@@ -14,7 +14,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cfg = StreamerConfig::parse();
     // Secrets first: a missing or weak token stops here, before any socket or file is opened.
-    let ring = match streamer::load_token(&cfg) {
+    let token = match streamer::load_token(&cfg).await {
         Ok(r) => r,
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "streamer: {error}");
@@ -43,7 +43,7 @@ async fn main() -> std::process::ExitCode {
         // A plain line on stdout, for scripts and tests that start it on port 0.
         let _ = writeln!(std::io::stdout(), "streamer grpc listening on {addr}");
     }
-    match streamer::run(cfg, ring, store, listener, shutdown_signal()).await {
+    match streamer::run(cfg, token, store, listener, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "streamer: {error}");

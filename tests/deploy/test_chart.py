@@ -117,6 +117,43 @@ def test_secret_reader_role_names_the_secret_and_only_gets_and_watches():
     assert all(s["namespace"] == NAMESPACE for s in binding["subjects"])
 
 
+def test_secrets_from_the_kubernetes_api_mount_only_a_token_and_open_egress_to_the_api_server():
+    _, docs = install({"secrets": {"source": "kubernetes"}})
+    for kind, name in OUR_WORKLOADS:
+        spec = pod_spec(one(docs, kind, name))
+        assert spec["automountServiceAccountToken"] is True, name
+        assert "auth" not in {v["name"] for v in spec.get("volumes", [])}, name
+        container = spec["containers"][0]
+        assert "auth" not in {m["name"] for m in container.get("volumeMounts", [])}, name
+        env = env_of(container)
+        assert env["SECRET_SOURCE"]["value"] == "kubernetes"
+        assert env["SECRET_NAME"]["value"] == SECRET
+        assert env["SECRET_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert "SECRET_DIR" not in env
+        assert not [e for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})], name
+    # The service accounts themselves still mount nothing: only these pods ask for a token.
+    assert all(sa["automountServiceAccountToken"] is False for sa in by_kind(docs, "ServiceAccount").values())
+    role = one(docs, "Role", "secret-reader")
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["get", "watch"]}
+    ]
+    api_server = {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
+    pols = by_kind(docs, "NetworkPolicy")
+    for name in ["api", "streamer", "collector"]:
+        assert pols[name]["spec"]["egress"][-1] == api_server, name
+    assert api_server not in pols["msg-queue"]["spec"]["egress"]
+    # The default (mount) opens no way to the API server.
+    _, mounted = install({})
+    for p in by_kind(mounted, "NetworkPolicy").values():
+        assert api_server not in p["spec"]["egress"]
+    control_plane = [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    _, narrowed = install({"secrets": {"source": "kubernetes"}, "networkPolicy": {"apiServerTo": control_plane}})
+    assert by_kind(narrowed, "NetworkPolicy")["api"]["spec"]["egress"][-1]["to"] == control_plane
+    with pytest.raises(helm.HelmError) as err:
+        install({"secrets": {"source": "vault"}})
+    assert 'secrets.source is "vault": use mount' in str(err.value)
+
+
 def test_pods_get_env_vars_and_the_mounted_secret_with_only_the_keys_they_need():
     _, docs = install({})
     need = {"api": {"api-key", "service-token"}, "streamer": {"service-token"}, "collector": {"service-token"}}

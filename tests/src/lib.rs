@@ -4,6 +4,8 @@
 //! Binaries are found next to the test executable's `deps/` directory; `scripts/test` builds
 //! them (`cargo build --workspace`) before running the tests.
 
+pub mod kube_api;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -336,6 +338,16 @@ impl Broker {
             .expect("restart broker on its port");
         *self = b;
     }
+}
+
+/// The status of GET `url` with API key `key`; 0 when the request fails.
+pub async fn status_with_key(http: &reqwest::Client, url: &str, key: &str) -> u16 {
+    http.get(url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
 /// The body of an unauthenticated GET (e.g. `/metrics`), `None` when the request fails.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{
     Broker, Names, Proc, args, bin, eventually, free_port, get_text, spawn_api_with,
-    spawn_streamer_with, unique,
+    spawn_streamer_with, status_with_key as status, unique,
 };
 
 fn write_atomically(dir: &Path, name: &str, value: &str) {
@@ -14,15 +14,6 @@ fn write_atomically(dir: &Path, name: &str, value: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, value).unwrap();
     std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
-
-async fn status(http: &reqwest::Client, url: &str, key: &str) -> u16 {
-    http.get(url)
-        .header("x-api-key", key)
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
 }
 
 async fn sample_count(http: &reqwest::Client, base: &str, key: &str) -> Option<u64> {
@@ -38,10 +29,80 @@ async fn sample_count(http: &reqwest::Client, base: &str, key: &str) -> Option<u
     body["gpus"][0]["sample_count"].as_u64()
 }
 
+/// Where the services read their secrets in a rotation test, and how the test changes them.
+enum Secrets {
+    /// A mounted directory, changed as the kubelet does.
+    Mount(tempfile::TempDir),
+    /// The Secret `telemetry/auth` in a fake Kubernetes API, read with a service-account
+    /// token through a kubeconfig.
+    Kubernetes(integration_tests::kube_api::FakeKubeApi, tempfile::TempDir),
+}
+
+const SA_TOKEN: &str = "sa-token-for-the-rotation-test-0123456789";
+
+impl Secrets {
+    async fn kubernetes() -> Self {
+        let fake = integration_tests::kube_api::FakeKubeApi::start(SA_TOKEN).await;
+        Self::Kubernetes(fake, tempfile::tempdir().unwrap())
+    }
+
+    fn set(&self, key: &str, value: &str) {
+        match self {
+            Secrets::Mount(dir) => write_atomically(dir.path(), key, value),
+            Secrets::Kubernetes(fake, _) => {
+                fake.set("telemetry", "auth", key, value);
+            }
+        }
+    }
+
+    /// The flags every service gets, plus the rotation timing.
+    fn flags(&self) -> Vec<String> {
+        let mut f = match self {
+            Secrets::Mount(dir) => args(&[
+                "--secret-dir",
+                dir.path().to_str().unwrap(),
+                "--secret-reload-interval",
+                "100ms",
+            ]),
+            Secrets::Kubernetes(..) => {
+                args(&["--secret-source", "kubernetes", "--secret-name", "auth"])
+            }
+        };
+        f.extend(args(&[
+            "--secret-grace",
+            "4s",
+            "--secret-signing-delay",
+            "1s",
+        ]));
+        f
+    }
+
+    /// The env every service gets.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![(
+            "RUST_LOG",
+            "debug,rdkafka=info,h2=info,hyper=info,tower=info,kube_client=debug".to_string(),
+        )];
+        if let Secrets::Kubernetes(fake, dir) = self {
+            let config = fake.kubeconfig(dir.path(), "telemetry");
+            env.push(("KUBECONFIG", config.display().to_string()));
+        }
+        env
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
-    let secrets = tempfile::tempdir().unwrap();
-    let dir = secrets.path().to_str().unwrap().to_string();
+    rotate_both_secrets(Secrets::Mount(tempfile::tempdir().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_both_secrets_in_the_kubernetes_api_needs_no_restart_and_loses_nothing() {
+    let secrets = Secrets::kubernetes().await;
+    rotate_both_secrets(secrets).await;
+}
+
+async fn rotate_both_secrets(secrets: Secrets) {
     let (k1, t1) = (
         "api-key-one-0123456789abcdef",
         "service-token-one-0123456789",
@@ -50,27 +111,16 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
         "api-key-two-0123456789abcdef",
         "service-token-two-0123456789",
     );
-    write_atomically(secrets.path(), "api-key", k1);
-    write_atomically(secrets.path(), "service-token", t1);
-    let rotation = [
-        "--secret-dir",
-        &dir,
-        "--secret-reload-interval",
-        "100ms",
-        "--secret-grace",
-        "4s",
-        "--secret-signing-delay",
-        "1s",
-    ];
+    secrets.set("api-key", k1);
+    secrets.set("service-token", t1);
+    let flags = secrets.flags();
+    let rotation: Vec<&str> = flags.iter().map(String::as_str).collect();
 
     let broker = Broker::start();
     let n = Names::fresh("rot");
     let grpc = free_port();
     // Debug logs: everything a service could say about its secrets is in the scan below.
-    let debug = [(
-        "RUST_LOG",
-        "debug,rdkafka=info,h2=info,hyper=info,tower=info".to_string(),
-    )];
+    let debug = secrets.env();
     let mut streamer = spawn_streamer_with(&broker, &n, grpc, &rotation, &debug);
     let (mut api, base) = spawn_api_with(grpc, &rotation, &debug);
     let mut collector = Proc::spawn(
@@ -105,8 +155,8 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
     )
     .await;
 
-    write_atomically(secrets.path(), "api-key", k2);
-    write_atomically(secrets.path(), "service-token", t2);
+    secrets.set("api-key", k2);
+    secrets.set("service-token", t2);
     let rotated = Instant::now();
     eventually(
         Duration::from_secs(10),
@@ -114,6 +164,10 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
         || async { (status(&http, &gpus, k2).await == 200).then_some(()) },
     )
     .await;
+    println!(
+        "new API key accepted {:?} after the change",
+        rotated.elapsed()
+    );
     assert_eq!(
         status(&http, &gpus, k1).await,
         200,
@@ -178,7 +232,7 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
         status(&http, &gpus, "wrong-key-0123456789abcdef").await,
         401
     );
-    write_atomically(secrets.path(), "api-key", "changeme");
+    secrets.set("api-key", "changeme");
     api.wait_line("rotation to a weak value refused", Duration::from_secs(10));
     assert_eq!(status(&http, &gpus, k2).await, 200, "the current key stays");
     assert_eq!(status(&http, &gpus, "changeme").await, 401);
@@ -200,11 +254,34 @@ async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
         "the run said something: {} lines",
         all.len()
     );
-    for value in [k1, k2, t1, t2, "changeme", "wrong-key-0123456789abcdef"] {
+    for value in [
+        k1,
+        k2,
+        t1,
+        t2,
+        "changeme",
+        "wrong-key-0123456789abcdef",
+        SA_TOKEN,
+    ] {
         let leaks: Vec<&String> = all.iter().filter(|l| l.contains(value)).collect();
         assert!(leaks.is_empty(), "{value} appears in: {leaks:?}");
     }
     println!("{} log lines scanned, no secret in them", all.len());
+    if let Secrets::Kubernetes(fake, _) = &secrets {
+        // Each service read the Secret once at startup and then only watched it.
+        let requests = fake.requests();
+        let count = |p: &str| requests.iter().filter(|r| r.starts_with(p)).count();
+        assert_eq!(count("GET telemetry/auth"), 3, "{requests:?}");
+        assert!(
+            count("WATCH telemetry rv=") >= 3
+                && requests
+                    .iter()
+                    .filter(|r| r.starts_with("WATCH"))
+                    .all(|r| r.ends_with("bookmarks=true fieldSelector=metadata.name=auth")),
+            "{requests:?}"
+        );
+        assert_eq!(count("UNAUTHORIZED"), 0, "{requests:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

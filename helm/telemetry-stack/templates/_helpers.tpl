@@ -86,9 +86,32 @@ checksum/secret: {{ printf "%s\n%s" .Values.secrets.apiKey .Values.secrets.servi
 {{- end -}}
 {{- end -}}
 
-{{/* Env vars from the Secret. Call with (dict "root" $ "keys" (list "api-key" "service-token")). */}}
+{{/* "true" when pods read the Secret through the Kubernetes API (secrets.source). */}}
+{{- define "ts.secretsFromApi" -}}
+{{- $source := .Values.secrets.source | default "mount" -}}
+{{- if not (has $source (list "mount" "kubernetes")) -}}
+{{- fail (printf "secrets.source is %q: use mount (the Secret mounted as files) or kubernetes (read and watched through the Kubernetes API)" $source) -}}
+{{- end -}}
+{{- if eq $source "kubernetes" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+How a pod gets the Secret. Call with (dict "root" $ "keys" (list "api-key" "service-token")).
+mount: env vars from the Secret and the mounted directory. kubernetes: the Secret's name; the
+values come from the API.
+*/}}
 {{- define "ts.secretEnv" -}}
 {{- $name := include "ts.secretName" .root -}}
+{{- if include "ts.secretsFromApi" .root }}
+- name: SECRET_SOURCE
+  value: kubernetes
+- name: SECRET_NAME
+  value: {{ $name | quote }}
+- name: SECRET_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- else }}
 {{- range .keys }}
 - name: {{ . | upper | replace "-" "_" }}
   valueFrom:
@@ -98,6 +121,7 @@ checksum/secret: {{ printf "%s\n%s" .Values.secrets.apiKey .Values.secrets.servi
 {{- end }}
 - name: SECRET_DIR
   value: {{ .root.Values.secrets.mountPath | quote }}
+{{- end }}
 - name: SECRET_RELOAD_INTERVAL
   value: {{ .root.Values.rotation.reloadInterval | quote }}
 - name: SECRET_GRACE_PERIOD
@@ -112,6 +136,7 @@ The Secret as a read-only directory holding only `keys`, plus `optionalKeys` whe
 has them (a projected volume, so both land in one directory).
 */}}
 {{- define "ts.secretVolume" -}}
+{{- if not (include "ts.secretsFromApi" .root) }}
 - name: auth
   projected:
     defaultMode: 0440
@@ -133,12 +158,35 @@ has them (a projected volume, so both land in one directory).
               path: {{ . }}
 {{- end }}
 {{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "ts.secretMount" -}}
+{{- if not (include "ts.secretsFromApi" .) }}
 - name: auth
   mountPath: {{ .Values.secrets.mountPath }}
   readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* A service-account token only for pods that read the Secret through the API. */}}
+{{- define "ts.automountToken" -}}
+{{- if include "ts.secretsFromApi" . }}true{{ else }}false{{ end -}}
+{{- end -}}
+
+{{/* Egress to the Kubernetes API server (secrets.source=kubernetes). */}}
+{{- define "ts.egressApiServer" -}}
+{{- if include "ts.secretsFromApi" . }}
+- {{- with .Values.networkPolicy.apiServerTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    {{- range .Values.networkPolicy.apiServerPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Values that look like the docs' examples must not reach a cluster. */}}
