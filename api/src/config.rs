@@ -48,6 +48,20 @@ pub struct ApiConfig {
     /// Embedded mode: the GPU source (default auto: NVML if present, else simulated).
     #[command(flatten)]
     pub source: SourceArgs,
+    /// A one-off command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<ApiCommand>,
+}
+
+/// One-off commands of the api binary.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ApiCommand {
+    /// Rotate the API key and the service token of a release's Secret through the Kubernetes
+    /// API (the kubeconfig's cluster): new strong values, the old service token kept as
+    /// retired, what changed printed by fingerprint, then a wait until every api, collector
+    /// and the streamer use the new values. No restart. Needs `get` and `patch` on the
+    /// Secret, `list` on pods and `get` on pods/proxy.
+    RotateSecrets(common_auth::rotate::RotateArgs),
 }
 
 impl ApiConfig {

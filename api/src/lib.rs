@@ -167,6 +167,7 @@ pub async fn run(
     let background;
     // Secrets re-read from --secret-dir: the API key, and the service token for the streamer.
     let mut watched = vec![(SecretSpec::API_KEY, keys.clone())];
+    let mut calls_with = None;
     let backend: Arc<dyn TelemetryBackend> = if cfg.embedded {
         let dir = cfg.data_dir.clone();
         let disk = cfg.disk_config();
@@ -190,6 +191,7 @@ pub async fn run(
             None => source.load(&SecretSpec::SERVICE_TOKEN, cfg.service_token.as_ref())?,
         };
         watched.push((SecretSpec::SERVICE_TOKEN, tokens.clone()));
+        calls_with = Some(tokens.clone());
         let grpc = GrpcBackend::new(&cfg.streamer_url, tokens, cfg.streamer_timeout)?;
         // The GPU list and single-GPU reads come from a mirror the streamer keeps current.
         background = Some(tokio::spawn(grpc.clone().run_mirror(stopped())));
@@ -223,8 +225,8 @@ pub async fn run(
     drop(out);
     let state = AppState {
         backend,
+        metrics: Arc::new(metrics::ApiMetrics::with_secrets(keys.clone(), calls_with)),
         keys,
-        metrics: Arc::default(),
         ranges: routes::range_slots(cfg.max_concurrent_ranges),
     };
     server::serve(listener, routes::router(state), cfg.http.clone(), stopped()).await?;

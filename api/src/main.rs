@@ -12,7 +12,16 @@ async fn main() -> std::process::ExitCode {
         // Colours only on a terminal: container logs stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cfg = ApiConfig::parse();
+    let mut cfg = ApiConfig::parse();
+    if let Some(api::config::ApiCommand::RotateSecrets(args)) = cfg.command.take() {
+        return match common_auth::rotate::run(&args, &mut std::io::stdout()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "api rotate-secrets: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     // Secrets first: a missing or weak one stops here, before any socket or file is opened.
     let secrets = match api::load_secrets(&cfg).await {
         Ok(s) => s,

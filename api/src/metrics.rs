@@ -11,8 +11,10 @@ use axum::response::Response;
 pub const REQUESTS: &str = "api_requests_total";
 /// Failures, by `error_type` (`unauthorized`, `bad_request`, `not_found`, `unavailable`).
 pub const ERRORS: &str = "api_errors_total";
+/// The fingerprints of the API key it accepts now and the service token it calls with.
+pub const SECRETS: &str = "api_secret_info";
 
-/// Request counters.
+/// Request counters, and the secrets in use.
 #[derive(Debug, Default)]
 pub struct ApiMetrics {
     by_class: [AtomicU64; 5],
@@ -20,9 +22,21 @@ pub struct ApiMetrics {
     bad_request: AtomicU64,
     not_found: AtomicU64,
     unavailable: AtomicU64,
+    keys: Option<common_auth::KeyRing>,
+    tokens: Option<common_auth::KeyRing>,
 }
 
 impl ApiMetrics {
+    /// Counters that also show the fingerprints of `keys` (current) and `tokens` (the one
+    /// calls are made with).
+    pub fn with_secrets(keys: common_auth::KeyRing, tokens: Option<common_auth::KeyRing>) -> Self {
+        Self {
+            keys: Some(keys),
+            tokens,
+            ..Self::default()
+        }
+    }
+
     fn observe(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
@@ -57,6 +71,16 @@ impl ApiMetrics {
                 "{ERRORS}{{error_type=\"{t}\"}} {}\n",
                 c.load(Ordering::Relaxed)
             ));
+        }
+        let mut in_use = Vec::new();
+        if let Some(k) = &self.keys {
+            in_use.push(("api-key", k.current()));
+        }
+        if let Some(t) = &self.tokens {
+            in_use.push(("service-token", t.signing()));
+        }
+        if !in_use.is_empty() {
+            s.push_str(&common_auth::fingerprint_metric(SECRETS, &in_use));
         }
         s
     }

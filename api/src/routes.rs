@@ -517,7 +517,12 @@ async fn metrics(State(st): State<AppState>) -> Response {
             let mut typed = std::collections::HashSet::new();
             for c in counters {
                 if typed.insert(c.name.clone()) {
-                    text.push_str(&format!("# TYPE {} counter\n", c.name));
+                    let kind = if c.name.ends_with("_info") {
+                        "gauge"
+                    } else {
+                        "counter"
+                    };
+                    text.push_str(&format!("# TYPE {} {kind}\n", c.name));
                 }
                 if c.labels.is_empty() {
                     text.push_str(&format!("{} {}\n", c.name, c.value));

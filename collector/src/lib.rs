@@ -209,6 +209,7 @@ pub async fn run(
     let producer = TelemetryProducer::new(pcfg)?;
 
     let metrics = Arc::new(CollectorMetrics::default());
+    let _ = metrics.signing.set(tokens.clone());
     let buffer = Arc::new(Buffer::new(cfg.buffer_records));
     let (stop_tx, mut stop_rx) = watch::channel(false);
     if let Some(addr) = cfg.metrics_addr {

@@ -16,6 +16,8 @@ pub const BUFFERED: &str = "collector_buffered_records";
 pub const IN_FLIGHT: &str = "collector_in_flight_records";
 /// Failures, labelled by `error_type` (`source`, `publish`).
 pub const ERRORS: &str = "collector_errors_total";
+/// The fingerprint of the service token records are signed with now.
+pub const SECRETS: &str = "collector_secret_info";
 
 /// Counters shared by the sampler and the publisher.
 #[derive(Debug, Default)]
@@ -34,6 +36,8 @@ pub struct CollectorMetrics {
     pub in_flight: AtomicU64,
     /// When the last round that read the source without error ended (UTC ms; 0: never).
     pub last_good_round_ms: std::sync::atomic::AtomicI64,
+    /// The service token ring records are signed from (see [`SECRETS`]).
+    pub signing: std::sync::OnceLock<common_auth::KeyRing>,
 }
 
 impl CollectorMetrics {
@@ -50,6 +54,10 @@ impl CollectorMetrics {
             dropped,
             g(&self.source_errors),
             g(&self.publish_errors),
-        )
+        ) + &self
+            .signing
+            .get()
+            .map(|r| common_auth::fingerprint_metric(SECRETS, &[("service-token", r.signing())]))
+            .unwrap_or_default()
     }
 }

@@ -37,6 +37,14 @@ pub struct Ingested {
     pub next_offsets: Vec<(i32, i64)>,
 }
 
+/// The verifier of the accepted tokens, and each one's fingerprint by key id (what
+/// `streamer_signer_info` shows for the token a node signs with).
+#[derive(Debug, Clone)]
+struct Verifier {
+    verifier: RecordVerifier,
+    fingerprints: Arc<std::collections::HashMap<String, String>>,
+}
+
 /// Verifies and stores records.
 #[derive(Debug, Clone)]
 pub struct Ingestor {
@@ -45,7 +53,7 @@ pub struct Ingestor {
     retired_max_age_ms: i64,
     // The verifier for the tokens accepted last time, keyed by (ring version, how many
     // tokens were accepted): rebuilt after a rotation and when a grace period ends.
-    verifier: Arc<Mutex<((u64, usize), RecordVerifier)>>,
+    verifier: Arc<Mutex<((u64, usize), Verifier)>>,
     store: Arc<Store>,
     metrics: Arc<StreamerMetrics>,
 }
@@ -57,7 +65,13 @@ impl Ingestor {
     /// after a rotation.
     pub fn new(tokens: KeyRing, store: Arc<Store>, metrics: Arc<StreamerMetrics>) -> Self {
         Self {
-            verifier: Arc::new(Mutex::new(((u64::MAX, 0), RecordVerifier::new([])))),
+            verifier: Arc::new(Mutex::new((
+                (u64::MAX, 0),
+                Verifier {
+                    verifier: RecordVerifier::new([]),
+                    fingerprints: Arc::default(),
+                },
+            ))),
             tokens,
             retired_max_age_ms: DEFAULT_RETIRED_MAX_AGE_MS,
             store,
@@ -73,7 +87,7 @@ impl Ingestor {
         self
     }
 
-    fn verifier(&self, now: i64) -> RecordVerifier {
+    fn verifier(&self, now: i64) -> Verifier {
         // Version and values read together: a rotation between two reads could otherwise
         // pair a new key with old values and keep them.
         let (version, mut verifying) = self.tokens.verifying();
@@ -85,9 +99,23 @@ impl Ingestor {
         let key = (version, verifying.len());
         let mut cached = self.verifier.lock().unwrap_or_else(|p| p.into_inner());
         if cached.0 != key {
+            let fingerprints = verifying
+                .iter()
+                .map(|v| {
+                    let fp = common_auth::fingerprint(
+                        secrecy::ExposeSecret::expose_secret(&v.value).as_bytes(),
+                    );
+                    (telemetry_wire::signing::key_id(&v.value), fp)
+                })
+                .collect();
             *cached = (
                 key,
-                RecordVerifier::with_limits(verifying.iter().map(|v| (&v.value, v.not_after_ms))),
+                Verifier {
+                    verifier: RecordVerifier::with_limits(
+                        verifying.iter().map(|v| (&v.value, v.not_after_ms)),
+                    ),
+                    fingerprints: Arc::new(fingerprints),
+                },
             );
         }
         cached.1.clone()
@@ -124,11 +152,15 @@ impl Ingestor {
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for (i, rec) in records.iter().enumerate() {
             self.metrics.records.fetch_add(1, Ordering::Relaxed);
-            let opened = open(&verifier, rec.parts())
+            let opened = open(&verifier.verifier, rec.parts())
                 .and_then(|b| check_times(&b, now, MAX_FUTURE_SKEW_MS).map(|()| b))
                 .and_then(|b| self.check_owners(&b, now).map(|()| b));
             match opened {
                 Ok(batch) => {
+                    let key_id = rec.parts().key_id.map(String::from_utf8_lossy);
+                    if let Some(fp) = key_id.and_then(|k| verifier.fingerprints.get(k.as_ref())) {
+                        self.metrics.signed(&batch.node, fp, now);
+                    }
                     let applied = self
                         .store
                         .apply(&batch)

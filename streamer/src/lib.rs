@@ -104,6 +104,7 @@ pub async fn run(
 ) -> Result<(), StreamerError> {
     let Token { ring, source } = token;
     let metrics = Arc::new(StreamerMetrics::default());
+    let _ = metrics.tokens.set(ring.clone());
     let kafka_properties = msg_queue_client::parse_properties(&cfg.kafka_properties)?;
 
     // In the background: the query service comes up even while the broker is away.

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
+use secrecy::ExposeSecret as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Records consumed from the telemetry topic.
@@ -25,6 +27,16 @@ pub const REJECTED: &str = "streamer_records_rejected_total";
 pub const DEAD_LETTERED: &str = "streamer_dead_lettered_total";
 /// Failures, by `error_type` (`consume`, `store`, `dead_letter`, `commit`).
 pub const ERRORS: &str = "streamer_errors_total";
+/// The fingerprint of the service token the streamer holds as current (info gauge).
+pub const SECRETS: &str = "streamer_secret_info";
+/// Per node, the fingerprint of the token that signed its newest accepted record (nodes
+/// heard from within [`SIGNER_WINDOW_MS`]; info gauge). After a rotation every node's
+/// fingerprint turns to the new token's once its collector signs with it.
+pub const SIGNERS: &str = "streamer_signer_info";
+/// How long a node counts in [`SIGNERS`] after its last accepted record.
+pub const SIGNER_WINDOW_MS: i64 = 10 * 60 * 1000;
+/// Most nodes [`SIGNERS`] tracks (the least recently heard is forgotten first).
+pub const MAX_SIGNERS: usize = 10_000;
 
 /// Counters of the ingest path.
 #[derive(Debug, Default)]
@@ -47,6 +59,10 @@ pub struct StreamerMetrics {
     pub samples_swept: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// The service token ring (see [`SECRETS`]).
+    pub tokens: std::sync::OnceLock<common_auth::KeyRing>,
+    /// node → (fingerprint, last accepted record's time in UTC ms); see [`SIGNERS`].
+    signers: Mutex<BTreeMap<String, (String, i64)>>,
 }
 
 impl StreamerMetrics {
@@ -74,6 +90,28 @@ impl StreamerMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .entry(reason)
             .or_default() += 1;
+    }
+
+    /// Notes that `node`'s record, accepted at `now_ms`, was signed with the token of
+    /// fingerprint `fp`.
+    pub fn signed(&self, node: &str, fp: &str, now_ms: i64) {
+        let mut signers = self.signers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = signers.get_mut(node) {
+            if e.0 != fp {
+                e.0 = fp.to_string();
+            }
+            e.1 = now_ms;
+            return;
+        }
+        if signers.len() >= MAX_SIGNERS
+            && let Some(oldest) = signers
+                .iter()
+                .min_by_key(|(_, v)| v.1)
+                .map(|(k, _)| k.clone())
+        {
+            signers.remove(&oldest);
+        }
+        signers.insert(node.to_string(), (fp.to_string(), now_ms));
     }
 
     /// Counts a failure.
@@ -110,6 +148,36 @@ impl StreamerMetrics {
         for (e, v) in self.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             out.push((ERRORS, format!("error_type=\"{e}\""), *v));
         }
+        if let Some(ring) = self.tokens.get() {
+            let fp = common_auth::fingerprint(ring.current().expose_secret().as_bytes());
+            out.push((
+                SECRETS,
+                format!("secret=\"service-token\",fingerprint=\"{fp}\""),
+                1,
+            ));
+        }
+        let since = crate::store::now_ms().saturating_sub(SIGNER_WINDOW_MS);
+        for (node, (fp, at)) in self
+            .signers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if *at >= since {
+                out.push((
+                    SIGNERS,
+                    format!("node=\"{}\",fingerprint=\"{fp}\"", label_value(node)),
+                    1,
+                ));
+            }
+        }
         out
     }
+}
+
+/// `v` escaped for a Prometheus label value.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

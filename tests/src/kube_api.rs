@@ -47,6 +47,18 @@ struct Inner {
     watchers: Vec<(String, String, WatchTx)>,
     forbidden: bool,
     requests: Vec<String>,
+    /// Pods: (namespace, name, labels, port name, port, where its HTTP server really is).
+    pods: Vec<FakePod>,
+}
+
+#[derive(Debug, Clone)]
+struct FakePod {
+    ns: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+    port_name: String,
+    port: u16,
+    url: String,
 }
 
 impl Inner {
@@ -118,6 +130,11 @@ impl FakeKubeApi {
                 get(get_secret).patch(patch_secret),
             )
             .route("/api/v1/namespaces/{ns}/secrets", get(watch_secrets))
+            .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
+            .route(
+                "/api/v1/namespaces/{ns}/pods/{pod}/proxy/{*rest}",
+                get(proxy_pod),
+            )
             .with_state(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -228,6 +245,38 @@ impl FakeKubeApi {
         s.oldest_rv = s.rv;
         s.history.clear();
         s.watchers.clear();
+    }
+
+    /// Adds a running pod of the chart's `release` and `component` whose container port
+    /// `port_name` (`port`) is served at `url` (a real process of the test): the API
+    /// server's pod proxy forwards there.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        release: &str,
+        component: &str,
+        port_name: &str,
+        port: u16,
+        url: &str,
+    ) {
+        let labels = [
+            ("app.kubernetes.io/name", "telemetry-stack"),
+            ("app.kubernetes.io/instance", release),
+            ("app.kubernetes.io/component", component),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        self.inner().pods.push(FakePod {
+            ns: ns.into(),
+            name: name.into(),
+            labels,
+            port_name: port_name.into(),
+            port,
+            url: url.trim_end_matches('/').into(),
+        });
     }
 
     /// Refuses every request with 403 (a service account without the Role) while `on`.
@@ -410,4 +459,73 @@ async fn watch_secrets(
         .header("content-type", "application/json")
         .body(Body::from_stream(stream))
         .expect("response")
+}
+
+async fn list_pods(
+    State(state): State<Arc<Mutex<Inner>>>,
+    Path(ns): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    let selector = q.get("labelSelector").cloned().unwrap_or_default();
+    if let Some(r) = authorized(&mut s, &headers, &format!("LIST pods {ns} {selector}")) {
+        return r;
+    }
+    let wanted: Vec<(&str, &str)> = selector
+        .split(',')
+        .filter_map(|t| t.split_once('='))
+        .collect();
+    let items: Vec<serde_json::Value> = s
+        .pods
+        .iter()
+        .filter(|p| p.ns == ns && wanted.iter().all(|(k, v)| p.labels.get(*k).map(String::as_str) == Some(*v)))
+        .map(|p| {
+            serde_json::json!({
+                "metadata": {"name": p.name, "namespace": p.ns, "labels": p.labels},
+                "spec": {"containers": [{"name": "main", "ports": [{"name": p.port_name, "containerPort": p.port}]}]},
+                "status": {"phase": "Running"},
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": s.rv.to_string()},
+        "items": items,
+    }))
+    .into_response()
+}
+
+async fn proxy_pod(
+    State(state): State<Arc<Mutex<Inner>>>,
+    Path((ns, pod, rest)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let url = {
+        let mut s = state.lock().unwrap();
+        if let Some(r) = authorized(&mut s, &headers, &format!("PROXY {ns}/{pod}/{rest}")) {
+            return r;
+        }
+        let (name, port) = pod.split_once(':').unwrap_or((pod.as_str(), ""));
+        match s.pods.iter().find(|p| p.ns == ns && p.name == name) {
+            Some(p) if port == p.port.to_string() => format!("{}/{rest}", p.url),
+            Some(_) => return status(503, "ServiceUnavailable", "no such port on the pod"),
+            None => return status(404, "NotFound", &format!("pods \"{name}\" not found")),
+        }
+    };
+    match reqwest::get(&url).await {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            let body = r.bytes().await.unwrap_or_default();
+            (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => status(
+            503,
+            "ServiceUnavailable",
+            &format!("error trying to reach service: {e}"),
+        ),
+    }
 }

@@ -91,6 +91,24 @@ impl Secrets {
     }
 }
 
+/// A collector's flags: two simulated GPUs every 100 ms to the test's topic.
+fn simulated_collector(broker: &Broker, n: &Names) -> Vec<String> {
+    args(&[
+        "--source",
+        "simulated",
+        "--sim-gpus-per-node",
+        "2",
+        "--interval",
+        "100ms",
+        "--brokers",
+        &broker.addr,
+        "--topic",
+        &n.topic,
+        "--partitions",
+        "2",
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
     rotate_both_secrets(Secrets::Mount(tempfile::tempdir().unwrap())).await;
@@ -126,24 +144,7 @@ async fn rotate_both_secrets(secrets: Secrets) {
     let mut collector = Proc::spawn(
         "collector",
         &bin("collector"),
-        &[
-            args(&[
-                "--source",
-                "simulated",
-                "--sim-gpus-per-node",
-                "2",
-                "--interval",
-                "100ms",
-                "--brokers",
-                &broker.addr,
-                "--topic",
-                &n.topic,
-                "--partitions",
-                "2",
-            ]),
-            args(&rotation),
-        ]
-        .concat(),
+        &[simulated_collector(&broker, &n), args(&rotation)].concat(),
         &debug,
     );
     let http = reqwest::Client::new();
@@ -492,4 +493,183 @@ async fn a_retired_token_verifies_only_records_from_before_its_retirement_and_a_
     )
     .await;
     assert_eq!(counter("streamer_samples_stored_total").await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotation_command_patches_the_secret_and_waits_until_every_component_uses_the_new_values()
+ {
+    let secrets = Secrets::kubernetes().await;
+    let Secrets::Kubernetes(fake, kube_dir) = &secrets else {
+        unreachable!()
+    };
+    let (k1, t1) = (
+        "api-key-before-0123456789abcdef",
+        "service-token-before-0123456789",
+    );
+    secrets.set("api-key", k1);
+    secrets.set("service-token", t1);
+    let mut flags = args(&[
+        "--secret-source",
+        "kubernetes",
+        "--secret-name",
+        "auth",
+        "--secret-grace",
+        "20s",
+        "--secret-signing-delay",
+        "1s",
+    ]);
+    let flags_ref: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let env = secrets.env();
+    let broker = Broker::start();
+    let n = Names::fresh("rotcmd");
+    let grpc = free_port();
+    let mut streamer = spawn_streamer_with(&broker, &n, grpc, &flags_ref, &env);
+    let (mut api, base) = spawn_api_with(grpc, &flags_ref, &env);
+    let metrics_port = free_port();
+    flags.extend(simulated_collector(&broker, &n));
+    flags.extend(args(&[
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]));
+    let mut collector = Proc::spawn("collector", &bin("collector"), &flags, &env);
+    let api_port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+    fake.add_pod(
+        "telemetry",
+        "api-0",
+        "my-telemetry",
+        "api",
+        "http",
+        api_port,
+        &base,
+    );
+    fake.add_pod(
+        "telemetry",
+        "collector-node-a",
+        "my-telemetry",
+        "collector",
+        "metrics",
+        metrics_port,
+        &format!("http://127.0.0.1:{metrics_port}"),
+    );
+    // Another release's pod is none of this command's business.
+    fake.add_pod(
+        "telemetry",
+        "api-other",
+        "other",
+        "api",
+        "http",
+        1,
+        "http://127.0.0.1:1",
+    );
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(60), "samples flowing", || async {
+        sample_count(&http, &base, k1).await.filter(|c| *c >= 5)
+    })
+    .await;
+
+    let kubeconfig = fake.kubeconfig(kube_dir.path(), "telemetry");
+    let command = |extra: &[&str]| {
+        let mut a = args(&[
+            "rotate-secrets",
+            "--release",
+            "my-telemetry",
+            "-n",
+            "telemetry",
+        ]);
+        a.extend(args(extra));
+        Proc::spawn(
+            "rotate-secrets",
+            &bin("api"),
+            &a,
+            &[("KUBECONFIG", kubeconfig.display().to_string())],
+        )
+    };
+    // The chart's Secret name is not there (this test's is `auth`): one line, nothing done.
+    let mut missing = command(&[]);
+    assert!(!missing.wait_exit(Duration::from_secs(30)).success());
+    assert_eq!(
+        missing.lines_so_far(),
+        [format!(
+            "api rotate-secrets: cannot read Secret telemetry/my-telemetry-telemetry-stack-auth through the Kubernetes API at {}/: it does not exist",
+            fake.url
+        )]
+    );
+
+    let started = Instant::now();
+    let mut rotate = command(&["--secret-name", "auth", "--grace", "20s", "--wait", "60s"]);
+    assert!(rotate.wait_exit(Duration::from_secs(90)).success());
+    let out = rotate.lines_so_far().to_vec();
+    println!(
+        "rotation command done in {:?}:\n{}",
+        started.elapsed(),
+        out.join("\n")
+    );
+    let data = fake.data("telemetry", "auth").unwrap();
+    let (k2, t2) = (data["api-key"].clone(), data["service-token"].clone());
+    for v in [&k2, &t2] {
+        assert!(
+            v.len() == 64 && v.bytes().all(|c| c.is_ascii_hexdigit()),
+            "strong: 64 hex digits"
+        );
+    }
+    assert_ne!(k2, k1);
+    assert_ne!(t2, t1);
+    let (old_line, rest) = data["service-token-previous"].split_once('\n').unwrap();
+    assert_eq!(rest, "");
+    let (retired, at) = old_line.split_once(' ').unwrap();
+    assert_eq!(
+        retired, t1,
+        "the replaced token is kept as retired, with its time"
+    );
+    let fp = |v: &str| common_auth::fingerprint(v.as_bytes());
+    assert!(
+        out[0].starts_with("rotated Secret telemetry/auth (resourceVersion "),
+        "{out:?}"
+    );
+    assert_eq!(out[1], format!("  api-key        {} → {}", fp(k1), fp(&k2)));
+    assert_eq!(
+        out[2],
+        format!(
+            "  service-token  {} → {} (the old one retired at {at}, kept in service-token-previous with 0 others)",
+            fp(t1),
+            fp(&t2)
+        )
+    );
+    let last = out.last().unwrap();
+    assert!(
+        last.starts_with(
+            "every component uses the new values (1 api pod, 1 collector pod, the streamer, 1 node signing) after "
+        ),
+        "{out:?}"
+    );
+    assert!(
+        fake.requests()
+            .contains(&"PATCH telemetry/auth application/merge-patch+json".to_string())
+    );
+
+    // The services really use them: the new key works, the old one in its grace period.
+    let gpus = format!("{base}/api/v1/gpus");
+    assert_eq!(status(&http, &gpus, &k2).await, 200);
+    assert_eq!(status(&http, &gpus, k1).await, 200);
+    let metrics = get_text(&http, &format!("{base}/metrics")).await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "streamer_signer_info{{node=\"sim-node-000\",fingerprint=\"{}\"}} 1",
+            fp(&t2)
+        )),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("streamer_records_rejected_total"),
+        "nothing rejected across the rotation: {metrics}"
+    );
+    // Nobody printed a value: the command, or any service.
+    let mut all: Vec<String> = out.clone();
+    for p in [&mut streamer, &mut api, &mut collector] {
+        all.extend(p.lines_so_far().iter().cloned());
+    }
+    for value in [k1, t1, &k2, &t2, SA_TOKEN] {
+        let leaks: Vec<&String> = all.iter().filter(|l| l.contains(value)).collect();
+        assert!(leaks.is_empty(), "a value appears in: {leaks:?}");
+    }
 }
