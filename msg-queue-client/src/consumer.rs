@@ -37,9 +37,23 @@ pub struct ConsumerConfig {
     pub topic: String,
     /// `session.timeout.ms`: how soon a dead member's partitions move to the others.
     pub session_timeout: Duration,
+    /// The largest record (key, value and headers together, as delivered: decompressed) that
+    /// is handed over whole; a larger one arrives as a reference only (see
+    /// [`ConsumedRecord::oversized`]).
+    pub max_record_bytes: usize,
     /// Extra librdkafka properties.
     pub extra: Vec<(String, String)>,
 }
+
+/// The default of [`ConsumerConfig::max_record_bytes`]: 1,000,000 bytes, librdkafka's
+/// `message.max.bytes` — what a producer can send uncompressed, and so the most the
+/// dead-letter producer can copy. A telemetry record is a few KB.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// Most bytes one fetch may bring (`fetch.max.bytes`), and what a fetch response or a zstd
+/// or lz4 batch may decompress to (`receive.message.max.bytes`, 512 bytes more as librdkafka
+/// requires). gzip is not capped by librdkafka: the topic's `max.message.bytes` bounds it.
+pub const FETCH_MAX_BYTES: usize = 16 << 20;
 
 impl ConsumerConfig {
     /// Defaults: 10 s session timeout.
@@ -53,6 +67,7 @@ impl ConsumerConfig {
             group_id: group_id.into(),
             topic: topic.into(),
             session_timeout: Duration::from_secs(10),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             extra: Vec::new(),
         }
     }
@@ -173,6 +188,10 @@ pub struct ConsumedRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// The broker's timestamp.
     pub time: RecordTime,
+    /// `Some(bytes)` when the record was larger than [`ConsumerConfig::max_record_bytes`]:
+    /// key, value and headers are then left out (never copied), and the record is handled by
+    /// its partition and offset alone.
+    pub oversized: Option<usize>,
 }
 
 impl ConsumedRecord {
@@ -199,6 +218,7 @@ impl ConsumedRecord {
 pub struct TelemetryConsumer {
     inner: StreamConsumer<AssignContext>,
     topic: String,
+    max_record_bytes: usize,
 }
 
 impl std::fmt::Debug for TelemetryConsumer {
@@ -226,6 +246,12 @@ impl TelemetryConsumer {
             // the 1 s visibility target).
             .set("fetch.min.bytes", "65536")
             .set("fetch.wait.max.ms", "100")
+            // Bounded fetches; see FETCH_MAX_BYTES.
+            .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string())
+            .set(
+                "receive.message.max.bytes",
+                (FETCH_MAX_BYTES + 512).to_string(),
+            )
             .set(
                 "session.timeout.ms",
                 cfg.session_timeout.as_millis().to_string(),
@@ -244,6 +270,7 @@ impl TelemetryConsumer {
         Ok(Self {
             inner,
             topic: cfg.topic.clone(),
+            max_record_bytes: cfg.max_record_bytes,
         })
     }
 
@@ -259,12 +286,12 @@ impl TelemetryConsumer {
     ) -> Result<Vec<ConsumedRecord>, QueueError> {
         let first = self.inner.recv().await.map_err(kafka("consume"))?;
         let mut out = Vec::with_capacity(max.min(1024));
-        out.push(own(&first));
+        out.push(own(&first, self.max_record_bytes));
         drop(first);
         let deadline = tokio::time::Instant::now() + linger;
         while out.len() < max {
             match tokio::time::timeout_at(deadline, self.inner.recv()).await {
-                Ok(Ok(m)) => out.push(own(&m)),
+                Ok(Ok(m)) => out.push(own(&m, self.max_record_bytes)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "consume error inside a batch");
                     break;
@@ -321,7 +348,30 @@ impl TelemetryConsumer {
     }
 }
 
-fn own(m: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
+fn own(m: &rdkafka::message::BorrowedMessage<'_>, max: usize) -> ConsumedRecord {
+    let time = match m.timestamp() {
+        rdkafka::Timestamp::CreateTime(t) => RecordTime::Create(t),
+        rdkafka::Timestamp::LogAppendTime(t) => RecordTime::LogAppend(t),
+        rdkafka::Timestamp::NotAvailable => RecordTime::None,
+    };
+    let header_bytes: usize = m.headers().map_or(0, |h| {
+        h.iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum()
+    });
+    let size = m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len) + header_bytes;
+    if size > max {
+        // By reference only: a decompressed bomb is not copied again.
+        return ConsumedRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            time,
+            oversized: Some(size),
+        };
+    }
     let headers = m
         .headers()
         .map(|h| {
@@ -336,10 +386,7 @@ fn own(m: &rdkafka::message::BorrowedMessage<'_>) -> ConsumedRecord {
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
         headers,
-        time: match m.timestamp() {
-            rdkafka::Timestamp::CreateTime(t) => RecordTime::Create(t),
-            rdkafka::Timestamp::LogAppendTime(t) => RecordTime::LogAppend(t),
-            rdkafka::Timestamp::NotAvailable => RecordTime::None,
-        },
+        time,
+        oversized: None,
     }
 }

@@ -65,7 +65,16 @@ impl DeadLetterProducer {
     ) -> Result<(), QueueError> {
         let partition = rec.partition.to_string();
         let offset = rec.offset.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len() + 5);
+        // An oversized record has no key, value or headers here: it goes by reference, with
+        // its size.
+        let size = rec.oversized.map(|n| n.to_string());
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len() + 6);
+        if let Some(n) = &size {
+            headers = headers.insert(Header {
+                key: header::RECORD_BYTES,
+                value: Some(n.as_bytes()),
+            });
+        }
         for (k, v) in &rec.headers {
             headers = headers.insert(Header {
                 key: k,

@@ -49,6 +49,11 @@ pub struct StreamerConfig {
     /// Consumer session timeout: how soon a dead streamer's partitions move to another.
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_timeout: Duration,
+    /// The largest record (decompressed key, value and headers) taken whole; a larger one is
+    /// dead-lettered by reference (source topic, partition, offset; reason
+    /// `record_too_large`) without being copied.
+    #[arg(long, env = "MAX_RECORD_BYTES", default_value_t = msg_queue_client::consumer::DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
     /// Directory of the durable store (created if missing; one streamer per directory).
     #[arg(long, env = "STREAMER_DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,

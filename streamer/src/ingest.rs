@@ -152,7 +152,12 @@ impl Ingestor {
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for (i, rec) in records.iter().enumerate() {
             self.metrics.records.fetch_add(1, Ordering::Relaxed);
-            let opened = open(&verifier.verifier, rec.parts())
+            let opened = rec
+                .oversized
+                .map_or_else(
+                    || open(&verifier.verifier, rec.parts()),
+                    |bytes| Err(Reject::TooLarge { bytes }),
+                )
                 .and_then(|b| check_times(&b, now, MAX_FUTURE_SKEW_MS).map(|()| b))
                 .and_then(|b| self.check_owners(&b, now).map(|()| b));
             match opened {

@@ -118,6 +118,7 @@ pub async fn run(
     ));
     let mut ccfg = ConsumerConfig::new(&cfg.brokers, &cfg.group_id, &cfg.topic);
     ccfg.session_timeout = cfg.session_timeout;
+    ccfg.max_record_bytes = cfg.max_record_bytes;
     ccfg.extra = kafka_properties.clone();
     let consumer = TelemetryConsumer::new(&ccfg, Arc::new(StoreOffsets(store.clone())))?;
     let dead_letter = DeadLetterProducer::new(

@@ -30,6 +30,8 @@ pub mod header {
     pub const SIGNATURE: &str = "x-signature";
     /// Schema version as decimal text.
     pub const SCHEMA_VERSION: &str = "x-schema-version";
+    /// On a record dead-lettered by reference (too large to copy): its size in bytes.
+    pub const RECORD_BYTES: &str = "x-record-bytes";
     /// On dead-lettered records: the reject reason (snake_case, see [`super::Reject::reason`]).
     pub const REJECT_REASON: &str = "x-reject-reason";
     /// On dead-lettered records: a human-readable detail.
@@ -94,6 +96,14 @@ pub enum Reject {
         /// The record's time, UTC ms (see [`RecordTime`]).
         record_ms: i64,
     },
+    /// Larger (decompressed) than the consumer takes whole: handled by reference.
+    #[error(
+        "record of {bytes} bytes (decompressed) is over the consumer's cap, --max-record-bytes: dead-lettered by reference (source topic, partition, offset)"
+    )]
+    TooLarge {
+        /// Key, value and headers together.
+        bytes: usize,
+    },
 }
 
 impl Reject {
@@ -105,6 +115,7 @@ impl Reject {
             Reject::UnsupportedSchema(_) => "unsupported_schema_version",
             Reject::Invalid(_) => "invalid_batch",
             Reject::RetiredToken { .. } => "retired_token",
+            Reject::TooLarge { .. } => "record_too_large",
         }
     }
 }

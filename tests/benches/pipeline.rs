@@ -139,6 +139,7 @@ fn fetched(recs: &[SignedRecord]) -> Vec<ConsumedRecord> {
                 (header::SIGNATURE.into(), Some(r.signature.to_vec())),
             ],
             time: telemetry_wire::wire::RecordTime::None,
+            oversized: None,
         })
         .collect()
 }

@@ -214,6 +214,16 @@ impl Proc {
         &self.seen
     }
 
+    /// A field of `/proc/<pid>/status` in kB: `VmRSS` (resident now), `VmHWM` (the peak).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -17,6 +17,45 @@ use secrecy::SecretString;
 use telemetry_wire::RecordSigner;
 use telemetry_wire::wire::{GpuInfo, GpuSample, SCHEMA_VERSION, TelemetryBatch, header, seal};
 
+/// A record read back from a dead-letter topic.
+struct DeadLetter {
+    headers: BTreeMap<String, Vec<u8>>,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+/// The first `count` records of dead-letter topic `topic`.
+async fn dead_letters(broker: &Broker, topic: &str, count: usize) -> Vec<DeadLetter> {
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < count {
+        let m = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
+            .await
+            .expect("dead-letter records within 30 s")
+            .unwrap();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(DeadLetter {
+            headers,
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+        });
+    }
+    out
+}
+
 fn batch(node: &str, uuid: &str, util: u32) -> TelemetryBatch {
     TelemetryBatch {
         schema_version: SCHEMA_VERSION,
@@ -119,30 +158,11 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
     }
 
     // The dead-letter topic has the three records, unchanged, each with its reason.
-    let dlq: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    dlq.subscribe(&[&n.dead_letter]).unwrap();
     let mut got = BTreeMap::new();
-    while got.len() < 3 {
-        let m = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
-            .await
-            .expect("dead-letter records within 30 s")
-            .unwrap();
-        let headers: BTreeMap<String, Vec<u8>> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let reason = String::from_utf8(headers[header::REJECT_REASON].clone()).unwrap();
-        assert_eq!(headers[header::SOURCE_TOPIC], n.topic.as_bytes());
-        got.insert(reason, m.payload().unwrap_or_default().to_vec());
+    for d in dead_letters(&broker, &n.dead_letter, 3).await {
+        let reason = String::from_utf8(d.headers[header::REJECT_REASON].clone()).unwrap();
+        assert_eq!(d.headers[header::SOURCE_TOPIC], n.topic.as_bytes());
+        got.insert(reason, d.payload.unwrap_or_default());
     }
     assert_eq!(got["unsigned"], garbage);
     assert_eq!(got["bad_signature"], tampered.value);
@@ -333,4 +353,120 @@ async fn a_junk_flood_is_dead_lettered_about_as_fast_as_valid_records_are_stored
         ratio < 4.0,
         "junk took {ratio:.2} times as long as valid records"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compression_bomb_is_dead_lettered_by_reference_in_bounded_memory_and_survives_a_restart()
+{
+    let broker = Broker::start();
+    let n = Names::fresh("bomb");
+    let grpc = free_port();
+    let mut streamer = spawn_streamer(&broker, &n, grpc);
+    let (_api, base) = spawn_api(&n, grpc);
+    let signer = RecordSigner::new(&SecretString::from(n.token.clone()));
+    let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &n.topic)).unwrap();
+    let http = reqwest::Client::new();
+    let counter = |name: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let text = get_text(&http, &format!("{base}/metrics")).await?;
+            metric_value(&text, &name)
+        }
+    };
+    producer
+        .send(&seal(&signer, &batch("node-a", "GPU-before", 1)))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the first record stored",
+        || async {
+            (counter("streamer_samples_stored_total".into()).await == Some(1)).then_some(())
+        },
+    )
+    .await;
+    let settled_kib = streamer.status_kib("VmRSS");
+
+    // 128 MiB of zeros, gzip-compressed by the producer to about 128 KB: under the broker's
+    // 1 MB message limit, 128 MiB once librdkafka inflates it in the streamer.
+    const BOMB: usize = 128 << 20;
+    let bomber: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("compression.type", "gzip")
+        .set("message.max.bytes", "300000000")
+        .create()
+        .unwrap();
+    let zeros = vec![0u8; BOMB];
+    let rdkafka::producer::future_producer::Delivery {
+        partition, offset, ..
+    } = bomber
+        .send(
+            FutureRecord::to(&n.topic).key("node-a").payload(&zeros),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    drop(zeros);
+    producer
+        .send(&seal(&signer, &batch("node-a", "GPU-after", 2)))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the bomb dead-lettered and the next record stored",
+        || async {
+            let too_large =
+                counter("streamer_records_rejected_total{reason=\"record_too_large\"}".into())
+                    .await;
+            let stored = counter("streamer_samples_stored_total".into()).await;
+            (too_large == Some(1) && stored == Some(2)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        counter("streamer_dead_lettered_total".into()).await,
+        Some(1)
+    );
+    let peak_kib = streamer.status_kib("VmHWM");
+    let after_kib = streamer.status_kib("VmRSS");
+    println!(
+        "compression bomb of {} MiB: streamer RSS {settled_kib} kB before, peak {peak_kib} kB, {after_kib} kB after",
+        BOMB >> 20
+    );
+    // One inflated copy (librdkafka's), none of ours: the peak stays under two bombs.
+    assert!(
+        peak_kib < settled_kib + 2 * (BOMB as u64 >> 10),
+        "peak {peak_kib} kB"
+    );
+
+    // In the dead-letter topic: a reference, not the 128 MiB.
+    let d = dead_letters(&broker, &n.dead_letter, 1).await.remove(0);
+    assert_eq!(d.payload, None);
+    assert_eq!(d.key, None);
+    let headers = d.headers;
+    let text = |k: &str| String::from_utf8(headers[k].clone()).unwrap();
+    assert_eq!(text(header::REJECT_REASON), "record_too_large");
+    assert_eq!(
+        text(header::RECORD_BYTES),
+        (BOMB + "node-a".len()).to_string()
+    );
+    assert_eq!(text(header::SOURCE_TOPIC), n.topic);
+    assert_eq!(text(header::SOURCE_PARTITION), partition.to_string());
+    assert_eq!(text(header::SOURCE_OFFSET), offset.to_string());
+
+    // Killed and restarted (replaying what its store had not made durable, the bomb
+    // included): it handles the bomb the same way and serves on, no crash loop.
+    streamer.kill9();
+    let mut again = spawn_streamer(&broker, &n, grpc);
+    eventually(
+        Duration::from_secs(60),
+        "the restarted streamer serving both GPUs",
+        || async {
+            let (_, gpus) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
+            (gpus["count"] == 2).then_some(())
+        },
+    )
+    .await;
+    assert!(again.child.try_wait().unwrap().is_none(), "still running");
+    println!("restarted streamer: peak {} kB", again.status_kib("VmHWM"));
 }

@@ -12,12 +12,7 @@ use tokio::net::TcpStream;
 const KEY: &str = "http-limits-key-0123456789";
 
 fn rss_kib(p: &Proc) -> u64 {
-    std::fs::read_to_string(format!("/proc/{}/status", p.child.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    p.status_kib("VmRSS")
 }
 
 fn api(dir: &std::path::Path, extra: &[&str]) -> (Proc, String) {
