@@ -286,6 +286,7 @@ pub struct Broker {
     port: u16,
     storage: String,
     cwd: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl Broker {
@@ -300,19 +301,54 @@ impl Broker {
         Self::start_with("sqlite://tansu.db".into(), Some(dir.to_path_buf()))
     }
 
+    /// Starts a broker (sqlite storage in `dir`) that requires SASL/SCRAM-SHA-512 from every
+    /// client, knowing `users` (name, password). tansu creates users only through a broker
+    /// that does not require authentication, so: start open, create them, restart closed.
+    pub fn start_scram(dir: &std::path::Path, users: &[(&str, &str)]) -> Broker {
+        let mut open = Self::start_sqlite(dir);
+        for (name, password) in users {
+            let out = Command::new(tansu_bin())
+                .args([
+                    "user",
+                    "create",
+                    "--broker",
+                    &format!("tcp://{}", open.addr),
+                ])
+                .args([name, password, "--mechanism", "scram512"])
+                .output()
+                .expect("run tansu user create");
+            assert!(out.status.success(), "tansu user create {name}: {out:?}");
+        }
+        open.proc.kill9();
+        let b = Self::try_start(
+            open.port,
+            &open.storage,
+            open.cwd.clone(),
+            vec!["--authentication".into()],
+        )
+        .expect("restart the broker with authentication");
+        drop(open);
+        b
+    }
+
     fn start_with(storage: String, cwd: Option<PathBuf>) -> Broker {
         for _ in 0..5 {
             let port = free_port();
-            if let Some(b) = Self::try_start(port, &storage, cwd.clone()) {
+            if let Some(b) = Self::try_start(port, &storage, cwd.clone(), Vec::new()) {
                 return b;
             }
         }
         panic!("could not start tansu on a free port");
     }
 
-    fn try_start(port: u16, storage: &str, cwd: Option<PathBuf>) -> Option<Broker> {
+    fn try_start(
+        port: u16,
+        storage: &str,
+        cwd: Option<PathBuf>,
+        extra: Vec<String>,
+    ) -> Option<Broker> {
         let url = format!("tcp://127.0.0.1:{port}");
-        let args = vec![
+        let mut args = vec![
             "broker".into(),
             "--listener-url".into(),
             url.clone(),
@@ -321,6 +357,7 @@ impl Broker {
             "--storage-engine".into(),
             storage.to_string(),
         ];
+        args.extend(extra.iter().cloned());
         let mut proc = Proc::spawn_in("tansu", &tansu_bin(), &args, &[], cwd.as_deref());
         // Listening, or exited (the port was taken between probe and bind: try another).
         let listening = poll_until(Duration::from_secs(10), || {
@@ -338,14 +375,20 @@ impl Broker {
             port,
             storage: storage.to_string(),
             cwd,
+            extra,
         })
     }
 
     /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
     pub fn restart(&mut self) {
         self.proc.kill9();
-        let b = Self::try_start(self.port, &self.storage, self.cwd.clone())
-            .expect("restart broker on its port");
+        let b = Self::try_start(
+            self.port,
+            &self.storage,
+            self.cwd.clone(),
+            self.extra.clone(),
+        )
+        .expect("restart broker on its port");
         *self = b;
     }
 }
