@@ -30,6 +30,7 @@ VALUE_SETS = {
     "seed-option-2": {"secrets": {"enabled": False, "existingSecret": "my-existing-secret"}},
     "external-kafka": {"msgQueue": {"external": {"bootstrapServers": "kafka-0.kafka.data:9092,kafka-1.kafka.data:9092"}}},
     "prefix": {"namePrefix": "team-a-"},
+    "kafka-sasl": {"msgQueue": {"sasl": {"enabled": True}}},
     "secrets-from-api": {"secrets": {"source": "kubernetes"}, "collector": {"podAttribution": {"enabled": False}}},
     "everything-on": {
         "collector": {"source": "simulated", "runtimeClassName": "nvidia", "priorityClassName": "system-node-critical"},

@@ -154,6 +154,64 @@ def test_secrets_from_the_kubernetes_api_mount_only_a_token_and_open_egress_to_t
     assert 'secrets.source is "vault": use mount' in str(err.value)
 
 
+def test_bundled_kafka_with_sasl_makes_clients_log_in_and_keeps_replication_among_brokers():
+    _, docs = install({"msgQueue": {"sasl": {"enabled": True}}})
+    kafka_secret = one(docs, "Secret", f"{RELEASE}-telemetry-stack-kafka")
+    passwords = {k: base64.b64decode(v).decode() for k, v in kafka_secret["data"].items()}
+    assert sorted(passwords) == ["collector-password", "streamer-password"]
+    assert all(len(p) == 48 for p in passwords.values())
+    assert kafka_secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    mq = pod_spec(one(docs, "StatefulSet", "msg-queue"))["containers"][0]
+    env = env_of(mq)
+    assert env["KAFKA_LISTENERS"]["value"] == "SASL_PLAINTEXT://:9092,CONTROLLER://:9093,INTERNAL://:9094"
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"]["value"] == "INTERNAL"
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"]["value"] == "PLAIN"
+    assert env["KAFKA_LISTENER_NAME_SASL__PLAINTEXT_PLAIN_SASL_JAAS_CONFIG"]["value"] == (
+        'org.apache.kafka.common.security.plain.PlainLoginModule required '
+        'user_collector="$(SASL_COLLECTOR_PASSWORD)" user_streamer="$(SASL_STREAMER_PASSWORD)";'
+    )
+    names = [e["name"] for e in mq["env"]]
+    for user in ["collector", "streamer"]:
+        var = f"SASL_{user.upper()}_PASSWORD"
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-telemetry-stack-kafka", "key": f"{user}-password"}
+        # The kubelet expands $(VAR) only from variables defined before.
+        assert names.index(var) < names.index("KAFKA_LISTENER_NAME_SASL__PLAINTEXT_PLAIN_SASL_JAAS_CONFIG")
+    assert "SASL_PLAINTEXT://${HOSTNAME}." in mq["args"][0] and "INTERNAL://${HOSTNAME}." in mq["args"][0]
+    for kind, name in [("DaemonSet", "collector"), ("Deployment", "streamer")]:
+        c = pod_spec(one(docs, kind, name))["containers"][0]
+        env = env_of(c)
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": f"{RELEASE}-telemetry-stack-kafka", "key": f"{name}-password"}
+        assert env["KAFKA_PROPERTIES"]["value"] == (
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanisms=PLAIN\n"
+            f"sasl.username={name}\nsasl.password=$(KAFKA_SASL_PASSWORD)"
+        )
+        order = [e["name"] for e in c["env"]]
+        assert order.index("KAFKA_SASL_PASSWORD") < order.index("KAFKA_PROPERTIES")
+    peers = by_kind(docs, "NetworkPolicy")["msg-queue"]["spec"]["ingress"][1]["ports"]
+    assert {"port": 9094, "protocol": "TCP"} in peers
+    clients = by_kind(docs, "NetworkPolicy")["msg-queue"]["spec"]["ingress"][0]["ports"]
+    assert clients == [{"port": 9092, "protocol": "TCP"}], "clients reach only the SASL listener"
+    # Given passwords are used; one the JAAS line cannot carry is refused.
+    _, given = install({"msgQueue": {"sasl": {"enabled": True, "collectorPassword": "c" * 32, "streamerPassword": "s" * 32}}})
+    data = one(given, "Secret", f"{RELEASE}-telemetry-stack-kafka")["data"]
+    assert base64.b64decode(data["collector-password"]).decode() == "c" * 32
+    with pytest.raises(helm.HelmError) as err:
+        install({"msgQueue": {"sasl": {"enabled": True, "collectorPassword": 'quote"0123456789abcdef'}}})
+    assert "msgQueue.sasl.collectorPassword holds a quote" in str(err.value)
+    # Without SASL nothing of it is rendered.
+    _, plain = install({})
+    assert f"{RELEASE}-telemetry-stack-kafka" not in by_kind(plain, "Secret")
+    assert "KAFKA_PROPERTIES" not in env_of(pod_spec(one(plain, "DaemonSet", "collector"))["containers"][0])
+
+
+def test_an_external_kafkas_client_properties_come_from_a_secret():
+    _, docs = install({"msgQueue": {"external": {"bootstrapServers": "kafka:9093", "clientSecret": "kafka-client"}}})
+    for kind, name in [("DaemonSet", "collector"), ("Deployment", "streamer")]:
+        env = env_of(pod_spec(one(docs, kind, name))["containers"][0])
+        assert env["KAFKA_PROPERTIES"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-client", "key": name}
+
+
 def test_pods_get_env_vars_and_the_mounted_secret_with_only_the_keys_they_need():
     _, docs = install({})
     need = {"api": {"api-key", "service-token"}, "streamer": {"service-token"}, "collector": {"service-token"}}

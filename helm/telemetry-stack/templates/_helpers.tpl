@@ -75,6 +75,39 @@ helm.sh/chart: {{ include "ts.chart" .root }}
 {{- if not .Values.msgQueue.external.bootstrapServers -}}true{{- end -}}
 {{- end -}}
 
+{{/* "true" when the bundled brokers require SASL/PLAIN (msgQueue.sasl.enabled). */}}
+{{- define "ts.kafkaSasl" -}}
+{{- if and (include "ts.bundledKafka" .) .Values.msgQueue.sasl.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the bundled brokers' SASL passwords. */}}
+{{- define "ts.kafkaSecretName" -}}
+{{- printf "%s-telemetry-stack-kafka" .Release.Name -}}
+{{- end -}}
+
+{{/*
+KAFKA_PROPERTIES of a Kafka client component. Call with (dict "root" $ "user" "collector").
+Bundled brokers with SASL: PLAIN as that user, its password from the Kafka Secret (expanded
+by the kubelet from the variable before it). External with clientSecret: that Secret's key.
+*/}}
+{{- define "ts.kafkaClientEnv" -}}
+{{- if include "ts.kafkaSasl" .root }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ts.kafkaSecretName" .root }}
+      key: {{ printf "%s-password" .user }}
+- name: KAFKA_PROPERTIES
+  value: {{ printf "security.protocol=SASL_PLAINTEXT\nsasl.mechanisms=PLAIN\nsasl.username=%s\nsasl.password=$(KAFKA_SASL_PASSWORD)" .user | quote }}
+{{- else if and (not (include "ts.bundledKafka" .root)) .root.Values.msgQueue.external.clientSecret }}
+- name: KAFKA_PROPERTIES
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.msgQueue.external.clientSecret }}
+      key: {{ .user }}
+{{- end }}
+{{- end -}}
+
 {{/*
 Pod annotation that rolls pods when the chart-managed secret changes. Computed from the
 values only: generated values never change (they are looked up and kept), so an empty value
