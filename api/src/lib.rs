@@ -225,7 +225,7 @@ pub async fn run(
     drop(out);
     let state = AppState {
         backend,
-        metrics: Arc::new(metrics::ApiMetrics::with_secrets(keys.clone(), calls_with)),
+        metrics: Arc::new(metrics::ApiMetrics::with_secrets(calls_with)),
         keys,
         ranges: routes::range_slots(cfg.max_concurrent_ranges),
     };

@@ -11,7 +11,8 @@ use axum::response::Response;
 pub const REQUESTS: &str = "api_requests_total";
 /// Failures, by `error_type` (`unauthorized`, `bad_request`, `not_found`, `unavailable`).
 pub const ERRORS: &str = "api_errors_total";
-/// The fingerprints of the API key it accepts now and the service token it calls with.
+/// The fingerprint of the service token it calls the streamer with (not the API key's: a
+/// human-chosen key's hash on an open endpoint would let guesses be checked offline).
 pub const SECRETS: &str = "api_secret_info";
 
 /// Request counters, and the secrets in use.
@@ -22,16 +23,14 @@ pub struct ApiMetrics {
     bad_request: AtomicU64,
     not_found: AtomicU64,
     unavailable: AtomicU64,
-    keys: Option<common_auth::KeyRing>,
     tokens: Option<common_auth::KeyRing>,
 }
 
 impl ApiMetrics {
-    /// Counters that also show the fingerprints of `keys` (current) and `tokens` (the one
-    /// calls are made with).
-    pub fn with_secrets(keys: common_auth::KeyRing, tokens: Option<common_auth::KeyRing>) -> Self {
+    /// Counters that also show the fingerprint of the token of `tokens` calls are made
+    /// with.
+    pub fn with_secrets(tokens: Option<common_auth::KeyRing>) -> Self {
         Self {
-            keys: Some(keys),
             tokens,
             ..Self::default()
         }
@@ -72,15 +71,11 @@ impl ApiMetrics {
                 c.load(Ordering::Relaxed)
             ));
         }
-        let mut in_use = Vec::new();
-        if let Some(k) = &self.keys {
-            in_use.push(("api-key", k.current()));
-        }
         if let Some(t) = &self.tokens {
-            in_use.push(("service-token", t.signing()));
-        }
-        if !in_use.is_empty() {
-            s.push_str(&common_auth::fingerprint_metric(SECRETS, &in_use));
+            s.push_str(&common_auth::fingerprint_metric(
+                SECRETS,
+                &[("service-token", t.signing())],
+            ));
         }
         s
     }

@@ -1,21 +1,24 @@
 //! The Secret read and watched through the Kubernetes API (`--secret-source kubernetes`).
 //!
-//! Startup reads the Secret once (GET), retrying an unreachable API server for
+//! Startup reads the Secret once (a LIST of that one name, so the resourceVersion it gets
+//! is the API server's current one), retrying an unreachable API server for
 //! `--secret-startup-timeout`; a Secret that does not exist or a read the service account may
 //! not make stops at once, with one line. Then [`KubeSecret::follow`] watches that one
 //! Secret (`fieldSelector=metadata.name=…`, from the resourceVersion last seen, bookmarks on)
 //! for as long as the process runs:
 //! - a change (ADDED/MODIFIED) is delivered at once;
 //! - a BOOKMARK only moves the resourceVersion forward;
-//! - the server ending the watch (its timeout), a dropped connection or an error re-watches
-//!   from the last resourceVersion, after a backoff (0.5 s doubling to 30 s) when nothing
-//!   came through;
-//! - a 410 Gone (the resourceVersion fell out of the API server's window) reads the Secret
-//!   again and watches from there;
+//! - the server ending the watch (its 290 s timeout) re-watches at once; a dropped
+//!   connection, a watch silent for 320 s (a connection that died without a reset), a
+//!   request unanswered for 30 s or an error re-watches from the last resourceVersion after
+//!   a backoff (0.5 s doubling to 30 s, reset by progress);
+//! - a 410 Gone (the resourceVersion fell out of the API server's window) LISTs the Secret
+//!   again and watches from the list's resourceVersion;
 //! - DELETED keeps the current values (a Secret being replaced must not lock anyone out).
 //!
 //! A transient API failure is logged (without any value) and retried; it never stops the
-//! service. The Role the chart grants is `get` and `watch` on that one Secret.
+//! service. The Role the chart grants is `get`, `list` and `watch` on that one Secret (a
+//! list or watch of one name is authorized against `resourceNames`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,11 +26,20 @@ use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use secrecy::SecretString;
 
 use crate::source::SecretView;
 use crate::{AuthError, SecretSpec};
+
+/// How long the API server keeps one watch open (`timeoutSeconds`).
+const WATCH_SECONDS: u32 = 290;
+/// No event, bookmark or end for this long: the connection is dead.
+const STALL_TIMEOUT: Duration = Duration::from_secs(WATCH_SECONDS as u64 + 30);
+/// How long a LIST or the start of a watch may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A watch the server ends after at least this long is a normal end, not a failure.
+const QUIET_WATCH: Duration = Duration::from_secs(10);
 
 /// One Secret in the Kubernetes API, and its values as last read.
 pub struct KubeSecret {
@@ -154,32 +166,62 @@ impl KubeSecret {
         let deadline = tokio::time::Instant::now() + startup_timeout;
         let mut backoff = Backoff::default();
         let snapshot = loop {
-            match me.api.get(name).await {
-                Ok(s) => break Snapshot::of(&me.describe(), &s),
-                Err(e) => {
-                    let code = status_code(&e);
-                    let permanent = matches!(code, Some(401 | 403 | 404));
-                    if permanent || tokio::time::Instant::now() >= deadline {
-                        let why = match code {
-                            Some(404) => "it does not exist (create it, or point --secret-name / --secret-namespace at it)".to_string(),
-                            Some(403) => "forbidden: the service account needs `get` and `watch` on this Secret (the chart's secret-reader Role)".to_string(),
-                            Some(401) => "unauthorized: the service account token was refused".to_string(),
-                            _ => format!("unreachable for {startup_timeout:?}"),
-                        };
-                        return Err(AuthError::Kubernetes {
-                            secret: me.describe(),
-                            server: me.server.clone(),
-                            why,
-                            source: Some(Box::new(e)),
-                        });
-                    }
-                    tracing::warn!(error = %e, secret = %me.describe(), "cannot read the Secret yet; retrying");
-                    tokio::time::sleep(backoff.next()).await;
-                }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let error = match me
+                .read(left.clamp(Duration::from_secs(1), REQUEST_TIMEOUT))
+                .await
+            {
+                Ok(Some(snap)) => break snap,
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            let code = error.as_ref().and_then(status_code);
+            let permanent = error.is_none() || matches!(code, Some(401 | 403));
+            if permanent || tokio::time::Instant::now() >= deadline {
+                let why = match (&error, code) {
+                    (None, _) => "it does not exist (create it, or point --secret-name / --secret-namespace at it)".to_string(),
+                    (_, Some(403)) => "forbidden: the service account needs `get`, `list` and `watch` on this Secret (the chart's secret-reader Role)".to_string(),
+                    (_, Some(401)) => "unauthorized: the service account token was refused".to_string(),
+                    _ => format!("unreachable for {startup_timeout:?}"),
+                };
+                return Err(AuthError::Kubernetes {
+                    secret: me.describe(),
+                    server: me.server.clone(),
+                    why,
+                    source: error.map(Box::new),
+                });
             }
+            if let Some(e) = &error {
+                tracing::warn!(error = %e, secret = %me.describe(), "cannot read the Secret yet; retrying");
+            }
+            tokio::time::sleep(backoff.next()).await;
         };
         me.current = Mutex::new(Arc::new(snapshot));
         Ok(me)
+    }
+
+    /// Reads the Secret with a LIST of that one name (`fieldSelector=metadata.name=…`):
+    /// the list's resourceVersion is the API server's current one, so a watch from it never
+    /// starts outside the server's window (a Secret's own resourceVersion may be days old).
+    /// `None` when it does not exist.
+    async fn read(&self, timeout: Duration) -> Result<Option<Snapshot>, kube::Error> {
+        let params = ListParams::default().fields(&format!("metadata.name={}", self.name));
+        let list = match tokio::time::timeout(timeout, self.api.list(&params)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(kube::Error::Service(
+                    format!("no answer within {timeout:?}").into(),
+                ));
+            }
+        };
+        let rv = list.metadata.resource_version.clone().unwrap_or_default();
+        Ok(list.items.first().map(|s| {
+            let mut snap = Snapshot::of(&self.describe(), s);
+            if !rv.is_empty() {
+                snap.resource_version = rv;
+            }
+            snap
+        }))
     }
 
     /// `namespace/name`.
@@ -211,38 +253,50 @@ impl KubeSecret {
         let mut backoff = Backoff::default();
         let params = WatchParams::default()
             .fields(&format!("metadata.name={}", self.name))
-            .timeout(290);
+            .timeout(WATCH_SECONDS);
         loop {
             let mut gone = false;
             let mut progressed = false;
-            match self.api.watch(&params, &rv).await {
-                Err(e) if status_code(&e) == Some(410) => gone = true,
-                Err(e) => {
+            let started = tokio::time::Instant::now();
+            let opened = tokio::time::timeout(REQUEST_TIMEOUT, self.api.watch(&params, &rv)).await;
+            match opened {
+                Err(_) => {
+                    tracing::warn!(secret = %self.describe(), "no answer to the Secret's watch; retrying");
+                }
+                Ok(Err(e)) if status_code(&e) == Some(410) => gone = true,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, secret = %self.describe(), "cannot watch the Secret; retrying");
                 }
-                Ok(stream) => {
+                Ok(Ok(stream)) => {
                     let mut stream = stream.boxed();
                     loop {
-                        match stream.try_next().await {
-                            Ok(Some(WatchEvent::Added(s) | WatchEvent::Modified(s))) => {
+                        // The server ends a watch after WATCH_SECONDS; a connection that dies
+                        // without a reset would otherwise be waited on for ever.
+                        let next = tokio::time::timeout(STALL_TIMEOUT, stream.try_next()).await;
+                        match next {
+                            Err(_) => {
+                                tracing::warn!(secret = %self.describe(), "the Secret's watch went silent; re-watching");
+                                break;
+                            }
+                            Ok(Ok(Some(WatchEvent::Added(s) | WatchEvent::Modified(s)))) => {
                                 progressed = true;
                                 let snap = self.store(&s);
                                 rv.clone_from(&snap.resource_version);
                                 tracing::info!(secret = %self.describe(), resource_version = %rv, "Secret changed");
                                 on_change(&snap);
                             }
-                            Ok(Some(WatchEvent::Deleted(s))) => {
+                            Ok(Ok(Some(WatchEvent::Deleted(s)))) => {
                                 progressed = true;
                                 if let Some(v) = s.metadata.resource_version {
                                     rv = v;
                                 }
                                 tracing::warn!(secret = %self.describe(), "Secret deleted; the current values stay in use");
                             }
-                            Ok(Some(WatchEvent::Bookmark(b))) => {
+                            Ok(Ok(Some(WatchEvent::Bookmark(b)))) => {
                                 progressed = true;
                                 rv = b.metadata.resource_version;
                             }
-                            Ok(Some(WatchEvent::Error(status))) => {
+                            Ok(Ok(Some(WatchEvent::Error(status)))) => {
                                 if status.code == 410 {
                                     gone = true;
                                 } else {
@@ -250,8 +304,15 @@ impl KubeSecret {
                                 }
                                 break;
                             }
-                            Ok(None) => break,
-                            Err(e) => {
+                            Ok(Ok(None)) => {
+                                // Ended by the server (its timeout): a quiet watch that lasted
+                                // is no failure, re-watch at once.
+                                if started.elapsed() >= QUIET_WATCH {
+                                    progressed = true;
+                                }
+                                break;
+                            }
+                            Ok(Err(e)) => {
                                 tracing::warn!(error = %e, secret = %self.describe(), "the Secret's watch dropped; re-watching");
                                 break;
                             }
@@ -261,7 +322,9 @@ impl KubeSecret {
             }
             if gone {
                 tracing::info!(secret = %self.describe(), resource_version = %rv, "resourceVersion expired (410 Gone); reading the Secret again");
-                rv = self.read_again(&mut on_change, &mut backoff).await;
+                if let Some(fresh) = self.read_again(&mut on_change, &mut backoff).await {
+                    rv = fresh;
+                }
             } else if progressed {
                 backoff.reset();
             } else {
@@ -270,25 +333,35 @@ impl KubeSecret {
         }
     }
 
-    /// GETs the Secret until that works; delivers it; returns its resourceVersion.
+    /// LISTs the Secret until that works; delivers it; returns the list's resourceVersion
+    /// (the server's current one: the next watch starts inside its window). A Secret that
+    /// is gone keeps the values and is looked for again. Backs off between failed reads and
+    /// after every read, so a server answering 410 again at once is not hammered.
     async fn read_again(
         &self,
         on_change: &mut impl FnMut(&Snapshot),
         backoff: &mut Backoff,
-    ) -> String {
+    ) -> Option<String> {
         loop {
-            match self.api.get(&self.name).await {
-                Ok(s) => {
-                    let snap = self.store(&s);
+            match self.read(REQUEST_TIMEOUT).await {
+                Ok(Some(snap)) => {
+                    let snap = Arc::new(snap);
+                    *self
+                        .current
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = snap.clone();
                     on_change(&snap);
-                    backoff.reset();
-                    return snap.resource_version.clone();
+                    tokio::time::sleep(backoff.next()).await;
+                    return Some(snap.resource_version.clone());
+                }
+                Ok(None) => {
+                    tracing::warn!(secret = %self.describe(), "the Secret does not exist; the current values stay in use");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, secret = %self.describe(), "cannot read the Secret; retrying");
-                    tokio::time::sleep(backoff.next()).await;
                 }
             }
+            tokio::time::sleep(backoff.next()).await;
         }
     }
 }

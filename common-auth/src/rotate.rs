@@ -158,6 +158,12 @@ pub async fn run_with(
         .resource_version
         .clone()
         .unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    // The replaced token retires after the longest grace period the running pods use
+    // (SECRET_GRACE_PERIOD), or --grace if longer: none of them may still sign with it then.
+    let grace = deployed_grace(&pods, &args.release)
+        .await
+        .map_or(args.grace, |g| g.max(args.grace));
     let mut data: BTreeMap<String, ByteString> = BTreeMap::new();
     let mut lines = Vec::new();
     let mut expect = Expect::default();
@@ -168,7 +174,7 @@ pub async fn run_with(
             .map_or_else(|| "(none)".to_string(), |v| fingerprint(v.as_bytes()));
         let fp = fingerprint(new.expose_secret().as_bytes());
         lines.push(format!("  api-key        {old} → {fp}"));
-        expect.api_key = Some(fp);
+        expect.api_key = Some(new.clone());
         data.insert(
             "api-key".into(),
             ByteString(new.expose_secret().as_bytes().to_vec()),
@@ -180,7 +186,7 @@ pub async fn run_with(
         let fp = fingerprint(new.expose_secret().as_bytes());
         let previous = text(&current, "service-token-previous").unwrap_or_default();
         let mut kept: Vec<&str> = previous.lines().filter(|l| !l.trim().is_empty()).collect();
-        let retire_at = humantime::format_rfc3339_seconds(now + args.grace).to_string();
+        let retire_at = humantime::format_rfc3339_seconds(now + grace).to_string();
         let retired_line;
         let note = match &old {
             Some(old) => {
@@ -255,7 +261,6 @@ pub async fn run_with(
         "waiting up to {} for every component to use them (senders switch tokens after their signing delay)…",
         humantime::format_duration(args.wait)
     );
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
     let mut last_pending: Option<BTreeSet<String>> = None;
     loop {
@@ -295,7 +300,10 @@ pub async fn run_with(
 /// The fingerprints every component should show.
 #[derive(Debug, Default)]
 struct Expect {
-    api_key: Option<String>,
+    /// The new API key itself: each api pod is asked whether it accepts it (a fingerprint
+    /// of a possibly human-chosen key is not published on the open `/metrics`).
+    api_key: Option<SecretString>,
+    /// The new service token's fingerprint.
     token: Option<String>,
 }
 
@@ -345,7 +353,7 @@ async fn check(
             return (pending, String::new());
         }
     };
-    let (mut apis, mut collectors, mut nodes) = (0, 0, 0);
+    let (mut apis, mut collectors, mut nodes, mut collectors_unreachable) = (0, 0, 0, 0);
     let mut streamer_seen = false;
     for pod in list.items {
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -374,22 +382,29 @@ async fn check(
             .map_or(if component == "api" { 8080 } else { 9400 }, |p| {
                 p.container_port
             });
-        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}:{port}/proxy/metrics");
-        let text = match http::Request::get(path).body(Vec::new()) {
-            Ok(req) => client.request_text(req).await,
-            Err(e) => {
-                pending.insert(format!("{component}/{name} ({e})"));
-                continue;
+        let proxy = format!("/api/v1/namespaces/{namespace}/pods/{name}:{port}/proxy");
+        let Some(text) = proxy_text(client, &format!("{proxy}/metrics")).await else {
+            if component == "api" {
+                pending.insert(format!(
+                    "api/{name} (metrics unreachable through the pod proxy)"
+                ));
+            } else {
+                // Its records say which token it signs with (streamer_signer_info): a
+                // collector whose port the NetworkPolicy closes to the API server is still
+                // checked.
+                collectors_unreachable += 1;
             }
-        };
-        let Ok(text) = text else {
-            pending.insert(format!("{component}/{name} (metrics unreachable)"));
             continue;
         };
         if component == "api" {
             apis += 1;
             if let Some(k) = &expect.api_key
-                && !shows(&text, "api_secret_info", "api-key", k)
+                && !accepts(
+                    client,
+                    &format!("{proxy}/api/v1/gpus/GPU-rotate-secrets-check"),
+                    k,
+                )
+                .await
             {
                 pending.insert(format!("api/{name} (api-key)"));
             }
@@ -429,13 +444,70 @@ async fn check(
     if expect.token.is_some() && !streamer_seen {
         pending.insert("the streamer (not reachable through the api)".into());
     }
+    let unreachable = if collectors_unreachable > 0 {
+        format!(
+            " ({collectors_unreachable} more not reachable through the pod proxy: checked by their records)"
+        )
+    } else {
+        String::new()
+    };
     let summary = format!(
-        "{apis} api pod{}, {collectors} collector pod{}, the streamer, {nodes} node{} signing",
+        "{apis} api pod{}, {collectors} collector pod{}{unreachable}, the streamer, {nodes} node{} signing",
         if apis == 1 { "" } else { "s" },
         if collectors == 1 { "" } else { "s" },
         if nodes == 1 { "" } else { "s" },
     );
     (pending, summary)
+}
+
+/// How long one request through the pod proxy may take.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// GET `path` on the API server (a pod proxy path): the body of a 2xx answer, else `None`.
+async fn proxy_text(client: &kube::Client, path: &str) -> Option<String> {
+    let req = http::Request::get(path).body(Vec::new()).ok()?;
+    tokio::time::timeout(PROXY_TIMEOUT, client.request_text(req))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Whether the api behind pod proxy `path` accepts API key `key`: anything but 401 (the
+/// check's GPU does not exist: 404 with a good key).
+async fn accepts(client: &kube::Client, path: &str, key: &SecretString) -> bool {
+    let Ok(req) = http::Request::get(path)
+        .header("x-api-key", key.expose_secret())
+        .body(kube::client::Body::from(Vec::new()))
+    else {
+        return false;
+    };
+    match tokio::time::timeout(PROXY_TIMEOUT, client.send(req)).await {
+        Ok(Ok(res)) => {
+            res.status() != http::StatusCode::UNAUTHORIZED && !res.status().is_server_error()
+        }
+        _ => false,
+    }
+}
+
+/// The longest `SECRET_GRACE_PERIOD` the release's running api and streamer pods were
+/// started with, if any says one.
+async fn deployed_grace(pods: &Api<Pod>, release: &str) -> Option<Duration> {
+    let selector =
+        format!("app.kubernetes.io/name=telemetry-stack,app.kubernetes.io/instance={release}");
+    let list = tokio::time::timeout(
+        PROXY_TIMEOUT,
+        pods.list(&ListParams::default().labels(&selector)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    list.items
+        .iter()
+        .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
+        .flat_map(|c| c.env.iter().flatten())
+        .filter(|e| e.name == "SECRET_GRACE_PERIOD")
+        .filter_map(|e| humantime::parse_duration(e.value.as_deref()?).ok())
+        .max()
 }
 
 #[cfg(test)]

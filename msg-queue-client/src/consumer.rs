@@ -50,10 +50,14 @@ pub struct ConsumerConfig {
 /// dead-letter producer can copy. A telemetry record is a few KB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 
-/// Most bytes one fetch may bring (`fetch.max.bytes`), and what a fetch response or a zstd
-/// or lz4 batch may decompress to (`receive.message.max.bytes`, 512 bytes more as librdkafka
-/// requires). gzip is not capped by librdkafka: the topic's `max.message.bytes` bounds it.
-pub const FETCH_MAX_BYTES: usize = 16 << 20;
+/// Most (compressed) bytes one fetch may bring (`fetch.max.bytes`; also
+/// `receive.message.max.bytes`, 512 bytes more as librdkafka requires, which caps what a zstd
+/// batch may inflate to). librdkafka inflates gzip, lz4 and snappy batches without a cap of
+/// its own: what bounds them is the batch size the broker allows (`max.message.bytes`) and
+/// how much is fetched at once — this, and the prefetch queue ([`QUEUED_MAX_KBYTES`]).
+pub const FETCH_MAX_BYTES: usize = 4 << 20;
+/// `queued.max.messages.kbytes`: how much librdkafka prefetches per partition queue.
+pub const QUEUED_MAX_KBYTES: usize = 8 << 10;
 
 impl ConsumerConfig {
     /// Defaults: 10 s session timeout.

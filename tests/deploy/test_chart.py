@@ -105,21 +105,22 @@ def test_seed_option_2_uses_the_existing_secret_everywhere_and_creates_none():
         assert "annotations" not in one(docs, kind, name)["spec"]["template"]["metadata"]
 
 
-def test_secret_reader_role_names_the_secret_and_only_gets_and_watches():
+def test_secret_reader_role_names_the_secret_and_only_reads_and_watches():
     _, docs = install({})
     role = one(docs, "Role", "secret-reader")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["get", "watch"]}
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["get", "list", "watch"]}
     ]
     binding = one(docs, "RoleBinding", "secret-reader")
     assert binding["roleRef"]["name"] == "secret-reader"
-    assert sorted(s["name"] for s in binding["subjects"]) == ["api", "collector", "streamer"]
+    # Not the collectors: they read only the mounted service token, whatever the source.
+    assert sorted(s["name"] for s in binding["subjects"]) == ["api", "streamer"]
     assert all(s["namespace"] == NAMESPACE for s in binding["subjects"])
 
 
 def test_secrets_from_the_kubernetes_api_mount_only_a_token_and_open_egress_to_the_api_server():
     _, docs = install({"secrets": {"source": "kubernetes"}})
-    for kind, name in OUR_WORKLOADS:
+    for kind, name in [("Deployment", "api"), ("Deployment", "streamer")]:
         spec = pod_spec(one(docs, kind, name))
         assert spec["automountServiceAccountToken"] is True, name
         assert "auth" not in {v["name"] for v in spec.get("volumes", [])}, name
@@ -131,17 +132,24 @@ def test_secrets_from_the_kubernetes_api_mount_only_a_token_and_open_egress_to_t
         assert env["SECRET_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
         assert "SECRET_DIR" not in env
         assert not [e for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})], name
+    # Collectors keep the mounted service token alone: no API token on GPU nodes, no way to
+    # read the API key.
+    collector = pod_spec(one(docs, "DaemonSet", "collector"))
+    assert collector["automountServiceAccountToken"] is False
+    assert {i["key"] for i in collector["volumes"][0]["projected"]["sources"][0]["secret"]["items"]} == {"service-token"}
+    assert env_of(collector["containers"][0])["SECRET_DIR"]["value"] == "/etc/telemetry/secrets"
     # The service accounts themselves still mount nothing: only these pods ask for a token.
     assert all(sa["automountServiceAccountToken"] is False for sa in by_kind(docs, "ServiceAccount").values())
     role = one(docs, "Role", "secret-reader")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["get", "watch"]}
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": ["get", "list", "watch"]}
     ]
     api_server = {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
     pols = by_kind(docs, "NetworkPolicy")
-    for name in ["api", "streamer", "collector"]:
+    for name in ["api", "streamer"]:
         assert pols[name]["spec"]["egress"][-1] == api_server, name
-    assert api_server not in pols["msg-queue"]["spec"]["egress"]
+    for name in ["collector", "msg-queue"]:
+        assert api_server not in pols[name]["spec"]["egress"], name
     # The default (mount) opens no way to the API server.
     _, mounted = install({})
     for p in by_kind(mounted, "NetworkPolicy").values():
@@ -199,6 +207,10 @@ def test_bundled_kafka_with_sasl_makes_clients_log_in_and_keeps_replication_amon
     with pytest.raises(helm.HelmError) as err:
         install({"msgQueue": {"sasl": {"enabled": True, "collectorPassword": 'quote"0123456789abcdef'}}})
     assert "msgQueue.sasl.collectorPassword holds a quote" in str(err.value)
+    with pytest.raises(helm.HelmError) as err:
+        install({"msgQueue": {"sasl": {"enabled": True}}, "networkPolicy": {"enabled": False}})
+    assert "msgQueue.sasl needs networkPolicy.enabled" in str(err.value)
+    assert env_of(mq)["KAFKA_OPTS"]["value"], "the image's start script requires it with SASL"
     # Without SASL nothing of it is rendered.
     _, plain = install({})
     assert f"{RELEASE}-telemetry-stack-kafka" not in by_kind(plain, "Secret")

@@ -1,8 +1,9 @@
 //! A small Kubernetes API server that speaks the Secret API, for tests of
 //! `--secret-source kubernetes` and the rotation command with a real `kube::Client`.
 //!
-//! It serves what those use, the way kube-apiserver does: `GET`, `PATCH` (JSON merge patch
-//! and strategic merge patch, which are the same for a Secret's `data`) and `WATCH` (chunked
+//! It serves what those use, the way kube-apiserver does: `GET`, `LIST` of one name (with the
+//! current resourceVersion), `PATCH` (JSON merge patch and strategic merge patch, which are
+//! the same for a Secret's `data`) and `WATCH` (chunked
 //! JSON lines, from a resourceVersion, with bookmarks, an `ERROR` 410 event for a
 //! resourceVersion older than its window) of `/api/v1/namespaces/{ns}/secrets/{name}`, with
 //! bearer-token authentication. A test changes Secrets, sends bookmarks, drops or ends the
@@ -284,8 +285,9 @@ impl FakeKubeApi {
         self.inner().forbidden = on;
     }
 
-    /// Every request so far: `GET ns/name`, `PATCH ns/name`, `WATCH ns rv=… bookmarks=…
-    /// fieldSelector=…`, or `UNAUTHORIZED …`.
+    /// Every request so far: `GET ns/name`, `LIST ns fieldSelector=…`, `PATCH ns/name`,
+    /// `WATCH ns rv=… bookmarks=… fieldSelector=…`, `LIST pods …`, `PROXY …`, or
+    /// `UNAUTHORIZED …`.
     pub fn requests(&self) -> Vec<String> {
         self.inner().requests.clone()
     }
@@ -415,19 +417,17 @@ async fn watch_secrets(
     let mut s = state.lock().unwrap();
     let rv = q.get("resourceVersion").cloned().unwrap_or_default();
     let field = q.get("fieldSelector").cloned().unwrap_or_default();
-    let what = format!(
-        "WATCH {ns} rv={rv} bookmarks={} fieldSelector={field}",
-        q.get("allowWatchBookmarks").map_or("false", String::as_str)
-    );
+    let watch = q.get("watch").map(String::as_str) == Some("true");
+    let what = if watch {
+        format!(
+            "WATCH {ns} rv={rv} bookmarks={} fieldSelector={field}",
+            q.get("allowWatchBookmarks").map_or("false", String::as_str)
+        )
+    } else {
+        format!("LIST {ns} fieldSelector={field}")
+    };
     if let Some(r) = authorized(&mut s, &headers, &what) {
         return r;
-    }
-    if q.get("watch").map(String::as_str) != Some("true") {
-        return status(
-            405,
-            "MethodNotAllowed",
-            "the fake serves watches only on the collection",
-        );
     }
     let Some(name) = field.strip_prefix("metadata.name=").map(str::to_string) else {
         return status(
@@ -436,6 +436,17 @@ async fn watch_secrets(
             "the fake needs fieldSelector=metadata.name=<name>",
         );
     };
+    if !watch {
+        // A LIST of that one name: the list's resourceVersion is the current one.
+        let items: Vec<serde_json::Value> =
+            s.secrets.get(&(ns, name)).cloned().into_iter().collect();
+        return axum::Json(serde_json::json!({
+            "apiVersion": "v1", "kind": "SecretList",
+            "metadata": {"resourceVersion": s.rv.to_string()},
+            "items": items,
+        }))
+        .into_response();
+    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let from: u64 = rv.parse().unwrap_or(0);
     if from < s.oldest_rv {
@@ -512,7 +523,11 @@ async fn proxy_pod(
             None => return status(404, "NotFound", &format!("pods \"{name}\" not found")),
         }
     };
-    match reqwest::get(&url).await {
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(key) = headers.get("x-api-key") {
+        request = request.header("x-api-key", key.as_bytes());
+    }
+    match request.send().await {
         Ok(r) => {
             let code = r.status().as_u16();
             let body = r.bytes().await.unwrap_or_default();

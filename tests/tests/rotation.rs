@@ -272,7 +272,11 @@ async fn rotate_both_secrets(secrets: Secrets) {
         // Each service read the Secret once at startup and then only watched it.
         let requests = fake.requests();
         let count = |p: &str| requests.iter().filter(|r| r.starts_with(p)).count();
-        assert_eq!(count("GET telemetry/auth"), 3, "{requests:?}");
+        assert_eq!(
+            count("LIST telemetry fieldSelector=metadata.name=auth"),
+            3,
+            "{requests:?}"
+        );
         assert!(
             count("WATCH telemetry rv=") >= 3
                 && requests

@@ -129,13 +129,14 @@ checksum/secret: {{ printf "%s\n%s" .Values.secrets.apiKey .Values.secrets.servi
 {{- end -}}
 
 {{/*
-How a pod gets the Secret. Call with (dict "root" $ "keys" (list "api-key" "service-token")).
-mount: env vars from the Secret and the mounted directory. kubernetes: the Secret's name; the
-values come from the API.
+How a pod gets the Secret. Call with (dict "root" $ "keys" (list "api-key" "service-token")),
+plus "mount" true to mount whatever secrets.source says (the collector). mount: env vars from
+the Secret and the mounted directory. kubernetes: the Secret's name; the values come from
+the API.
 */}}
 {{- define "ts.secretEnv" -}}
 {{- $name := include "ts.secretName" .root -}}
-{{- if include "ts.secretsFromApi" .root }}
+{{- if and (include "ts.secretsFromApi" .root) (not .mount) }}
 - name: SECRET_SOURCE
   value: kubernetes
 - name: SECRET_NAME
@@ -169,7 +170,7 @@ The Secret as a read-only directory holding only `keys`, plus `optionalKeys` whe
 has them (a projected volume, so both land in one directory).
 */}}
 {{- define "ts.secretVolume" -}}
-{{- if not (include "ts.secretsFromApi" .root) }}
+{{- if or .mount (not (include "ts.secretsFromApi" .root)) }}
 - name: auth
   projected:
     defaultMode: 0440
