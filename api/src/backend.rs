@@ -14,7 +14,7 @@ use streamer::query::proto::{
     QueryRangeRequest, StatsRequest, WatchLatestRequest,
 };
 use streamer::query::{state, status};
-use streamer::store::{Agg, AggRow, Block, LatestIndex, RangePart, Store};
+use streamer::store::{Agg, AggRow, Block, GpuView, LatestIndex, RangePart, Store};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::model::GpuFilter;
@@ -71,6 +71,14 @@ pub trait TelemetryBackend: Send + Sync + 'static {
         let gpus = self.list_gpus(filter.node.clone()).await?;
         crate::model::gpu_list_json(&gpus, &filter)
             .map_err(|e| BackendError::Unavailable(format!("serialise: {e}")))
+    }
+
+    /// Calls `f` with every GPU's latest state when this process holds a current copy (the
+    /// embedded store; the gateway's mirror while fresh) and returns `true`; `false` when it
+    /// does not (then ask [`TelemetryBackend::list_gpus`]). Blocking: call it off the
+    /// runtime's workers.
+    fn visit_latest(&self, _f: &mut dyn FnMut(GpuView<'_>)) -> bool {
+        false
     }
 }
 
@@ -330,6 +338,14 @@ impl TelemetryBackend for GrpcBackend {
         r.map(|r| r.into_inner().counters).map_err(unavailable)
     }
 
+    fn visit_latest(&self, f: &mut dyn FnMut(GpuView<'_>)) -> bool {
+        if !self.mirror.is_fresh(MIRROR_MAX_AGE) {
+            return false;
+        }
+        self.mirror.index.visit(None, f);
+        true
+    }
+
     async fn list_gpus_json(&self, filter: GpuFilter) -> Result<Vec<u8>, BackendError> {
         if self.mirror.is_fresh(MIRROR_MAX_AGE) {
             self.mirror.hit();
@@ -410,6 +426,11 @@ impl TelemetryBackend for StoreBackend {
             self.metrics.error("store");
             BackendError::Unavailable(format!("store read: {e}"))
         })
+    }
+
+    fn visit_latest(&self, f: &mut dyn FnMut(GpuView<'_>)) -> bool {
+        self.store.latest().visit(None, f);
+        true
     }
 
     async fn list_gpus_json(&self, filter: GpuFilter) -> Result<Vec<u8>, BackendError> {

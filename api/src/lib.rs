@@ -12,6 +12,7 @@
 use std::io::Write as _;
 pub mod backend;
 pub mod config;
+pub mod dcgm;
 pub mod embedded;
 pub mod error;
 pub mod metrics;

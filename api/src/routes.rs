@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gpus/{uuid}", get(get_gpu))
         .route("/api/v1/gpus/{uuid}/telemetry", get(telemetry))
         .route("/api/v1/gpus/{uuid}/processes", get(processes))
+        .route("/api/v1/metrics", get(dcgm_metrics))
         .route("/docs", get(docs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -183,6 +184,80 @@ async fn list_gpus(
         })
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The fleet's latest telemetry in the Prometheus text format under dcgm-exporter's names
+/// and labels (`DCGM_FI_DEV_GPU_UTIL{gpu, UUID, device, modelName, Hostname, …}`), for
+/// Prometheus to scrape with the API key as a bearer token. OpenMetrics when the `Accept`
+/// header asks for it.
+#[utoipa::path(get, path = "/api/v1/metrics", tag = "metrics",
+    responses(
+        (status = 200, description = "dcgm-exporter-compatible exposition", content_type = "text/plain", body = String),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 503, description = "Streamer unavailable", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn dcgm_metrics(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    params(q, &[])?;
+    let openmetrics =
+        crate::dcgm::wants_openmetrics(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let content_type = crate::dcgm::content_type(openmetrics);
+    let backend = st.backend.clone();
+    let probe = backend.clone();
+    let held = tokio::task::spawn_blocking(move || probe.visit_latest(&mut |_| {}))
+        .await
+        .unwrap_or(false);
+    if !held {
+        // No current copy here (the gateway's mirror is catching up): one answer from the
+        // streamer's list.
+        let gpus = st.backend.list_gpus(None).await?;
+        let body = crate::dcgm::render(
+            |f| {
+                for g in &gpus {
+                    if let Some(info) = &g.info {
+                        f(streamer::store::GpuView {
+                            info,
+                            latest: g.latest.as_ref(),
+                            last_seen_ms: g.last_seen_ms,
+                            sample_count: g.sample_count,
+                        });
+                    }
+                }
+            },
+            openmetrics,
+        );
+        return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
+    }
+    // One field at a time straight from the latest index, a chunk each, at most two ahead
+    // of the client: a 10,000-GPU fleet is never held whole.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || {
+        for field in crate::dcgm::FIELDS {
+            let mut chunk = Vec::with_capacity(64 << 10);
+            crate::dcgm::header(field, openmetrics, &mut chunk);
+            if !backend.visit_latest(&mut |v| crate::dcgm::line(field, v, &mut chunk)) {
+                let _ = tx.blocking_send(Err(std::io::Error::other(
+                    "the latest state went stale mid-answer",
+                )));
+                return;
+            }
+            if tx.blocking_send(Ok(chunk.into())).is_err() {
+                return; // the client left
+            }
+        }
+        if openmetrics {
+            let _ = tx.blocking_send(Ok(bytes::Bytes::from_static(b"# EOF\n")));
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(resp)
 }
 
 /// One GPU with its latest metrics.

@@ -366,7 +366,8 @@ async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
             "/api/v1/gpus",
             "/api/v1/gpus/{uuid}",
             "/api/v1/gpus/{uuid}/processes",
-            "/api/v1/gpus/{uuid}/telemetry"
+            "/api/v1/gpus/{uuid}/telemetry",
+            "/api/v1/metrics"
         ]
     );
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());

@@ -11,6 +11,9 @@
 //!    code alone, so the broker's speed does not hide ours.
 //! 3. `GET /api/v1/gpus` latency with 10,000 GPUs, embedded and through the streamer's gRPC.
 //! 4. `GET /api/v1/gpus/{uuid}/telemetry` for 24 h of one GPU at 1 s (86,400 samples).
+//! 5. `GET /api/v1/metrics` (dcgm-exporter names) for 10,000 GPUs: bytes and latency.
+//!
+//! `cargo bench -p integration-tests --bench pipeline -- exposition` runs 3 and 5 only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,6 +182,7 @@ async fn serve_api(backend: Arc<dyn TelemetryBackend>) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let exposition_only = std::env::args().any(|a| a == "exposition");
     let recs = records();
     println!(
         "workload: {} records = {} GPU samples ({} GPUs x {ROUNDS} rounds)",
@@ -187,36 +191,38 @@ async fn main() {
         NODES * 8
     );
 
-    // 2. Ingest of already-fetched records.
     let f = fetched(&recs);
-    let mut rates = Vec::new();
-    for _ in 0..5 {
-        let (_dir, store) = temp_store();
-        let ing = ingestor(store.clone());
-        let t = Instant::now();
-        for chunk in f.chunks(2000) {
-            ing.process(chunk).unwrap();
+    if !exposition_only {
+        // 2. Ingest of already-fetched records.
+        let mut rates = Vec::new();
+        for _ in 0..5 {
+            let (_dir, store) = temp_store();
+            let ing = ingestor(store.clone());
+            let t = Instant::now();
+            for chunk in f.chunks(2000) {
+                ing.process(chunk).unwrap();
+            }
+            rates.push(f.len() as f64 * 8.0 / t.elapsed().as_secs_f64());
+            assert_eq!(store.latest().sample_count(), f.len() as u64 * 8);
         }
-        rates.push(f.len() as f64 * 8.0 / t.elapsed().as_secs_f64());
-        assert_eq!(store.latest().sample_count(), f.len() as u64 * 8);
-    }
-    println!(
-        "streamer ingest (verify+decode+store, fetched records): median {:.0} samples/s over 5 runs",
-        median(rates)
-    );
+        println!(
+            "streamer ingest (verify+decode+store, fetched records): median {:.0} samples/s over 5 runs",
+            median(rates)
+        );
 
-    // 1. End to end through the broker.
-    let broker = Broker::start();
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        rates.push(end_to_end(&broker, &recs).await);
+        // 1. End to end through the broker.
+        let broker = Broker::start();
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            rates.push(end_to_end(&broker, &recs).await);
+        }
+        println!(
+            "end to end through tansu (sign→produce→broker→consume→verify→store): median {:.0} samples/s over 3 runs (runs: {:?})",
+            median(rates.clone()),
+            rates.iter().map(|r| *r as u64).collect::<Vec<_>>()
+        );
+        drop(broker);
     }
-    println!(
-        "end to end through tansu (sign→produce→broker→consume→verify→store): median {:.0} samples/s over 3 runs (runs: {:?})",
-        median(rates.clone()),
-        rates.iter().map(|r| *r as u64).collect::<Vec<_>>()
-    );
-    drop(broker);
 
     // 3. GET /api/v1/gpus with 10,000 GPUs.
     let (_dir, store) = temp_store();
@@ -235,6 +241,15 @@ async fn main() {
     println!(
         "GET /api/v1/gpus, 10,000 GPUs, embedded store: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 200 requests)"
     );
+    // 5. The Prometheus exposition under dcgm-exporter's names, streamed field by field.
+    let (p50, p99, bytes) = latency(&client, &format!("{embedded}/api/v1/metrics"), 50).await;
+    println!(
+        "GET /api/v1/metrics (dcgm-exporter names), 10,000 GPUs, embedded store: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, {:.0} bytes/GPU, 50 requests)",
+        bytes as f64 / 10_000.0
+    );
+    if exposition_only {
+        return;
+    }
 
     let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc_l.local_addr().unwrap();

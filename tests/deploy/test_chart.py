@@ -524,7 +524,11 @@ def test_service_monitor_is_optional():
     sm = [d for d in yaml.safe_load_all(out["telemetry-stack/templates/servicemonitor.yaml"]) if d]
     assert sm[0]["kind"] == "ServiceMonitor"
     assert sm[0]["metadata"]["labels"]["release"] == "prometheus"
-    assert sm[0]["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert sm[0]["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "30s"},
+        {"port": "http", "path": "/api/v1/metrics", "interval": "30s",
+         "authorization": {"type": "Bearer", "credentials": {"name": SECRET, "key": "api-key"}}},
+    ]
     _, docs = install({})
     assert by_kind(docs, "ServiceMonitor") == {}
 
