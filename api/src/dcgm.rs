@@ -20,7 +20,9 @@
 //! GPU does not report is left out, as dcgm-exporter leaves out a blank field.
 //!
 //! The body is made one field at a time from the latest index (a read lock per field, the
-//! lines of all GPUs), so a 10,000-GPU fleet streams in chunks instead of being built whole.
+//! lines of all GPUs; each GPU's labels formatted once), so a 10,000-GPU fleet streams in
+//! chunks instead of being built whole, gzip-compressed chunk by chunk when the scraper
+//! accepts it (Prometheus does).
 
 use std::fmt::Write as _;
 
@@ -295,8 +297,22 @@ pub fn header(field: &Field, openmetrics: bool, out: &mut Vec<u8>) {
     );
 }
 
+/// Each GPU's label set, made once per answer (not once per field).
+#[derive(Debug, Default)]
+pub struct LabelCache(std::collections::HashMap<String, String>);
+
+impl LabelCache {
+    /// The labels of `info`, formatted on first use.
+    pub fn get(&mut self, info: &GpuInfo) -> &str {
+        if !self.0.contains_key(&info.uuid) {
+            self.0.insert(info.uuid.clone(), labels(info));
+        }
+        &self.0[&info.uuid]
+    }
+}
+
 /// The series of `field` for one GPU (nothing when it does not report it).
-pub fn line(field: &Field, v: GpuView<'_>, out: &mut Vec<u8>) {
+pub fn line(field: &Field, v: GpuView<'_>, cache: &mut LabelCache, out: &mut Vec<u8>) {
     let Some(sample) = v.latest else {
         return;
     };
@@ -304,7 +320,7 @@ pub fn line(field: &Field, v: GpuView<'_>, out: &mut Vec<u8>) {
         return;
     };
     out.extend_from_slice(field.name.as_bytes());
-    out.extend_from_slice(labels(v.info).as_bytes());
+    out.extend_from_slice(cache.get(v.info).as_bytes());
     out.push(b' ');
     match value {
         Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
@@ -316,9 +332,10 @@ pub fn line(field: &Field, v: GpuView<'_>, out: &mut Vec<u8>) {
 /// The whole exposition over the GPUs `visit` yields (once per field).
 pub fn render(mut visit: impl FnMut(&mut dyn FnMut(GpuView<'_>)), openmetrics: bool) -> Vec<u8> {
     let mut out = Vec::new();
+    let mut cache = LabelCache::default();
     for field in FIELDS {
         header(field, openmetrics, &mut out);
-        visit(&mut |v| line(field, v, &mut out));
+        visit(&mut |v| line(field, v, &mut cache, &mut out));
     }
     if openmetrics {
         out.extend_from_slice(b"# EOF\n");

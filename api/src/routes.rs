@@ -152,12 +152,14 @@ fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
         ("namespace" = Option<String>, Query, description = "Only GPUs held by a pod in this namespace (from the kubelet)", min_length = 1),
         ("pod" = Option<String>, Query, description = "Only GPUs held by a pod of this name", min_length = 1)),
     responses(
-        (status = 200, description = "GPUs ordered by node, then index", body = GpuList<'_>),
+        (status = 200, description = "GPUs ordered by node, then index (gzip when accepted; an `ETag`)", body = GpuList<'_>),
+        (status = 304, description = "Unchanged since the `If-None-Match` ETag"),
         (status = 400, description = "Invalid parameter", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
 async fn list_gpus(
     State(st): State<AppState>,
+    headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let p = params(q, &["node", "health", "namespace", "pod"])?;
@@ -183,7 +185,66 @@ async fn list_gpus(
             pod: p.get("pod").cloned(),
         })
         .await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(conditional_json(&headers, body).await)
+}
+
+/// A JSON answer with a weak `ETag` of its content (the same on every replica for the same
+/// data), `304 Not Modified` when the request's `If-None-Match` names it, and gzip (off the
+/// async workers) when the client accepts it.
+async fn conditional_json(headers: &HeaderMap, body: Vec<u8>) -> Response {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(&body);
+    let etag = format!("W/\"{}\"", hex::encode(&digest[..12]));
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == etag.trim_start_matches("W/")
+        });
+    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("W/\"\""));
+    if matches {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        resp.headers_mut().insert(header::ETAG, etag_value);
+        resp.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        return resp;
+    }
+    let gzip = accepts_gzip(headers) && body.len() > 1024;
+    let body = if gzip {
+        let compressed = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 8),
+                flate2::Compression::fast(),
+            );
+            enc.write_all(&body).and_then(|()| enc.finish())
+        })
+        .await;
+        match compressed {
+            Ok(Ok(z)) => z,
+            _ => {
+                return ApiError::from(BackendError::Unavailable("gzip failed".into()))
+                    .into_response();
+            }
+        }
+    } else {
+        body
+    };
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::ETAG, etag_value);
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
 }
 
 /// The fleet's latest telemetry in the Prometheus text format under dcgm-exporter's names
@@ -232,31 +293,76 @@ async fn dcgm_metrics(
         return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
     }
     // One field at a time straight from the latest index, a chunk each, at most two ahead
-    // of the client: a 10,000-GPU fleet is never held whole.
+    // of the client: a 10,000-GPU fleet is never held whole. gzip as it goes (a sync flush
+    // per chunk) when the scraper accepts it.
+    let gzip = accepts_gzip(&headers);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
     tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut zip = gzip.then(|| {
+            flate2::write::GzEncoder::new(
+                Vec::with_capacity(256 << 10),
+                flate2::Compression::fast(),
+            )
+        });
+        let mut cache = crate::dcgm::LabelCache::default();
+        let mut send = |chunk: Vec<u8>, last: bool| -> bool {
+            let out = match &mut zip {
+                None => chunk,
+                Some(z) => {
+                    let flushed = z
+                        .write_all(&chunk)
+                        .and_then(|()| if last { Ok(()) } else { z.flush() });
+                    if let Err(e) = flushed {
+                        let _ = tx.blocking_send(Err(e));
+                        return false;
+                    }
+                    std::mem::take(z.get_mut())
+                }
+            };
+            tx.blocking_send(Ok(out.into())).is_ok()
+        };
         for field in crate::dcgm::FIELDS {
             let mut chunk = Vec::with_capacity(64 << 10);
             crate::dcgm::header(field, openmetrics, &mut chunk);
-            if !backend.visit_latest(&mut |v| crate::dcgm::line(field, v, &mut chunk)) {
+            if !backend.visit_latest(&mut |v| crate::dcgm::line(field, v, &mut cache, &mut chunk)) {
                 let _ = tx.blocking_send(Err(std::io::Error::other(
                     "the latest state went stale mid-answer",
                 )));
                 return;
             }
-            if tx.blocking_send(Ok(chunk.into())).is_err() {
+            if !send(chunk, false) {
                 return; // the client left
             }
         }
-        if openmetrics {
-            let _ = tx.blocking_send(Ok(bytes::Bytes::from_static(b"# EOF\n")));
+        let tail = if openmetrics {
+            b"# EOF\n".to_vec()
+        } else {
+            Vec::new()
+        };
+        if !send(tail, true) {
+            return;
+        }
+        if let Some(z) = zip.take() {
+            match z.finish() {
+                Ok(rest) => {
+                    let _ = tx.blocking_send(Ok(rest.into()));
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            }
         }
     });
     let mut resp = Response::new(Body::from_stream(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     Ok(resp)
 }
 

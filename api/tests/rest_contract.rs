@@ -19,20 +19,33 @@ const UUID: &str = "GPU-aaaaaaaa-0000-0000-0000-000000000001";
 const T0: i64 = 1_790_000_000_000; // 2026-09-21T14:13:20Z
 
 fn app() -> axum::Router {
+    app_with(0)
+}
+
+/// The test app: GPU `UUID` with five samples, and `more` GPUs without samples.
+fn app_with(more: u32) -> axum::Router {
     // The directory may go once the store is open (Linux keeps the open file).
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
+    let mut gpus = vec![GpuInfo {
+        uuid: UUID.into(),
+        index: 3,
+        name: "NVIDIA H100 80GB HBM3".into(),
+        node: "node-a".into(),
+        ..Default::default()
+    }];
+    gpus.extend((0..more).map(|i| GpuInfo {
+        uuid: format!("GPU-bbbbbbbb-0000-0000-0000-{i:012}"),
+        index: 10 + i,
+        name: "NVIDIA H100 80GB HBM3".into(),
+        node: "node-a".into(),
+        ..Default::default()
+    }));
     let batch = TelemetryBatch {
         schema_version: SCHEMA_VERSION,
         node: "node-a".into(),
         collected_at_ms: T0,
-        gpus: vec![GpuInfo {
-            uuid: UUID.into(),
-            index: 3,
-            name: "NVIDIA H100 80GB HBM3".into(),
-            node: "node-a".into(),
-            ..Default::default()
-        }],
+        gpus,
         samples: (0..5)
             .map(|i| GpuSample {
                 uuid: UUID.into(),
@@ -614,4 +627,70 @@ proptest! {
             prop_assert!(v["error"]["parameter"].is_string(), "{uri}: {v}");
         }
     }
+}
+
+/// GET /api/v1/gpus from an app with `more` extra GPUs, with `headers`.
+async fn get_from(
+    more: u32,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, axum::body::Bytes) {
+    let mut req = Request::builder()
+        .uri("/api/v1/gpus")
+        .header("x-api-key", KEY);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = app_with(more)
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let h = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (status, h, body)
+}
+
+#[tokio::test]
+async fn the_gpu_list_has_an_etag_answers_304_to_it_and_gzips_when_asked() {
+    let (s, h, plain) = get_from(0, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let etag = h["etag"].to_str().unwrap().to_string();
+    assert!(
+        etag.starts_with("W/\"") && etag.len() == 3 + 24 + 1,
+        "{etag}"
+    );
+    assert_eq!(h.get("content-encoding"), None, "small, and not asked");
+    // The same data on another replica (a fresh app here): the same ETag.
+    let (_, h2, _) = get_from(0, &[]).await;
+    assert_eq!(h2["etag"], etag.as_str());
+    let (s, h, body) = get_from(0, &[("if-none-match", &etag)]).await;
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    assert_eq!(h["etag"], etag.as_str());
+    let (s, _, _) = get_from(0, &[("if-none-match", "W/\"0123\", \"other\"")]).await;
+    assert_eq!(s, StatusCode::OK, "a different tag");
+    // Not compressed when small (251 bytes here), even if asked.
+    let (_, h, body) = get_from(0, &[("accept-encoding", "gzip")]).await;
+    assert_eq!(h.get("content-encoding"), None);
+    assert_eq!(body, plain);
+    // gzip when accepted and the body is worth it (over 1 KB): the same JSON once inflated.
+    let (_, _, big) = get_from(40, &[]).await;
+    let (s, h, zipped) = get_from(40, &[("accept-encoding", "br, gzip;q=0.8")]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(big.len() > 1024, "{}", big.len());
+    assert_eq!(h["content-encoding"], "gzip");
+    assert!(
+        zipped.len() < big.len() / 4,
+        "{} of {}",
+        zipped.len(),
+        big.len()
+    );
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut out).unwrap();
+    assert_eq!(out, big);
+    let (_, h, _) = get_from(40, &[("accept-encoding", "gzip;q=0")]).await;
+    assert_eq!(h.get("content-encoding"), None, "q=0 refuses gzip");
+    assert_eq!(h["vary"], "accept-encoding");
 }
