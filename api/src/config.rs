@@ -29,6 +29,8 @@ pub struct ApiConfig {
     #[command(flatten)]
     pub secrets: common_auth::SecretArgs,
     #[command(flatten)]
+    pub log: telemetry_log::LogArgs,
+    #[command(flatten)]
     pub http: crate::server::HttpLimits,
     /// Raw range answers (`/telemetry` without `step`) in progress at once; more wait.
     #[arg(long, env = "API_MAX_CONCURRENT_RANGES", default_value_t = crate::routes::DEFAULT_CONCURRENT_RANGES)]

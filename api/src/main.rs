@@ -4,15 +4,8 @@ use std::io::Write as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: container logs stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let mut cfg = ApiConfig::parse();
+    cfg.log.init();
     if let Some(api::config::ApiCommand::RotateSecrets(args)) = cfg.command.take() {
         return match common_auth::rotate::run(&args, &mut std::io::stdout()).await {
             Ok(()) => std::process::ExitCode::SUCCESS,

@@ -139,6 +139,8 @@ pub struct CollectorConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub secrets: common_auth::SecretArgs,
+    #[command(flatten)]
+    pub log: telemetry_log::LogArgs,
     /// The service token (prefer the env var or --secret-dir: flags show in `ps`).
     #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
     pub service_token: Option<SecretString>,

@@ -72,6 +72,8 @@ pub struct StreamerConfig {
     #[command(flatten)]
     pub secrets: common_auth::SecretArgs,
     #[command(flatten)]
+    pub log: telemetry_log::LogArgs,
+    #[command(flatten)]
     pub grpc: GrpcLimits,
     /// How long after its retirement a retired service token (`service-token-previous`)
     /// still verifies records: set it to the telemetry topic's retention (older records

@@ -4,15 +4,8 @@ use streamer::config::StreamerConfig;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: container logs stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cfg = StreamerConfig::parse();
+    cfg.log.init();
     // Secrets first: a missing or weak token stops here, before any socket or file is opened.
     let token = match streamer::load_token(&cfg).await {
         Ok(r) => r,

@@ -224,6 +224,16 @@ def test_an_external_kafkas_client_properties_come_from_a_secret():
         assert env["KAFKA_PROPERTIES"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-client", "key": name}
 
 
+def test_every_service_gets_the_log_format():
+    _, docs = install({"logFormat": "json"})
+    for kind, name in OUR_WORKLOADS:
+        assert env_of(pod_spec(one(docs, kind, name))["containers"][0])["LOG_FORMAT"]["value"] == "json"
+    _, plain = install({})
+    assert env_of(pod_spec(one(plain, "Deployment", "api"))["containers"][0])["LOG_FORMAT"]["value"] == "text"
+    with pytest.raises(helm.HelmError):
+        install({"logFormat": "xml"})
+
+
 def test_pods_get_env_vars_and_the_mounted_secret_with_only_the_keys_they_need():
     _, docs = install({})
     need = {"api": {"api-key", "service-token"}, "streamer": {"service-token"}, "collector": {"service-token"}}
