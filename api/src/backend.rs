@@ -14,7 +14,7 @@ use streamer::query::proto::{
     QueryRangeRequest, StatsRequest, WatchLatestRequest,
 };
 use streamer::query::{state, status};
-use streamer::store::{Agg, AggRow, Block, GpuView, LatestIndex, RangePart, Store};
+use streamer::store::{Agg, AggRow, Block, GpuState, GpuView, LatestIndex, RangePart, Store};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::model::GpuFilter;
@@ -79,6 +79,12 @@ pub trait TelemetryBackend: Send + Sync + 'static {
     /// runtime's workers.
     fn visit_latest(&self, _f: &mut dyn FnMut(GpuView<'_>)) -> bool {
         false
+    }
+
+    /// The GPUs whose latest state changed after version `since` of the latest state this
+    /// process holds, and the version now; `None` when it holds no current copy. Blocking.
+    fn latest_changed(&self, _since: u64) -> Option<(Vec<GpuState>, u64)> {
+        None
     }
 }
 
@@ -346,6 +352,12 @@ impl TelemetryBackend for GrpcBackend {
         true
     }
 
+    fn latest_changed(&self, since: u64) -> Option<(Vec<GpuState>, u64)> {
+        self.mirror
+            .is_fresh(MIRROR_MAX_AGE)
+            .then(|| self.mirror.index.changed_since(since))
+    }
+
     async fn list_gpus_json(&self, filter: GpuFilter) -> Result<Vec<u8>, BackendError> {
         if self.mirror.is_fresh(MIRROR_MAX_AGE) {
             self.mirror.hit();
@@ -431,6 +443,10 @@ impl TelemetryBackend for StoreBackend {
     fn visit_latest(&self, f: &mut dyn FnMut(GpuView<'_>)) -> bool {
         self.store.latest().visit(None, f);
         true
+    }
+
+    fn latest_changed(&self, since: u64) -> Option<(Vec<GpuState>, u64)> {
+        Some(self.store.latest().changed_since(since))
     }
 
     async fn list_gpus_json(&self, filter: GpuFilter) -> Result<Vec<u8>, BackendError> {

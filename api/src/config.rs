@@ -35,6 +35,10 @@ pub struct ApiConfig {
     /// Raw range answers (`/telemetry` without `step`) in progress at once; more wait.
     #[arg(long, env = "API_MAX_CONCURRENT_RANGES", default_value_t = crate::routes::DEFAULT_CONCURRENT_RANGES)]
     pub max_concurrent_ranges: usize,
+    /// Updates (250 ms of events each) a live stream's client may have waiting; a client
+    /// further behind is dropped.
+    #[arg(long, env = "API_SSE_CLIENT_BUFFER", default_value_t = crate::sse::DEFAULT_CLIENT_BUFFER)]
+    pub sse_client_buffer: usize,
     /// The API key (prefer the env var or --secret-dir: flags show in `ps`).
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<SecretString>,

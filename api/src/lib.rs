@@ -20,6 +20,7 @@ pub mod model;
 pub mod openapi;
 pub mod routes;
 pub mod server;
+pub mod sse;
 
 use std::sync::Arc;
 
@@ -229,6 +230,7 @@ pub async fn run(
         metrics: Arc::new(metrics::ApiMetrics::with_secrets(calls_with)),
         keys,
         ranges: routes::range_slots(cfg.max_concurrent_ranges),
+        streams: Arc::new(sse::Hub::new(cfg.sse_client_buffer)),
     };
     server::serve(listener, routes::router(state), cfg.http.clone(), stopped()).await?;
     if let Some(t) = background {

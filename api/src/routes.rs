@@ -44,6 +44,8 @@ pub struct AppState {
     /// How many raw range answers may be in progress at once (each holds decoded blocks
     /// while it streams); more wait for a slot, up to the request timeout.
     pub ranges: Arc<tokio::sync::Semaphore>,
+    /// The live streams' hub.
+    pub streams: Arc<crate::sse::Hub>,
 }
 
 /// Raw range answers in progress at once, by default (`--max-concurrent-ranges`).
@@ -70,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gpus/{uuid}/telemetry", get(telemetry))
         .route("/api/v1/gpus/{uuid}/processes", get(processes))
         .route("/api/v1/metrics", get(dcgm_metrics))
+        .route("/api/v1/gpus/stream", get(stream_all))
+        .route("/api/v1/gpus/{uuid}/stream", get(stream_one))
         .route("/docs", get(docs))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -364,6 +368,59 @@ async fn dcgm_metrics(
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     Ok(resp)
+}
+
+/// Live updates of every GPU: server-sent events (`event: gpu`, `data:` the GPU as
+/// `GET /api/v1/gpus/{uuid}` shows it) each time one's latest state changes. A client that
+/// reads too slowly is dropped.
+#[utoipa::path(get, path = "/api/v1/gpus/stream", tag = "gpus",
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid parameter", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn stream_all(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    params(q, &[])?;
+    Ok(event_stream(st.streams.subscribe(st.backend.clone(), None)))
+}
+
+/// Live updates of one GPU, as [`stream_all`]'s events.
+#[utoipa::path(get, path = "/api/v1/gpus/{uuid}/stream", tag = "gpus",
+    params(("uuid" = String, Path, description = "GPU UUID", pattern = r"^[A-Za-z0-9._-]{1,128}$")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid UUID", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 404, description = "Unknown GPU", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn stream_one(
+    State(st): State<AppState>,
+    uuid: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let g = stored_gpu(&st, uuid, q).await?;
+    let uuid = g.info.map(|i| i.uuid).unwrap_or_default();
+    Ok(event_stream(
+        st.streams.subscribe(st.backend.clone(), Some(uuid)),
+    ))
+}
+
+fn event_stream(events: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response {
+    let body =
+        tokio_stream::wrappers::ReceiverStream::new(events).map(Ok::<_, std::convert::Infallible>);
+    let mut resp = Response::new(Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Reverse proxies (nginx) would otherwise hold events back.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
 }
 
 /// One GPU with its latest metrics.
@@ -693,6 +750,11 @@ fn not_ready() -> Response {
 /// Prometheus text: the api's counters, then the backend's ingest counters.
 async fn metrics(State(st): State<AppState>) -> Response {
     let mut text = st.metrics.render();
+    text.push_str(&format!(
+        "# HELP api_sse_dropped_total Live-stream clients dropped for reading too slowly.\n# TYPE api_sse_dropped_total counter\napi_sse_dropped_total {}\n# HELP api_sse_open_streams Live streams open now.\n# TYPE api_sse_open_streams gauge\napi_sse_open_streams {}\n",
+        st.streams.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        st.streams.open.load(std::sync::atomic::Ordering::Relaxed),
+    ));
     match st.backend.stats().await {
         Ok(counters) => {
             let mut typed = std::collections::HashSet::new();

@@ -65,6 +65,7 @@ fn app_with(more: u32) -> axum::Router {
         keys: KeyRing::new(KEY.to_string().into()),
         metrics: Arc::default(),
         ranges: api::routes::range_slots(api::routes::DEFAULT_CONCURRENT_RANGES),
+        streams: Arc::default(),
     })
 }
 
@@ -377,8 +378,10 @@ async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
         paths,
         vec![
             "/api/v1/gpus",
+            "/api/v1/gpus/stream",
             "/api/v1/gpus/{uuid}",
             "/api/v1/gpus/{uuid}/processes",
+            "/api/v1/gpus/{uuid}/stream",
             "/api/v1/gpus/{uuid}/telemetry",
             "/api/v1/metrics"
         ]
@@ -440,6 +443,7 @@ async fn with_the_streamer_down_reads_are_a_json_503_and_readyz_fails_but_health
         keys: KeyRing::new(KEY.to_string().into()),
         metrics: Arc::default(),
         ranges: api::routes::range_slots(api::routes::DEFAULT_CONCURRENT_RANGES),
+        streams: Arc::default(),
     });
     let get = |uri: &str| {
         Request::builder()
@@ -505,6 +509,7 @@ async fn a_long_range_streams_in_pieces_and_is_gzipped_when_asked() {
         keys: KeyRing::new(KEY.to_string().into()),
         metrics: Arc::default(),
         ranges: api::routes::range_slots(api::routes::DEFAULT_CONCURRENT_RANGES),
+        streams: Arc::default(),
     });
     let uri = format!(
         "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-22T00:00:00Z&limit=100000"

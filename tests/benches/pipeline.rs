@@ -186,6 +186,7 @@ async fn serve_api(backend: Arc<dyn TelemetryBackend>) -> String {
         keys: KeyRing::new("k".to_string().into()),
         metrics: Arc::default(),
         ranges: api::routes::range_slots(api::routes::DEFAULT_CONCURRENT_RANGES),
+        streams: Arc::default(),
     });
     tokio::spawn(api::serve(l, app, std::future::pending()));
     format!("http://{addr}")

@@ -64,6 +64,7 @@ async fn the_gpu_list_comes_from_a_mirror_the_streamer_keeps_current() {
         keys: KeyRing::new(KEY.to_string().into()),
         metrics: Arc::default(),
         ranges: api::routes::range_slots(api::routes::DEFAULT_CONCURRENT_RANGES),
+        streams: Arc::default(),
     });
     let latest_util = || {
         let app = app.clone();
