@@ -37,6 +37,7 @@ VALUE_SETS = {
         "streamer": {"persistence": {"enabled": True, "storageClass": "fast"}},
         "msgQueue": {"replicas": 3, "persistence": {"storageClass": "fast"}},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafana": {"dashboards": {"enabled": True}},
         "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
         "api": {"service": {"type": "LoadBalancer"}},
     },

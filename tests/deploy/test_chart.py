@@ -10,7 +10,7 @@ import pytest
 
 from conftest import (
     offline,
-    CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, STRONG_API_KEY, STRONG_TOKEN, VALUE_SETS,
+    CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, ROOT, STRONG_API_KEY, STRONG_TOKEN, VALUE_SETS,
     by_kind, chart, env_of, hooks, install, one, pod_spec,
 )
 
@@ -232,6 +232,56 @@ def test_every_service_gets_the_log_format():
     assert env_of(pod_spec(one(plain, "Deployment", "api"))["containers"][0])["LOG_FORMAT"]["value"] == "text"
     with pytest.raises(helm.HelmError):
         install({"logFormat": "xml"})
+
+
+def exported_metric_names():
+    """Every metric name the stack exports, read from the code: dcgm-exporter fields served
+    at /api/v1/metrics, and each service's own metrics."""
+    import re
+    names = set(re.findall(r'name: "(DCGM_[A-Z_]+)"', (ROOT / "api/src/dcgm.rs").read_text()))
+    for f in ["api/src/metrics.rs", "streamer/src/metrics.rs", "collector/src/metrics.rs"]:
+        names |= set(re.findall(r'pub const \w+: &str = "(\w+)";', (ROOT / f).read_text()))
+    names |= set(re.findall(r"# TYPE (api_sse_\w+)", (ROOT / "api/src/routes.rs").read_text()))
+    return names
+
+
+def test_grafana_dashboards_ship_as_a_sidecar_configmap_and_query_only_what_the_stack_exports():
+    import json
+    import re
+    _, none = install({})
+    assert not [d for d in by_kind(none, "ConfigMap") if "dashboards" in d]
+    _, docs = install({"grafana": {"dashboards": {"enabled": True}}})
+    cm = one(docs, "ConfigMap", "dashboards")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"]["grafana_folder"] == "GPU telemetry"
+    assert sorted(cm["data"]) == [
+        "gpu-telemetry-fleet.json", "gpu-telemetry-gpu.json",
+        "gpu-telemetry-node.json", "gpu-telemetry-pipeline.json",
+    ]
+    exported = exported_metric_names()
+    assert {"DCGM_FI_DEV_GPU_UTIL", "streamer_records_total", "collector_records_dropped_total",
+            "api_requests_total", "api_sse_dropped_total"} <= exported
+    uids, used = set(), set()
+    for name, text in cm["data"].items():
+        d = json.loads(text)
+        assert d["uid"] not in uids, name
+        uids.add(d["uid"])
+        assert d["templating"]["list"][0] == {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"}
+        queries = [t["expr"] for p in d["panels"] for t in p["targets"]]
+        queries += [v["query"] for v in d["templating"]["list"][1:]]
+        assert len(d["panels"]) >= 6 and queries, name
+        for p in d["panels"]:
+            assert p["datasource"]["uid"] == "${datasource}", (name, p["title"])
+        for q in queries:
+            for metric in re.findall(r"\b((?:DCGM|streamer|collector|api)_[A-Za-z0-9_]+)\b", q):
+                used.add(metric)
+                assert metric in exported, f"{name}: {metric} in {q!r} is not exported"
+    # The dashboards cover both faces: GPUs (dcgm names) and the pipeline's own health.
+    assert any(m.startswith("DCGM_") for m in used) and any(m.startswith("streamer_") for m in used)
+    _, elsewhere = install({"grafana": {"dashboards": {"enabled": True, "namespace": "monitoring", "label": "grafana_dash", "labelValue": "yes"}}})
+    cm = one(elsewhere, "ConfigMap", "dashboards")
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana_dash"] == "yes"
 
 
 def test_pods_get_env_vars_and_the_mounted_secret_with_only_the_keys_they_need():
