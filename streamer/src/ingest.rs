@@ -151,7 +151,6 @@ impl Ingestor {
         let mut out = Ingested::default();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for (i, rec) in records.iter().enumerate() {
-            self.metrics.records.fetch_add(1, Ordering::Relaxed);
             let opened = rec
                 .oversized
                 .map_or_else(
@@ -172,15 +171,20 @@ impl Ingestor {
                         .inspect_err(|_| self.metrics.error("store"))?;
                     self.metrics.applied(applied);
                 }
-                Err(reject) => {
-                    self.metrics.rejected(reject.reason());
-                    out.rejected.push((i, reject));
-                }
+                Err(reject) => out.rejected.push((i, reject)),
             }
             let e = next.entry(rec.partition).or_insert(rec.offset + 1);
             *e = (*e).max(rec.offset + 1);
         }
         out.next_offsets = next.into_iter().collect();
+        // Counted once the whole batch is handled: a batch retried after a store failure
+        // (the `?` above) is not counted again.
+        self.metrics
+            .records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        for (_, reject) in &out.rejected {
+            self.metrics.rejected(reject.reason());
+        }
         Ok(out)
     }
 }

@@ -175,6 +175,11 @@ async fn store_failures_are_retried_and_no_sample_is_skipped_or_doubled() {
     };
     assert_eq!(get("streamer_samples_stored_total", ""), Some(120));
     assert_eq!(
+        get("streamer_records_total", ""),
+        Some(30),
+        "each record counted once, though its batch was retried"
+    );
+    assert_eq!(
         get("streamer_errors_total", "error_type=\"store\""),
         Some(5)
     );
