@@ -150,6 +150,7 @@ impl Ingestor {
         let verifier = self.verifier(now);
         let mut out = Ingested::default();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut signers: std::collections::HashMap<&str, &str> = Default::default();
         for (i, rec) in records.iter().enumerate() {
             let opened = rec
                 .oversized
@@ -163,7 +164,13 @@ impl Ingestor {
                 Ok(batch) => {
                     let key_id = rec.parts().key_id.map(String::from_utf8_lossy);
                     if let Some(fp) = key_id.and_then(|k| verifier.fingerprints.get(k.as_ref())) {
-                        self.metrics.signed(&batch.node, fp, now);
+                        // The batch's newest per node, borrowed (the record key is the node,
+                        // checked by `open`); noted once after the loop, under one lock.
+                        if let Some(node) =
+                            rec.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+                        {
+                            signers.insert(node, fp.as_str());
+                        }
                     }
                     let applied = self
                         .store
@@ -185,6 +192,7 @@ impl Ingestor {
         for (_, reject) in &out.rejected {
             self.metrics.rejected(reject.reason());
         }
+        self.metrics.signed_all(signers, now);
         Ok(out)
     }
 }

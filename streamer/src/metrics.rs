@@ -92,26 +92,29 @@ impl StreamerMetrics {
             .or_default() += 1;
     }
 
-    /// Notes that `node`'s record, accepted at `now_ms`, was signed with the token of
-    /// fingerprint `fp`.
-    pub fn signed(&self, node: &str, fp: &str, now_ms: i64) {
+    /// Notes, for each (node, fingerprint) of one handled batch, that the node's newest
+    /// accepted record (at `now_ms`) was signed with the token of that fingerprint. One lock
+    /// per batch, not per record; an allocation only for a node not seen before.
+    pub fn signed_all<'a>(&self, batch: impl IntoIterator<Item = (&'a str, &'a str)>, now_ms: i64) {
         let mut signers = self.signers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = signers.get_mut(node) {
-            if e.0 != fp {
-                e.0 = fp.to_string();
+        for (node, fp) in batch {
+            if let Some(e) = signers.get_mut(node) {
+                if e.0 != fp {
+                    e.0 = fp.to_string();
+                }
+                e.1 = now_ms;
+                continue;
             }
-            e.1 = now_ms;
-            return;
+            if signers.len() >= MAX_SIGNERS
+                && let Some(oldest) = signers
+                    .iter()
+                    .min_by_key(|(_, v)| v.1)
+                    .map(|(k, _)| k.clone())
+            {
+                signers.remove(&oldest);
+            }
+            signers.insert(node.to_string(), (fp.to_string(), now_ms));
         }
-        if signers.len() >= MAX_SIGNERS
-            && let Some(oldest) = signers
-                .iter()
-                .min_by_key(|(_, v)| v.1)
-                .map(|(k, _)| k.clone())
-        {
-            signers.remove(&oldest);
-        }
-        signers.insert(node.to_string(), (fp.to_string(), now_ms));
     }
 
     /// Counts a failure.

@@ -42,7 +42,11 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + timeout;
+    // Polls paced by an interval (the first at once); the deadline decides, not a count.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tick.tick().await;
         if let Some(v) = f().await {
             return v;
         }
@@ -50,7 +54,6 @@ where
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -63,10 +66,12 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         if let Some(v) = f() {
             return Some(v);
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // The pace between polls, never past the deadline.
+        std::thread::park_timeout(left.min(Duration::from_millis(20)));
     }
 }
 
@@ -391,6 +396,24 @@ impl Broker {
         .expect("restart broker on its port");
         *self = b;
     }
+}
+
+/// A collector's flags: two simulated GPUs every 100 ms into `topic` (2 partitions).
+pub fn simulated_collector_args(broker: &Broker, topic: &str) -> Vec<String> {
+    args(&[
+        "--source",
+        "simulated",
+        "--sim-gpus-per-node",
+        "2",
+        "--interval",
+        "100ms",
+        "--brokers",
+        &broker.addr,
+        "--topic",
+        topic,
+        "--partitions",
+        "2",
+    ])
 }
 
 /// The status of GET `url` with API key `key`; 0 when the request fails.

@@ -105,22 +105,7 @@ async fn with_a_broker_requiring_scram_the_pipeline_runs_and_a_wrong_password_is
         ],
     );
     let (_api, base) = integration_tests::spawn_api(&n, grpc);
-    let collector_args = |topic: &str| {
-        args(&[
-            "--source",
-            "simulated",
-            "--sim-gpus-per-node",
-            "2",
-            "--interval",
-            "100ms",
-            "--brokers",
-            &broker.addr,
-            "--topic",
-            topic,
-            "--partitions",
-            "2",
-        ])
-    };
+    let collector_args = |topic: &str| integration_tests::simulated_collector_args(&broker, topic);
     let env = |pw: &str| {
         vec![
             ("SERVICE_TOKEN", n.token.clone()),

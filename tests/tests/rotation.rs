@@ -91,24 +91,6 @@ impl Secrets {
     }
 }
 
-/// A collector's flags: two simulated GPUs every 100 ms to the test's topic.
-fn simulated_collector(broker: &Broker, n: &Names) -> Vec<String> {
-    args(&[
-        "--source",
-        "simulated",
-        "--sim-gpus-per-node",
-        "2",
-        "--interval",
-        "100ms",
-        "--brokers",
-        &broker.addr,
-        "--topic",
-        &n.topic,
-        "--partitions",
-        "2",
-    ])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_both_secrets_needs_no_restart_and_loses_nothing() {
     rotate_both_secrets(Secrets::Mount(tempfile::tempdir().unwrap())).await;
@@ -144,7 +126,11 @@ async fn rotate_both_secrets(secrets: Secrets) {
     let mut collector = Proc::spawn(
         "collector",
         &bin("collector"),
-        &[simulated_collector(&broker, &n), args(&rotation)].concat(),
+        &[
+            integration_tests::simulated_collector_args(&broker, &n.topic),
+            args(&rotation),
+        ]
+        .concat(),
         &debug,
     );
     let http = reqwest::Client::new();
@@ -530,7 +516,9 @@ async fn the_rotation_command_patches_the_secret_and_waits_until_every_component
     let mut streamer = spawn_streamer_with(&broker, &n, grpc, &flags_ref, &env);
     let (mut api, base) = spawn_api_with(grpc, &flags_ref, &env);
     let metrics_port = free_port();
-    flags.extend(simulated_collector(&broker, &n));
+    flags.extend(integration_tests::simulated_collector_args(
+        &broker, &n.topic,
+    ));
     flags.extend(args(&[
         "--metrics-addr",
         &format!("127.0.0.1:{metrics_port}"),
