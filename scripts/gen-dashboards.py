@@ -62,9 +62,11 @@ pipe=dash("gpu-telemetry-pipeline","GPU telemetry / Pipeline health",[
     ts(2,"Rejected records by reason","sum by (reason) (rate(streamer_records_rejected_total[5m]))","ops",12,0,legend=["{{reason}}"]),
     ts(3,"Dead-lettered and errors",["sum(rate(streamer_dead_lettered_total[5m]))","sum by (error_type) (rate(streamer_errors_total[5m]))"],"ops",0,8,legend=["dead-lettered/s","{{error_type}}"]),
     ts(4,"Collectors: published, dropped, buffered",["sum(rate(collector_records_published_total[5m]))","sum(rate(collector_records_dropped_total[5m]))","sum(collector_buffered_records)"],"short",12,8,legend=["published/s","dropped/s","buffered"]),
-    ts(5,"API responses by class","sum by (status) (rate(api_requests_total[5m]))","reqps",0,16,legend=["{{status}}"]),
+    ts(5,"API responses by status","sum by (status) (rate(api_http_request_duration_seconds_count[5m]))","reqps",0,16,legend=["{{status}}"]),
     ts(6,"API errors and live streams",["sum by (error_type) (rate(api_errors_total[5m]))","sum(api_sse_open_streams)","sum(rate(api_sse_dropped_total[5m]))"],"short",12,16,legend=["{{error_type}}","open streams","streams dropped/s"]),
-],desc="The pipeline's own health: collectors, streamer (through the api's /metrics) and api.")
+    ts(7,"Consumer lag and unflushed samples",["sum by (partition) (streamer_consumer_lag_records)","sum(streamer_samples_unflushed)"],"short",0,24,legend=["lag, partition {{partition}}","unflushed samples"]),
+    ts(8,"Request latency p99 by route",["histogram_quantile(0.99, sum by (le, route) (rate(api_http_request_duration_seconds_bucket[5m])))","histogram_quantile(0.99, sum by (le, method) (rate(streamer_grpc_request_duration_seconds_bucket[5m])))"],"s",12,24,legend=["api {{route}}","streamer {{method}}"]),
+],desc="The pipeline's own health: collectors, streamer and api, each from its own /metrics.")
 import sys
 out=sys.argv[1]
 for name,d in [("fleet",fleet),("node",node),("gpu",gpu),("pipeline",pipe)]:

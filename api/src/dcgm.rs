@@ -265,17 +265,12 @@ pub fn labels(info: &GpuInfo) -> String {
     s
 }
 
-/// Whether the scraper asked for OpenMetrics (`Accept: application/openmetrics-text`).
-pub fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
-}
-
 /// The Content-Type of the answer.
 pub fn content_type(openmetrics: bool) -> &'static str {
     if openmetrics {
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        telemetry_metrics::OPENMETRICS
     } else {
-        "text/plain; version=0.0.4; charset=utf-8"
+        telemetry_metrics::TEXT
     }
 }
 

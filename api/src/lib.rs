@@ -170,6 +170,7 @@ pub async fn run(
     // Secrets re-read from --secret-dir: the API key, and the service token for the streamer.
     let mut watched = vec![(SecretSpec::API_KEY, keys.clone())];
     let mut calls_with = None;
+    let mut embedded_metrics = None;
     let backend: Arc<dyn TelemetryBackend> = if cfg.embedded {
         let dir = cfg.data_dir.clone();
         let disk = cfg.disk_config();
@@ -185,6 +186,7 @@ pub async fn run(
             store.latest().sample_count()
         );
         let (b, task) = embedded::start(&cfg, store, stopped())?;
+        embedded_metrics = Some(b.metrics.clone());
         background = Some(task);
         Arc::new(b)
     } else {
@@ -227,7 +229,7 @@ pub async fn run(
     drop(out);
     let state = AppState {
         backend,
-        metrics: Arc::new(metrics::ApiMetrics::with_secrets(calls_with)),
+        metrics: Arc::new(metrics::ApiMetrics::new(calls_with, embedded_metrics)),
         keys,
         ranges: routes::range_slots(cfg.max_concurrent_ranges),
         streams: Arc::new(sse::Hub::new(cfg.sse_client_buffer)),

@@ -62,8 +62,8 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// The whole API: `/api/v1/...` and `/docs` behind the API key; health, readiness, metrics
-/// and the OpenAPI document open. Unknown paths answer 401 without a key, 404 with one.
+/// The whole API: `/api/v1/...` and `/docs` behind the API key; health, readiness, metrics,
+/// the OpenAPI document and the dashboard's static files (`/`, `/assets/...`) open. Unknown paths answer 401 without a key, 404 with one.
 pub fn router(state: AppState) -> Router {
     let auth = ApiKeyAuth::new(state.keys.clone());
     let protected = Router::new()
@@ -267,8 +267,9 @@ async fn dcgm_metrics(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     params(q, &[])?;
-    let openmetrics =
-        crate::dcgm::wants_openmetrics(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let openmetrics = telemetry_metrics::wants_openmetrics(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
     let content_type = crate::dcgm::content_type(openmetrics);
     let backend = st.backend.clone();
     let probe = backend.clone();
@@ -747,36 +748,12 @@ fn not_ready() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-/// Prometheus text: the api's counters, then the backend's ingest counters.
-async fn metrics(State(st): State<AppState>) -> Response {
-    let mut text = st.metrics.render();
-    text.push_str(&format!(
-        "# HELP api_sse_dropped_total Live-stream clients dropped for reading too slowly.\n# TYPE api_sse_dropped_total counter\napi_sse_dropped_total {}\n# HELP api_sse_open_streams Live streams open now.\n# TYPE api_sse_open_streams gauge\napi_sse_open_streams {}\n",
-        st.streams.dropped.load(std::sync::atomic::Ordering::Relaxed),
-        st.streams.open.load(std::sync::atomic::Ordering::Relaxed),
-    ));
-    match st.backend.stats().await {
-        Ok(counters) => {
-            let mut typed = std::collections::HashSet::new();
-            for c in counters {
-                if typed.insert(c.name.clone()) {
-                    let kind = if c.name.ends_with("_info") {
-                        "gauge"
-                    } else {
-                        "counter"
-                    };
-                    text.push_str(&format!("# TYPE {} {kind}\n", c.name));
-                }
-                if c.labels.is_empty() {
-                    text.push_str(&format!("{} {}\n", c.name, c.value));
-                } else {
-                    text.push_str(&format!("{}{{{}}} {}\n", c.name, c.labels, c.value));
-                }
-            }
-        }
-        Err(error) => tracing::warn!(%error, "backend stats unavailable for /metrics"),
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+/// The api's own metrics (text 0.0.4, or OpenMetrics when asked); in embedded mode also the
+/// in-process store's ingest metrics. A gateway never repeats the streamer's: it serves them
+/// itself.
+async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let sse = crate::metrics::sse_registry(st.streams.clone());
+    telemetry_metrics::respond_all(&[st.metrics.registry(), &sse], &headers)
 }
 
 async fn openapi_json() -> Response {

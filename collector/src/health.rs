@@ -7,19 +7,19 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use telemetry_wire::wire::SignedRecord;
 use tokio::net::TcpListener;
 
 use crate::buffer::Buffer;
-use crate::metrics::{BUFFERED, CollectorMetrics, IN_FLIGHT};
+use crate::metrics::CollectorMetrics;
 
 #[derive(Clone)]
 struct HealthState {
     metrics: Arc<CollectorMetrics>,
-    buffer: Arc<Buffer<SignedRecord>>,
+    registry: Arc<telemetry_metrics::Registry>,
     stale_after: Duration,
 }
 
@@ -41,14 +41,8 @@ async fn healthz(State(s): State<HealthState>) -> Response {
     }
 }
 
-async fn render_metrics(State(s): State<HealthState>) -> Response {
-    let mut text = s.metrics.render(s.buffer.dropped());
-    text.push_str(&format!(
-        "# TYPE {BUFFERED} gauge\n{BUFFERED} {}\n# TYPE {IN_FLIGHT} gauge\n{IN_FLIGHT} {}\n",
-        s.buffer.len(),
-        s.metrics.in_flight.load(Ordering::Relaxed)
-    ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+async fn render_metrics(State(s): State<HealthState>, headers: HeaderMap) -> Response {
+    telemetry_metrics::respond(&s.registry, &headers)
 }
 
 /// Serves `/healthz` and `/metrics` on `listener` until `shutdown`.
@@ -63,8 +57,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = HealthState {
+        registry: Arc::new(crate::metrics::registry(metrics.clone(), buffer)),
         metrics,
-        buffer,
         stale_after: (interval * 5).max(Duration::from_secs(15)),
     };
     let app = Router::new()

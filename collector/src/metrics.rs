@@ -40,24 +40,93 @@ pub struct CollectorMetrics {
     pub signing: std::sync::OnceLock<common_auth::KeyRing>,
 }
 
-impl CollectorMetrics {
-    /// Prometheus text exposition, with `dropped` read from the buffer.
-    pub fn render(&self, dropped: u64) -> String {
+/// When the last round that read the source without error ended (gauge, Unix seconds).
+pub const LAST_GOOD_ROUND: &str = "collector_last_good_round_timestamp_seconds";
+
+/// The collector's `/metrics`: its counters and gauges read at scrape time (with `buffer`'s
+/// depth and drops), encoded by `prometheus-client`.
+pub fn registry(
+    metrics: std::sync::Arc<CollectorMetrics>,
+    buffer: std::sync::Arc<crate::buffer::Buffer<telemetry_wire::wire::SignedRecord>>,
+) -> telemetry_metrics::Registry {
+    let mut r = telemetry_metrics::Registry::default();
+    r.register_collector(Box::new(Scrape { metrics, buffer }));
+    r
+}
+
+#[derive(Debug)]
+struct Scrape {
+    metrics: std::sync::Arc<CollectorMetrics>,
+    buffer: std::sync::Arc<crate::buffer::Buffer<telemetry_wire::wire::SignedRecord>>,
+}
+
+impl telemetry_metrics::prometheus_client::collector::Collector for Scrape {
+    fn encode(
+        &self,
+        mut enc: telemetry_metrics::prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use telemetry_metrics::{NONE, counter, gauge};
+        let m = &self.metrics;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "# TYPE {ROUNDS} counter\n{ROUNDS} {}\n# TYPE {SAMPLES} counter\n{SAMPLES} {}\n\
-             # TYPE {PUBLISHED} counter\n{PUBLISHED} {}\n# TYPE {DROPPED} counter\n{DROPPED} {}\n\
-             # TYPE {ERRORS} counter\n{ERRORS}{{error_type=\"source\"}} {}\n{ERRORS}{{error_type=\"publish\"}} {}\n",
-            g(&self.rounds),
-            g(&self.samples),
-            g(&self.published),
-            dropped,
-            g(&self.source_errors),
-            g(&self.publish_errors),
-        ) + &self
-            .signing
-            .get()
-            .map(|r| common_auth::fingerprint_metric(SECRETS, &[("service-token", r.signing())]))
-            .unwrap_or_default()
+        let e = &mut enc;
+        counter(
+            e,
+            ROUNDS,
+            "Sampling rounds completed.",
+            [(NONE, g(&m.rounds))],
+        )?;
+        counter(e, SAMPLES, "GPU samples read.", [(NONE, g(&m.samples))])?;
+        counter(
+            e,
+            PUBLISHED,
+            "Records the broker acknowledged.",
+            [(NONE, g(&m.published))],
+        )?;
+        counter(
+            e,
+            DROPPED,
+            "Records dropped, oldest first, because the buffer was full while the broker was away.",
+            [(NONE, self.buffer.dropped())],
+        )?;
+        counter(
+            e,
+            ERRORS,
+            "Failures, by error_type: source (reading the GPUs), publish (a delivery, retried).",
+            [
+                ([("error_type", "source")], g(&m.source_errors)),
+                ([("error_type", "publish")], g(&m.publish_errors)),
+            ],
+        )?;
+        let depth = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        gauge(
+            e,
+            BUFFERED,
+            "Records waiting in the buffer for the broker.",
+            [(NONE, depth(self.buffer.len()))],
+        )?;
+        gauge(
+            e,
+            IN_FLIGHT,
+            "Records handed to the producer, not yet acknowledged.",
+            [(
+                NONE,
+                depth(usize::try_from(g(&m.in_flight)).unwrap_or(usize::MAX)),
+            )],
+        )?;
+        let last = m.last_good_round_ms.load(Ordering::Relaxed);
+        if last > 0 {
+            gauge(
+                e,
+                LAST_GOOD_ROUND,
+                "When the last round that read the source without error ended (Unix seconds).",
+                [(NONE, last / 1000)],
+            )?;
+        }
+        if let Some(r) = m.signing.get() {
+            use secrecy::ExposeSecret as _;
+            let fp = common_auth::fingerprint(r.signing().expose_secret().as_bytes());
+            telemetry_metrics::secret_info(e, SECRETS, [("service-token", fp)])?;
+        }
+        Ok(())
     }
 }

@@ -42,23 +42,6 @@ pub use reload::SecretArgs;
 pub use secret::{SecretSpec, load_secret, load_secret_from, weakness};
 pub use source::{SecretSource, SourceKind};
 
-/// Prometheus text for an info gauge `metric` naming the fingerprint of each secret a process
-/// uses now: `metric{secret="api-key",fingerprint="1a2b3c4d"} 1`. The rotation command waits
-/// until every component shows the new fingerprints.
-pub fn fingerprint_metric(metric: &str, in_use: &[(&str, secrecy::SecretString)]) -> String {
-    use secrecy::ExposeSecret as _;
-    let mut s = format!(
-        "# HELP {metric} Secrets this process uses now, by fingerprint (first 8 hex digits of their SHA-256; never the value).\n# TYPE {metric} gauge\n"
-    );
-    for (secret, value) in in_use {
-        s.push_str(&format!(
-            "{metric}{{secret=\"{secret}\",fingerprint=\"{}\"}} 1\n",
-            fingerprint(value.expose_secret().as_bytes())
-        ));
-    }
-    s
-}
-
 /// The first 8 hex digits of the SHA-256 of a credential: enough to tell two apart in an
 /// audit log or in `/metrics`, nothing about the credential itself.
 pub fn fingerprint(value: &[u8]) -> String {

@@ -12,7 +12,7 @@
 //! 5. Waits until every running component uses the new values: each api pod's and collector
 //!    pod's `/metrics` (read through the API server's pod proxy) shows the new fingerprints
 //!    (`api_secret_info`, `collector_secret_info`), the streamer holds the new token
-//!    (`streamer_secret_info`, through the api) and every node's newest record is signed
+//!    (`streamer_secret_info`, on its own `/metrics`) and every node's newest record is signed
 //!    with it (`streamer_signer_info`).
 //!
 //! The services pick the change up by themselves (hot reload), so nothing is restarted.
@@ -367,7 +367,7 @@ async fn check(
             .unwrap_or_default();
         let port_name = match component.as_str() {
             "api" => "http",
-            "collector" => "metrics",
+            "collector" | "streamer" => "metrics",
             _ => continue,
         };
         if !running {
@@ -379,20 +379,31 @@ async fn check(
             .and_then(|s| s.containers.first())
             .and_then(|c| c.ports.as_ref())
             .and_then(|ps| ps.iter().find(|p| p.name.as_deref() == Some(port_name)))
-            .map_or(if component == "api" { 8080 } else { 9400 }, |p| {
-                p.container_port
-            });
+            .map_or(
+                match component.as_str() {
+                    "api" => 8080,
+                    "streamer" => 9401,
+                    _ => 9400,
+                },
+                |p| p.container_port,
+            );
         let proxy = format!("/api/v1/namespaces/{namespace}/pods/{name}:{port}/proxy");
         let Some(text) = proxy_text(client, &format!("{proxy}/metrics")).await else {
-            if component == "api" {
-                pending.insert(format!(
-                    "api/{name} (metrics unreachable through the pod proxy)"
-                ));
-            } else {
+            match component.as_str() {
+                "api" => {
+                    pending.insert(format!(
+                        "api/{name} (metrics unreachable through the pod proxy)"
+                    ));
+                }
+                "streamer" => {
+                    pending.insert(format!(
+                        "streamer/{name} (metrics unreachable through the pod proxy)"
+                    ));
+                }
                 // Its records say which token it signs with (streamer_signer_info): a
                 // collector whose port the NetworkPolicy closes to the API server is still
                 // checked.
-                collectors_unreachable += 1;
+                _ => collectors_unreachable += 1,
             }
             continue;
         };
@@ -408,28 +419,12 @@ async fn check(
             {
                 pending.insert(format!("api/{name} (api-key)"));
             }
-            if let Some(t) = &expect.token {
-                if !shows(&text, "api_secret_info", "service-token", t) {
-                    pending.insert(format!("api/{name} (service-token)"));
-                }
-                if !streamer_seen && !series(&text, "streamer_secret_info").is_empty() {
-                    streamer_seen = true;
-                    if !shows(&text, "streamer_secret_info", "service-token", t) {
-                        pending.insert("streamer (service-token)".into());
-                    }
-                    for s in series(&text, "streamer_signer_info") {
-                        nodes += 1;
-                        if s.get("fingerprint") != Some(t) {
-                            pending.insert(format!(
-                                "node {} (records signed with {})",
-                                s.get("node").cloned().unwrap_or_default(),
-                                s.get("fingerprint").cloned().unwrap_or_default()
-                            ));
-                        }
-                    }
-                }
+            if let Some(t) = &expect.token
+                && !shows(&text, "api_secret_info", "service-token", t)
+            {
+                pending.insert(format!("api/{name} (service-token)"));
             }
-        } else {
+        } else if component == "collector" {
             collectors += 1;
             if let Some(t) = &expect.token
                 && !shows(&text, "collector_secret_info", "service-token", t)
@@ -437,12 +432,33 @@ async fn check(
                 pending.insert(format!("collector/{name} (service-token)"));
             }
         }
+        // The streamer's own /metrics (an embedded api shows the same series itself).
+        if let Some(t) = &expect.token
+            && !series(&text, "streamer_secret_info").is_empty()
+        {
+            streamer_seen = true;
+            if !shows(&text, "streamer_secret_info", "service-token", t) {
+                pending.insert(format!("{component}/{name} (service-token)"));
+            }
+            for s in series(&text, "streamer_signer_info") {
+                nodes += 1;
+                if s.get("fingerprint") != Some(t) {
+                    pending.insert(format!(
+                        "node {} (records signed with {})",
+                        s.get("node").cloned().unwrap_or_default(),
+                        s.get("fingerprint").cloned().unwrap_or_default()
+                    ));
+                }
+            }
+        }
     }
     if apis == 0 {
         pending.insert(format!("an api pod (none running with {selector})"));
     }
     if expect.token.is_some() && !streamer_seen {
-        pending.insert("the streamer (not reachable through the api)".into());
+        pending.insert(format!(
+            "the streamer (no running streamer pod of {selector} shows streamer_secret_info)"
+        ));
     }
     let unreachable = if collectors_unreachable > 0 {
         format!(

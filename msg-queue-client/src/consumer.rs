@@ -43,6 +43,46 @@ pub struct ConsumerConfig {
     pub max_record_bytes: usize,
     /// Extra librdkafka properties.
     pub extra: Vec<(String, String)>,
+    /// Where librdkafka's per-partition lag goes (its statistics, every
+    /// [`LAG_INTERVAL`]); `None`: statistics off.
+    pub lag: Option<Arc<ConsumerLag>>,
+}
+
+/// How often librdkafka reports statistics, and so consumer lag, when asked to.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Each assigned partition's consumer lag as librdkafka last computed it: the partition's
+/// high watermark minus the group's committed offset — records on the broker not yet
+/// stored (the consumer commits only after its store did). Reported while the consumer is
+/// polled; a partition no longer assigned disappears at the next report.
+#[derive(Debug, Default)]
+pub struct ConsumerLag(std::sync::Mutex<std::collections::BTreeMap<i32, i64>>);
+
+impl ConsumerLag {
+    /// `(partition, lag)` of each assigned partition with a known lag.
+    pub fn snapshot(&self) -> Vec<(i32, i64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(p, l)| (*p, *l))
+            .collect()
+    }
+
+    fn update(&self, topic: &str, stats: &rdkafka::Statistics) {
+        let lags = stats
+            .topics
+            .get(topic)
+            .map(|t| {
+                t.partitions
+                    .values()
+                    .filter(|p| p.desired && p.partition >= 0 && p.consumer_lag >= 0)
+                    .map(|p| (p.partition, p.consumer_lag))
+                    .collect()
+            })
+            .unwrap_or_default();
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = lags;
+    }
 }
 
 /// The default of [`ConsumerConfig::max_record_bytes`]: 1,000,000 bytes, librdkafka's
@@ -73,6 +113,7 @@ impl ConsumerConfig {
             session_timeout: Duration::from_secs(10),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             extra: Vec::new(),
+            lag: None,
         }
     }
 }
@@ -80,6 +121,8 @@ impl ConsumerConfig {
 /// The consumer context: seeks each newly assigned partition to where the store says.
 pub struct AssignContext {
     offsets: Arc<dyn OffsetSource>,
+    topic: String,
+    lag: Option<Arc<ConsumerLag>>,
 }
 
 impl std::fmt::Debug for AssignContext {
@@ -88,7 +131,13 @@ impl std::fmt::Debug for AssignContext {
     }
 }
 
-impl ClientContext for AssignContext {}
+impl ClientContext for AssignContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(lag) = &self.lag {
+            lag.update(&self.topic, &statistics);
+        }
+    }
+}
 
 impl ConsumerContext for AssignContext {
     fn rebalance(
@@ -264,11 +313,21 @@ impl TelemetryConsumer {
                 "heartbeat.interval.ms",
                 (cfg.session_timeout.as_millis() / 4).max(100).to_string(),
             );
+        if cfg.lag.is_some() {
+            c.set(
+                "statistics.interval.ms",
+                LAG_INTERVAL.as_millis().to_string(),
+            );
+        }
         for (k, v) in &cfg.extra {
             c.set(k, v);
         }
         let inner: StreamConsumer<AssignContext> = c
-            .create_with_context(AssignContext { offsets })
+            .create_with_context(AssignContext {
+                offsets,
+                topic: cfg.topic.clone(),
+                lag: cfg.lag.clone(),
+            })
             .map_err(kafka("create consumer"))?;
         inner.subscribe(&[&cfg.topic]).map_err(kafka("subscribe"))?;
         Ok(Self {

@@ -16,6 +16,10 @@ pub struct StreamerConfig {
     /// Address of the gRPC query service.
     #[arg(long, env = "STREAMER_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
+    /// Serve `/metrics` (Prometheus text or OpenMetrics) and `/healthz` on this address (e.g.
+    /// 0.0.0.0:9401); off when unset.
+    #[arg(long, env = "STREAMER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,

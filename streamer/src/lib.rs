@@ -100,11 +100,15 @@ pub async fn run(
     token: Token,
     store: Arc<Store>,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StreamerError> {
     let Token { ring, source } = token;
     let metrics = Arc::new(StreamerMetrics::default());
     let _ = metrics.tokens.set(ring.clone());
+    let mut registry = telemetry_metrics::Registry::default();
+    metrics::register_ingest(metrics.clone(), &mut registry);
+    metrics.grpc.register(&mut registry);
     let kafka_properties = msg_queue_client::parse_properties(&cfg.kafka_properties)?;
 
     // In the background: the query service comes up even while the broker is away.
@@ -120,6 +124,7 @@ pub async fn run(
     ccfg.session_timeout = cfg.session_timeout;
     ccfg.max_record_bytes = cfg.max_record_bytes;
     ccfg.extra = kafka_properties.clone();
+    ccfg.lag = Some(metrics.lag.clone());
     let consumer = TelemetryConsumer::new(&ccfg, Arc::new(StoreOffsets(store.clone())))?;
     let dead_letter = DeadLetterProducer::new(
         &cfg.brokers,
@@ -162,6 +167,8 @@ pub async fn run(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "gRPC query service listening"
     );
+    let metrics_server = metrics_listener
+        .map(|l| tokio::spawn(telemetry_metrics::serve(l, Arc::new(registry), stopped())));
     let reload = source.spawn_watch(
         vec![
             (SecretSpec::SERVICE_TOKEN, ring.clone()),
@@ -180,6 +187,9 @@ pub async fn run(
     let _ = maintenance.await;
     if let Some(r) = reload {
         let _ = r.await;
+    }
+    if let Some(m) = metrics_server {
+        let _ = m.await;
     }
     topics.abort();
     served?;
@@ -228,6 +238,7 @@ pub async fn serve_queries_with(
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
+    let timed = metrics.grpc.clone();
     let service = tonic::service::interceptor::InterceptedService::new(
         TelemetryQueryServer::new(
             QueryService::new(store, metrics, stopping)
@@ -248,6 +259,7 @@ pub async fn serve_queries_with(
         .http2_adaptive_window(Some(true))
         // Without it, Nagle + delayed ACKs add ~40 ms to multi-MB answers.
         .tcp_nodelay(true)
+        .layer(timed)
         .add_service(service)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

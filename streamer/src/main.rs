@@ -36,7 +36,34 @@ async fn main() -> std::process::ExitCode {
         // A plain line on stdout, for scripts and tests that start it on port 0.
         let _ = writeln!(std::io::stdout(), "streamer grpc listening on {addr}");
     }
-    match streamer::run(cfg, token, store, listener, shutdown_signal()).await {
+    let metrics_listener = match cfg.metrics_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                if let Ok(a) = l.local_addr() {
+                    let _ = writeln!(std::io::stdout(), "streamer metrics listening on {a}");
+                }
+                Some(l)
+            }
+            Err(error) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "streamer: cannot listen on {addr}: {error}"
+                );
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
+    match streamer::run(
+        cfg,
+        token,
+        store,
+        listener,
+        metrics_listener,
+        shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "streamer: {error}");

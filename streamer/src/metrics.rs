@@ -37,9 +37,27 @@ pub const SIGNERS: &str = "streamer_signer_info";
 pub const SIGNER_WINDOW_MS: i64 = 10 * 60 * 1000;
 /// Most nodes [`SIGNERS`] tracks (the least recently heard is forgotten first).
 pub const MAX_SIGNERS: usize = 10_000;
+/// Per assigned partition, records on the broker not yet stored (gauge; librdkafka's
+/// consumer lag against the group's committed offset, refreshed every 5 s while consuming).
+pub const CONSUMER_LAG: &str = "streamer_consumer_lag_records";
+/// Samples stored in memory and not yet flushed to disk (gauge).
+pub const UNFLUSHED: &str = "streamer_samples_unflushed";
+/// Time to the response head of each gRPC call, by method and code (histogram).
+pub const GRPC_DURATION: &str = "streamer_grpc_request_duration_seconds";
+
+/// The gRPC methods of the query service, as latency labels.
+pub const GRPC_METHODS: &[&str] = &[
+    "ListGpus",
+    "GetGpu",
+    "QueryRange",
+    "StreamRange",
+    "QueryAggregate",
+    "Stats",
+    "WatchLatest",
+];
 
 /// Counters of the ingest path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StreamerMetrics {
     /// See [`RECORDS`].
     pub records: AtomicU64,
@@ -63,6 +81,167 @@ pub struct StreamerMetrics {
     pub tokens: std::sync::OnceLock<common_auth::KeyRing>,
     /// node → (fingerprint, last accepted record's time in UTC ms); see [`SIGNERS`].
     signers: Mutex<BTreeMap<String, (String, i64)>>,
+    /// See [`CONSUMER_LAG`]; filled by the consumer.
+    pub lag: std::sync::Arc<msg_queue_client::consumer::ConsumerLag>,
+    /// See [`GRPC_DURATION`]; a layer of the query server.
+    pub grpc: telemetry_metrics::GrpcMetrics,
+}
+
+impl Default for StreamerMetrics {
+    fn default() -> Self {
+        Self {
+            records: AtomicU64::default(),
+            samples_stored: AtomicU64::default(),
+            samples_duplicate: AtomicU64::default(),
+            samples_expired: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            samples_durable: AtomicU64::default(),
+            flushes: AtomicU64::default(),
+            samples_swept: AtomicU64::default(),
+            rejected: Mutex::default(),
+            errors: Mutex::default(),
+            tokens: std::sync::OnceLock::new(),
+            signers: Mutex::default(),
+            lag: std::sync::Arc::default(),
+            grpc: telemetry_metrics::GrpcMetrics::new(
+                "streamer",
+                "telemetry.query.v1.TelemetryQuery",
+                GRPC_METHODS,
+            ),
+        }
+    }
+}
+
+/// Adds the ingest path's metrics of `metrics` (read at scrape time) to `registry`.
+pub fn register_ingest(
+    metrics: std::sync::Arc<StreamerMetrics>,
+    registry: &mut telemetry_metrics::Registry,
+) {
+    registry.register_collector(Box::new(Scrape(metrics)));
+}
+
+#[derive(Debug)]
+struct Scrape(std::sync::Arc<StreamerMetrics>);
+
+impl telemetry_metrics::prometheus_client::collector::Collector for Scrape {
+    fn encode(
+        &self,
+        mut enc: telemetry_metrics::prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use telemetry_metrics::{NONE, counter, gauge};
+        let m = &self.0;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let e = &mut enc;
+        counter(
+            e,
+            RECORDS,
+            "Records consumed from the telemetry topic, each counted once when its batch is handled.",
+            [(NONE, g(&m.records))],
+        )?;
+        counter(
+            e,
+            SAMPLES_STORED,
+            "Samples newly stored.",
+            [(NONE, g(&m.samples_stored))],
+        )?;
+        counter(
+            e,
+            SAMPLES_DUPLICATE,
+            "Samples ignored because the store already had them (redeliveries).",
+            [(NONE, g(&m.samples_duplicate))],
+        )?;
+        counter(
+            e,
+            SAMPLES_EXPIRED,
+            "Samples ignored because they are older than the retention window.",
+            [(NONE, g(&m.samples_expired))],
+        )?;
+        counter(
+            e,
+            SAMPLES_DURABLE,
+            "Samples written to disk by the store's flushes.",
+            [(NONE, g(&m.samples_durable))],
+        )?;
+        counter(
+            e,
+            FLUSHES,
+            "Store flushes that wrote something.",
+            [(NONE, g(&m.flushes))],
+        )?;
+        counter(
+            e,
+            SAMPLES_SWEPT,
+            "Samples dropped by retention sweeps.",
+            [(NONE, g(&m.samples_swept))],
+        )?;
+        let unflushed = g(&m.samples_stored).saturating_sub(g(&m.samples_durable));
+        gauge(
+            e,
+            UNFLUSHED,
+            "Samples stored in memory and not yet flushed to disk.",
+            [(NONE, i64::try_from(unflushed).unwrap_or(i64::MAX))],
+        )?;
+        let rejected: Vec<_> = m
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(r, v)| ([("reason", *r)], *v))
+            .collect();
+        counter(
+            e,
+            REJECTED,
+            "Records rejected (and dead-lettered), by reason.",
+            rejected,
+        )?;
+        counter(
+            e,
+            DEAD_LETTERED,
+            "Records forwarded to the dead-letter topic.",
+            [(NONE, g(&m.dead_lettered))],
+        )?;
+        let errors: Vec<_> = m
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(t, v)| ([("error_type", *t)], *v))
+            .collect();
+        counter(
+            e,
+            ERRORS,
+            "Failures, by error_type: consume, store, dead_letter, commit.",
+            errors,
+        )?;
+        gauge(
+            e,
+            CONSUMER_LAG,
+            "Records on the broker not yet stored, per assigned partition (librdkafka's consumer lag against the committed offset).",
+            m.lag
+                .snapshot()
+                .into_iter()
+                .map(|(p, l)| ([("partition", p.to_string())], l)),
+        )?;
+        if let Some(ring) = m.tokens.get() {
+            let fp = common_auth::fingerprint(ring.current().expose_secret().as_bytes());
+            telemetry_metrics::secret_info(e, SECRETS, [("service-token", fp)])?;
+        }
+        let since = crate::store::now_ms().saturating_sub(SIGNER_WINDOW_MS);
+        let signers: Vec<_> = m
+            .signers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, (_, at))| *at >= since)
+            .map(|(node, (fp, _))| ([("node", node.clone()), ("fingerprint", fp.clone())], 1))
+            .collect();
+        gauge(
+            e,
+            SIGNERS,
+            "Per node heard from in the last 10 minutes, the fingerprint of the service token that signed its newest accepted record.",
+            signers,
+        )
+    }
 }
 
 impl StreamerMetrics {

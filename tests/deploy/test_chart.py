@@ -240,8 +240,11 @@ def exported_metric_names():
     import re
     names = set(re.findall(r'name: "(DCGM_[A-Z_]+)"', (ROOT / "api/src/dcgm.rs").read_text()))
     for f in ["api/src/metrics.rs", "streamer/src/metrics.rs", "collector/src/metrics.rs"]:
-        names |= set(re.findall(r'pub const \w+: &str = "(\w+)";', (ROOT / f).read_text()))
-    names |= set(re.findall(r"# TYPE (api_sse_\w+)", (ROOT / "api/src/routes.rs").read_text()))
+        for name in re.findall(r'pub const \w+: &str = "(\w+)";', (ROOT / f).read_text()):
+            names.add(name)
+            # A histogram is queried through its series.
+            if name.endswith("_seconds"):
+                names |= {name + "_bucket", name + "_count", name + "_sum"}
     return names
 
 
@@ -260,7 +263,8 @@ def test_grafana_dashboards_ship_as_a_sidecar_configmap_and_query_only_what_the_
     ]
     exported = exported_metric_names()
     assert {"DCGM_FI_DEV_GPU_UTIL", "streamer_records_total", "collector_records_dropped_total",
-            "api_requests_total", "api_sse_dropped_total"} <= exported
+            "api_http_request_duration_seconds_count", "api_sse_dropped_total",
+            "streamer_consumer_lag_records"} <= exported
     uids, used = set(), set()
     for name, text in cm["data"].items():
         d = json.loads(text)
@@ -582,15 +586,30 @@ def test_service_monitor_is_optional():
     import yaml
 
     sm = [d for d in yaml.safe_load_all(out["telemetry-stack/templates/servicemonitor.yaml"]) if d]
-    assert sm[0]["kind"] == "ServiceMonitor"
-    assert sm[0]["metadata"]["labels"]["release"] == "prometheus"
+    assert [d["kind"] for d in sm] == ["ServiceMonitor", "ServiceMonitor", "PodMonitor"]
+    assert all(d["metadata"]["labels"]["release"] == "prometheus" for d in sm)
     assert sm[0]["spec"]["endpoints"] == [
         {"port": "http", "path": "/metrics", "interval": "30s"},
         {"port": "http", "path": "/api/v1/metrics", "interval": "30s",
          "authorization": {"type": "Bearer", "credentials": {"name": SECRET, "key": "api-key"}}},
     ]
+    # Each service's own metrics, scraped where they are served: the streamer's Service
+    # port, every collector pod's port (selected by the labels those workloads carry).
+    _, docs = install(VALUE_SETS["everything-on"])
+    streamer_svc = one(docs, "Service", "streamer")
+    assert {"name": "metrics", "port": 9401, "targetPort": "metrics", "protocol": "TCP"} in streamer_svc["spec"]["ports"]
+    assert sm[1]["spec"]["selector"]["matchLabels"] == streamer_svc["spec"]["selector"]
+    assert sm[1]["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    collector_pod = pod_spec(one(docs, "DaemonSet", "collector"))
+    assert "metrics" in [p["name"] for p in collector_pod["containers"][0]["ports"]]
+    ds_labels = one(docs, "DaemonSet", "collector")["spec"]["template"]["metadata"]["labels"]
+    assert sm[2]["spec"]["selector"]["matchLabels"].items() <= ds_labels.items()
+    assert sm[2]["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    streamer = pod_spec(one(docs, "Deployment", "streamer"))["containers"][0]
+    assert env_of(streamer)["STREAMER_METRICS_ADDR"]["value"] == "0.0.0.0:9401"
+    assert streamer["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     _, docs = install({})
-    assert by_kind(docs, "ServiceMonitor") == {}
+    assert by_kind(docs, "ServiceMonitor") == {} and by_kind(docs, "PodMonitor") == {}
 
 
 def test_helm_test_pod_checks_health_and_an_authenticated_request():

@@ -466,9 +466,16 @@ pub struct Names {
     pub api_key: String,
     /// The streamer's data directory (removed when the last clone is dropped).
     pub data_dir: Arc<tempfile::TempDir>,
+    /// The port the streamer serves `/metrics` on (the same across its restarts).
+    pub streamer_metrics_port: u16,
 }
 
 impl Names {
+    /// The streamer's `/metrics` URL.
+    pub fn streamer_metrics(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.streamer_metrics_port)
+    }
+
     /// Fresh names for a test.
     pub fn fresh(test: &str) -> Names {
         Names {
@@ -478,6 +485,7 @@ impl Names {
             token: format!("service-token-{}", unique("t")),
             api_key: format!("api-key-{}", unique("k")),
             data_dir: Arc::new(tempfile::tempdir().expect("temporary data directory")),
+            streamer_metrics_port: free_port(),
         }
     }
 }
@@ -519,6 +527,8 @@ pub fn spawn_streamer_with(
         "6s",
         "--data-dir",
         &n.data_dir.path().display().to_string(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{}", n.streamer_metrics_port),
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut p = Proc::spawn("streamer", &bin("streamer"), &args, envs);
@@ -616,6 +626,16 @@ pub fn metric_value(text: &str, series: &str) -> Option<u64> {
         let (name, value) = l.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok())?
     })
+}
+
+/// The series of metric `name` in Prometheus text (sample lines, not `# HELP`/`# TYPE`).
+pub fn series_of<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .collect()
 }
 
 /// One `key=value` field of a summary line such as `collector stopped: rounds=3 dropped=0`.

@@ -126,7 +126,7 @@ async fn garbage_and_forged_records_are_dead_lettered_counted_and_never_served()
         "good record stored and rejects counted",
         || async {
             let (_, gpus) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
-            let text = get_text(&http, &format!("{base}/metrics")).await?;
+            let text = get_text(&http, &n.streamer_metrics()).await?;
             (gpus["count"] == 1 && metric_value(&text, "streamer_dead_lettered_total") == Some(3))
                 .then_some((gpus, text))
         },
@@ -209,7 +209,7 @@ async fn a_record_claiming_another_nodes_gpu_is_dead_lettered() {
         Duration::from_secs(60),
         "the claim dead-lettered",
         || async {
-            let text = get_text(&http, &format!("{base}/metrics")).await?;
+            let text = get_text(&http, &n.streamer_metrics()).await?;
             (metric_value(
                 &text,
                 "streamer_records_rejected_total{reason=\"invalid_batch\"}",
@@ -250,12 +250,11 @@ async fn a_junk_flood_is_dead_lettered_about_as_fast_as_valid_records_are_stored
             ("RUST_LOG", "info".to_string()),
         ],
     );
-    let (_api, base) = spawn_api(&n, grpc);
     let http = reqwest::Client::new();
     let counter = |name: &'static str| {
-        let (http, base) = (http.clone(), base.clone());
+        let (http, url) = (http.clone(), n.streamer_metrics());
         async move {
-            let text = get_text(&http, &format!("{base}/metrics")).await?;
+            let text = get_text(&http, &url).await?;
             metric_value(&text, name)
         }
     };
@@ -367,9 +366,9 @@ async fn a_compression_bomb_is_dead_lettered_by_reference_in_bounded_memory_and_
     let producer = TelemetryProducer::new(ProducerConfig::new(&broker.addr, &n.topic)).unwrap();
     let http = reqwest::Client::new();
     let counter = |name: String| {
-        let (http, base) = (http.clone(), base.clone());
+        let (http, url) = (http.clone(), n.streamer_metrics());
         async move {
-            let text = get_text(&http, &format!("{base}/metrics")).await?;
+            let text = get_text(&http, &url).await?;
             metric_value(&text, &name)
         }
     };

@@ -239,7 +239,7 @@ async fn streamer_killed_mid_stream_restarts_and_each_sample_appears_exactly_onc
     // The killed streamer never flushed (the default interval is 10 min), so its durable
     // offsets were none: the restarted one read the topic from the start and stored all
     // 16 × 80 samples itself, each once.
-    let text = get_text(&http, &format!("{base}/metrics")).await.unwrap();
+    let text = get_text(&http, &n.streamer_metrics()).await.unwrap();
     assert_eq!(
         metric_value(&text, "streamer_samples_stored_total"),
         Some(16 * 80),
@@ -261,9 +261,9 @@ fn spawn_busy_streamer(broker: &Broker, n: &Names, grpc: u16) -> integration_tes
     )
 }
 
-/// The streamer's counter `name` as the api's /metrics shows it (0 while unreachable).
-async fn streamer_counter(http: &reqwest::Client, base: &str, name: &str) -> u64 {
-    let text = get_text(http, &format!("{base}/metrics"))
+/// The streamer's counter `name` as its /metrics shows it (0 while unreachable).
+async fn streamer_counter(http: &reqwest::Client, n: &Names, name: &str) -> u64 {
+    let text = get_text(http, &n.streamer_metrics())
         .await
         .unwrap_or_default();
     metric_value(&text, name).unwrap_or(0)
@@ -292,7 +292,7 @@ async fn streamer_killed_five_times_amid_flushes_and_sweeps_keeps_every_sample_e
         // This process is consuming and has flushed at least once: a kill now lands amid
         // stores, flushes (every 150 ms) and sweeps (every 100 ms).
         eventually(Duration::from_secs(60), "the streamer flushes", || async {
-            (streamer_counter(&http, &base, "streamer_store_flushes_total").await > 0).then_some(())
+            (streamer_counter(&http, &n, "streamer_store_flushes_total").await > 0).then_some(())
         })
         .await;
         flushes_seen += 1;
@@ -321,7 +321,7 @@ async fn streamer_killed_five_times_amid_flushes_and_sweeps_keeps_every_sample_e
     assert!(more.wait_exit(Duration::from_secs(60)).success());
     let list = wait_for_samples(&http, &base, &n.api_key, 16, ROUNDS + 5).await;
     assert_exact_samples(&http, &base, &n.api_key, &list).await;
-    let text = get_text(&http, &format!("{base}/metrics")).await.unwrap();
+    let text = get_text(&http, &n.streamer_metrics()).await.unwrap();
     assert_eq!(
         metric_value(&text, "streamer_samples_stored_total"),
         Some(16 * 5),
@@ -342,7 +342,7 @@ async fn streamer_and_broker_killed_broker_back_empty_history_kept_and_new_recor
     wait_for_samples(&http, &base, &n.api_key, 16, 30).await;
     // Everything on disk before the kill (a flush every 150 ms).
     eventually(Duration::from_secs(30), "all samples durable", || async {
-        (streamer_counter(&http, &base, "streamer_samples_durable_total").await == 16 * 30)
+        (streamer_counter(&http, &n, "streamer_samples_durable_total").await == 16 * 30)
             .then_some(())
     })
     .await;
@@ -421,7 +421,7 @@ async fn streamer_killed_amid_rollups_keeps_every_sample_once_in_raw_or_rollups(
     println!("kill-moment seed {seed}");
     for kill in 0..5 {
         eventually(Duration::from_secs(60), "the streamer flushes", || async {
-            (streamer_counter(&http, &base, "streamer_store_flushes_total").await > 0).then_some(())
+            (streamer_counter(&http, &n, "streamer_store_flushes_total").await > 0).then_some(())
         })
         .await;
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -474,7 +474,7 @@ async fn streamer_killed_amid_rollups_keeps_every_sample_once_in_raw_or_rollups(
     .await;
     // Some hours were rolled up and left raw retention: what is raw is exact, and every
     // minute's count, min and max (raw and rollups together) is that of the generated data.
-    let rolled_up = streamer_counter(&http, &base, "streamer_samples_swept_total").await;
+    let rolled_up = streamer_counter(&http, &n, "streamer_samples_swept_total").await;
     for g in &list {
         let uuid = g["uuid"].as_str().unwrap();
         let node: u32 = g["node"].as_str().unwrap()[9..].parse().unwrap();
