@@ -12,6 +12,7 @@
 use std::io::Write as _;
 pub mod backend;
 pub mod config;
+pub mod dashboard;
 pub mod dcgm;
 pub mod embedded;
 pub mod error;
@@ -227,12 +228,19 @@ pub async fn run(
         ),
     };
     drop(out);
+    let streams = Arc::new(sse::Hub::new(cfg.sse_client_buffer));
+    let ending = stopped();
+    let hub = streams.clone();
+    tokio::spawn(async move {
+        ending.await;
+        hub.close();
+    });
     let state = AppState {
         backend,
         metrics: Arc::new(metrics::ApiMetrics::new(calls_with, embedded_metrics)),
         keys,
         ranges: routes::range_slots(cfg.max_concurrent_ranges),
-        streams: Arc::new(sse::Hub::new(cfg.sse_client_buffer)),
+        streams,
     };
     server::serve(listener, routes::router(state), cfg.http.clone(), stopped()).await?;
     if let Some(t) = background {

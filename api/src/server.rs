@@ -51,8 +51,11 @@ impl Default for HttpLimits {
     }
 }
 
+/// How long a shutdown waits for the responses in flight (Kubernetes' grace period is 30 s).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `router` on `listener` with `limits` until `shutdown` resolves, then lets the
-/// connections finish their requests.
+/// connections finish their requests (for [`DRAIN_TIMEOUT`] at most).
 ///
 /// # Errors
 /// None today (accept errors are logged and retried); the type keeps room for one.
@@ -124,7 +127,18 @@ pub async fn serve(
         while conns.try_join_next().is_some() {}
     }
     let _ = closing.send(true);
-    while conns.join_next().await.is_some() {}
+    // Responses in flight get DRAIN_TIMEOUT to finish; whatever is left then is cut.
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = conns.len(),
+            "responses still in flight after the drain timeout; closing them"
+        );
+        conns.abort_all();
+    }
     Ok(())
 }
 

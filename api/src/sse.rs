@@ -49,6 +49,9 @@ pub struct Hub {
     pub dropped: AtomicU64,
     /// Streams open now.
     pub open: AtomicU64,
+    /// Set when the server shuts down: every stream ends (a graceful shutdown waits for the
+    /// responses in flight, and a live stream would never finish by itself).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Hub {
@@ -66,7 +69,13 @@ impl Hub {
             client_buffer: client_buffer.max(1),
             dropped: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            closing: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Ends every stream, now and any opened later (at shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// A new client's stream of events for `uuid` (every GPU when `None`); starts the poller
@@ -108,6 +117,7 @@ async fn forward(
         return;
     }
     let keep_alive_event = Bytes::from_static(b": keep-alive\n\n");
+    let mut closing = hub.closing.subscribe();
     loop {
         let item = tokio::select! {
             r = rx.recv() => match r {
@@ -126,6 +136,7 @@ async fn forward(
             },
             _ = keep_alive.tick() => keep_alive_event.clone(),
             () = out.closed() => return,
+            _ = closing.wait_for(|c| *c) => return,
         };
         match out.try_send(item) {
             Ok(()) => {}

@@ -86,10 +86,29 @@ async fn call(uri: &str, key: Option<&str>) -> (StatusCode, Value) {
 }
 
 #[tokio::test]
-async fn only_health_readiness_metrics_and_openapi_answer_without_a_key() {
+async fn only_health_readiness_metrics_openapi_and_the_dashboards_files_answer_without_a_key() {
     for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
         let (s, _) = call(open, None).await;
         assert_eq!(s, StatusCode::OK, "{open}");
+    }
+    // The dashboard's page and assets (static, no data): exactly these paths.
+    let assets: Vec<&str> = api::dashboard::ASSETS.iter().map(|a| a.path).collect();
+    assert_eq!(
+        assets,
+        [
+            "/",
+            "/assets/app.js",
+            "/assets/app.css",
+            "/assets/uplot.min.js",
+            "/assets/uplot.min.css"
+        ]
+    );
+    for open in assets {
+        let resp = app()
+            .oneshot(Request::builder().uri(open).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{open}");
     }
     let telemetry = format!("/api/v1/gpus/{UUID}/telemetry");
     let gpu = format!("/api/v1/gpus/{UUID}");
@@ -99,7 +118,9 @@ async fn only_health_readiness_metrics_and_openapi_answer_without_a_key() {
         telemetry.as_str(),
         "/docs",
         "/api/v1/other",
-        "/",
+        "/assets/other.js",
+        "/assets",
+        "/index.html",
         "/admin",
     ] {
         let (s, body) = call(closed, None).await;

@@ -163,3 +163,30 @@ async fn fast_clients_keep_their_stream_while_a_client_that_does_not_read_is_dro
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_end_at_shutdown_and_the_api_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut api, base) = spawn_embedded_api(
+        dir.path(),
+        &["--source", "simulated", "--interval", "100ms"],
+        &[("API_KEY", KEY.to_string())],
+    );
+    let http = reqwest::Client::new();
+    let (count, _) = reader(&http, format!("{base}/api/v1/gpus/stream"));
+    let (one, _) = reader(&http, format!("{base}/api/v1/gpus/stream"));
+    eventually(Duration::from_secs(30), "both streams live", || async {
+        (count.load(Ordering::Relaxed) > 0 && one.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+    // A graceful shutdown waits for responses in flight; a live stream never finishes by
+    // itself, so the hub ends them (before: the api waited on them for ever).
+    let asked = std::time::Instant::now();
+    api.term();
+    let status = api.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    println!(
+        "exited {:?} after SIGTERM with two streams open",
+        asked.elapsed()
+    );
+}
