@@ -21,7 +21,7 @@
 //!
 //! The body is made one field at a time from the latest index (a read lock per field, the
 //! lines of all GPUs; each GPU's labels formatted once), so a 10,000-GPU fleet streams in
-//! chunks instead of being built whole, gzip-compressed chunk by chunk when the scraper
+//! chunks instead of being built whole, zstd- or gzip-compressed chunk by chunk when the scraper
 //! accepts it (Prometheus does).
 
 use std::fmt::Write as _;

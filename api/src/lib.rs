@@ -11,6 +11,7 @@
 
 use std::io::Write as _;
 pub mod backend;
+pub mod compress;
 pub mod config;
 pub mod dashboard;
 pub mod dcgm;

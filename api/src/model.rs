@@ -809,58 +809,61 @@ fn time_of_day(in_day: i64) -> [u8; 13] {
 }
 
 /// A telemetry body written piece by piece as blocks of readings arrive (a chunked HTTP
-/// body), byte for byte what [`write_telemetry`] writes in one go; gzip-compressed (each
-/// piece flushed, so it can be sent at once) when asked.
+/// body), byte for byte what [`write_telemetry`] writes in one go; compressed (each piece
+/// flushed, so it can be sent at once) when asked.
 pub struct TelemetryBody {
     buf: Vec<u8>,
     count: usize,
     writer: ReadingWriter,
-    gzip: Option<flate2::write::GzEncoder<Vec<u8>>>,
+    zip: Option<crate::compress::ChunkEncoder>,
 }
 
 impl std::fmt::Debug for TelemetryBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TelemetryBody")
             .field("count", &self.count)
-            .field("gzip", &self.gzip.is_some())
+            .field("zip", &self.zip)
             .finish_non_exhaustive()
     }
 }
 
 impl TelemetryBody {
-    /// Starts the body of `uuid`'s window; `gzip` compresses it.
+    /// Starts the body of `uuid`'s window, compressed in `coding` when given.
+    ///
+    /// # Errors
+    /// The encoder's, when it cannot start.
     pub fn new(
         uuid: &str,
         start_ms: i64,
         end_ms: i64,
         only: Option<Vec<&'static MetricDef>>,
-        gzip: bool,
-    ) -> Self {
+        coding: Option<crate::compress::Coding>,
+    ) -> std::io::Result<Self> {
         let mut buf = Vec::new();
         write_window_head(uuid, start_ms, end_ms, 0, &mut buf);
-        Self {
+        Ok(Self {
             buf,
             count: 0,
             writer: ReadingWriter::new(only.as_deref()),
-            gzip: gzip
-                .then(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast())),
-        }
+            zip: coding
+                .map(|c| crate::compress::ChunkEncoder::new(c, 0))
+                .transpose()?,
+        })
     }
 
     fn take(&mut self, last: bool) -> bytes::Bytes {
-        use std::io::Write as _;
         let raw = std::mem::take(&mut self.buf);
-        let Some(enc) = self.gzip.as_mut() else {
-            return raw.into();
-        };
-        // Writing to a Vec cannot fail.
-        let _ = enc.write_all(&raw);
         if last {
-            let enc = self.gzip.take();
-            return enc.and_then(|e| e.finish().ok()).unwrap_or_default().into();
+            return match self.zip.take() {
+                None => raw.into(),
+                // Writing to memory does not fail.
+                Some(z) => z.finish(&raw).unwrap_or_default().into(),
+            };
         }
-        let _ = enc.flush();
-        std::mem::take(enc.get_mut()).into()
+        match self.zip.as_mut() {
+            None => raw.into(),
+            Some(z) => z.chunk(&raw).unwrap_or_default().into(),
+        }
     }
 
     /// The next piece: these readings as samples.
@@ -873,7 +876,7 @@ impl TelemetryBody {
     pub fn push_written(&mut self, w: WrittenSamples) -> bytes::Bytes {
         // Every sample came with a comma before it; the body's first has none.
         let skip = usize::from(self.count == 0 && w.count > 0);
-        if self.buf.is_empty() && self.gzip.is_none() {
+        if self.buf.is_empty() && self.zip.is_none() {
             self.count += w.count;
             return bytes::Bytes::from(w.bytes).slice(skip..);
         }
@@ -1107,7 +1110,8 @@ mod tests {
     }
 
     #[test]
-    fn a_body_written_in_pieces_is_the_one_written_at_once_plain_or_gzipped() {
+    fn a_body_written_in_pieces_is_the_one_written_at_once_plain_or_compressed() {
+        use crate::compress::Coding;
         use std::io::Read as _;
         let readings: Vec<streamer::store::Reading> = (0..1000)
             .map(|i| {
@@ -1124,8 +1128,9 @@ mod tests {
         for only in [None, Some(&subset[..])] {
             let mut whole = Vec::new();
             write_telemetry("GPU-x", 1, 2, &samples, only, true, &mut whole);
-            for gzip in [false, true] {
-                let mut body = TelemetryBody::new("GPU-x", 1, 2, only.map(<[_]>::to_vec), gzip);
+            for coding in [None, Some(Coding::Gzip), Some(Coding::Zstd)] {
+                let mut body =
+                    TelemetryBody::new("GPU-x", 1, 2, only.map(<[_]>::to_vec), coding).unwrap();
                 let mut out = Vec::new();
                 for block in readings.chunks(333) {
                     let piece = body.samples(block);
@@ -1133,12 +1138,17 @@ mod tests {
                     out.extend_from_slice(&piece);
                 }
                 out.extend_from_slice(&body.finish(true));
-                if gzip {
+                if let Some(c) = coding {
                     let mut plain = Vec::new();
-                    flate2::read::GzDecoder::new(&out[..])
-                        .read_to_end(&mut plain)
-                        .unwrap();
-                    assert!(out.len() < plain.len() / 4);
+                    match c {
+                        Coding::Gzip => {
+                            flate2::read::GzDecoder::new(&out[..])
+                                .read_to_end(&mut plain)
+                                .unwrap();
+                        }
+                        Coding::Zstd => plain = zstd::decode_all(&out[..]).unwrap(),
+                    }
+                    assert!(out.len() < plain.len() / 4, "{c:?}");
                     out = plain;
                 }
                 assert_eq!(

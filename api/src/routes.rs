@@ -156,7 +156,7 @@ fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
         ("namespace" = Option<String>, Query, description = "Only GPUs held by a pod in this namespace (from the kubelet)", min_length = 1),
         ("pod" = Option<String>, Query, description = "Only GPUs held by a pod of this name", min_length = 1)),
     responses(
-        (status = 200, description = "GPUs ordered by node, then index (gzip when accepted; an `ETag`)", body = GpuList<'_>),
+        (status = 200, description = "GPUs ordered by node, then index (zstd or gzip when accepted; an `ETag`)", body = GpuList<'_>),
         (status = 304, description = "Unchanged since the `If-None-Match` ETag"),
         (status = 400, description = "Invalid parameter", body = ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody)),
@@ -193,7 +193,7 @@ async fn list_gpus(
 }
 
 /// A JSON answer with a weak `ETag` of its content (the same on every replica for the same
-/// data), `304 Not Modified` when the request's `If-None-Match` names it, and gzip (off the
+/// data), `304 Not Modified` when the request's `If-None-Match` names it, and zstd or gzip (off the
 /// async workers) when the client accepts it.
 async fn conditional_json(headers: &HeaderMap, body: Vec<u8>) -> Response {
     use sha2::Digest as _;
@@ -216,21 +216,14 @@ async fn conditional_json(headers: &HeaderMap, body: Vec<u8>) -> Response {
             .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
         return resp;
     }
-    let gzip = accepts_gzip(headers) && body.len() > 1024;
-    let body = if gzip {
-        let compressed = tokio::task::spawn_blocking(move || {
-            use std::io::Write as _;
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 8),
-                flate2::Compression::fast(),
-            );
-            enc.write_all(&body).and_then(|()| enc.finish())
-        })
-        .await;
+    let coding = crate::compress::Coding::negotiate(headers).filter(|_| body.len() > 1024);
+    let body = if let Some(c) = coding {
+        let compressed =
+            tokio::task::spawn_blocking(move || crate::compress::compress(c, &body)).await;
         match compressed {
             Ok(Ok(z)) => z,
             _ => {
-                return ApiError::from(BackendError::Unavailable("gzip failed".into()))
+                return ApiError::from(BackendError::Unavailable("compression failed".into()))
                     .into_response();
             }
         }
@@ -245,8 +238,8 @@ async fn conditional_json(headers: &HeaderMap, body: Vec<u8>) -> Response {
     );
     h.insert(header::ETAG, etag_value);
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    if gzip {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    if let Some(c) = coding {
+        h.insert(header::CONTENT_ENCODING, c.header_value());
     }
     resp
 }
@@ -298,32 +291,30 @@ async fn dcgm_metrics(
         return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
     }
     // One field at a time straight from the latest index, a chunk each, at most two ahead
-    // of the client: a 10,000-GPU fleet is never held whole. gzip as it goes (a sync flush
+    // of the client: a 10,000-GPU fleet is never held whole. zstd or gzip as it goes (a flush
     // per chunk) when the scraper accepts it.
-    let gzip = accepts_gzip(&headers);
+    let coding = crate::compress::Coding::negotiate(&headers);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
     tokio::task::spawn_blocking(move || {
-        use std::io::Write as _;
-        let mut zip = gzip.then(|| {
-            flate2::write::GzEncoder::new(
-                Vec::with_capacity(256 << 10),
-                flate2::Compression::fast(),
-            )
-        });
+        let mut zip = match coding.map(|c| crate::compress::ChunkEncoder::new(c, 256 << 10)) {
+            None => None,
+            Some(Ok(z)) => Some(z),
+            Some(Err(e)) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
         let mut cache = crate::dcgm::LabelCache::default();
-        let mut send = |chunk: Vec<u8>, last: bool| -> bool {
+        let mut send = |chunk: Vec<u8>| -> bool {
             let out = match &mut zip {
                 None => chunk,
-                Some(z) => {
-                    let flushed = z
-                        .write_all(&chunk)
-                        .and_then(|()| if last { Ok(()) } else { z.flush() });
-                    if let Err(e) = flushed {
+                Some(z) => match z.chunk(&chunk) {
+                    Ok(out) => out,
+                    Err(e) => {
                         let _ = tx.blocking_send(Err(e));
                         return false;
                     }
-                    std::mem::take(z.get_mut())
-                }
+                },
             };
             tx.blocking_send(Ok(out.into())).is_ok()
         };
@@ -336,7 +327,7 @@ async fn dcgm_metrics(
                 )));
                 return;
             }
-            if !send(chunk, false) {
+            if !send(chunk) {
                 return; // the client left
             }
         }
@@ -345,19 +336,11 @@ async fn dcgm_metrics(
         } else {
             Vec::new()
         };
-        if !send(tail, true) {
-            return;
-        }
-        if let Some(z) = zip.take() {
-            match z.finish() {
-                Ok(rest) => {
-                    let _ = tx.blocking_send(Ok(rest.into()));
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                }
-            }
-        }
+        let last = match zip {
+            None => Ok(tail),
+            Some(z) => z.finish(&tail),
+        };
+        let _ = tx.blocking_send(last.map(Into::into));
     });
     let mut resp = Response::new(Body::from_stream(
         tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -365,8 +348,8 @@ async fn dcgm_metrics(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    if gzip {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    if let Some(c) = coding {
+        h.insert(header::CONTENT_ENCODING, c.header_value());
     }
     Ok(resp)
 }
@@ -614,9 +597,10 @@ async fn telemetry(
             return Err(BackendError::Unavailable("range stream ended early".into()).into());
         }
     };
-    let gzip = accepts_gzip(&headers);
+    let coding = crate::compress::Coding::negotiate(&headers);
     let writer_only = only.clone();
-    let body = TelemetryBody::new(&uuid, start_ms, end_ms, only, gzip);
+    let body = TelemetryBody::new(&uuid, start_ms, end_ms, only, coding)
+        .map_err(|e| BackendError::Unavailable(format!("compression: {e}")))?;
     // Blocks are decoded and written as JSON on blocking threads, two at a time (the next
     // while this one is sent), and leave in order as soon as each is ready (a chunked body):
     // the first bytes of a long range are on the wire before its last block is read.
@@ -670,8 +654,8 @@ async fn telemetry(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if gzip {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    if let Some(c) = coding {
+        h.insert(header::CONTENT_ENCODING, c.header_value());
     }
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     Ok(resp)
@@ -681,21 +665,6 @@ async fn telemetry(
 enum Piece {
     Samples(crate::model::WrittenSamples),
     End(bool),
-}
-
-/// Whether the request's `Accept-Encoding` allows gzip (not with `q=0`).
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|enc| {
-            let mut it = enc.split(';').map(str::trim);
-            let name = it.next().unwrap_or("");
-            let q0 = it.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0");
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !q0
-        })
 }
 
 /// Longest `step`.

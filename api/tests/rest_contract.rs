@@ -492,7 +492,7 @@ async fn with_the_streamer_down_reads_are_a_json_503_and_readyz_fails_but_health
 }
 
 #[tokio::test]
-async fn a_long_range_streams_in_pieces_and_is_gzipped_when_asked() {
+async fn a_long_range_streams_in_pieces_and_is_compressed_when_asked() {
     use futures::StreamExt as _;
     use std::io::Read as _;
     let dir = tempfile::tempdir().unwrap();
@@ -535,14 +535,14 @@ async fn a_long_range_streams_in_pieces_and_is_gzipped_when_asked() {
     let uri = format!(
         "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-22T00:00:00Z&limit=100000"
     );
-    let get = |gzip: bool| {
+    let get = |accept: Option<&str>| {
         let mut req = Request::builder().uri(&uri).header("x-api-key", KEY);
-        if gzip {
-            req = req.header("accept-encoding", "br;q=1.0, gzip;q=0.8");
+        if let Some(a) = accept {
+            req = req.header("accept-encoding", a);
         }
         app.clone().oneshot(req.body(Body::empty()).unwrap())
     };
-    let resp = get(false).await.unwrap();
+    let resp = get(None).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("content-encoding").is_none());
     let pieces: Vec<_> = resp.into_body().into_data_stream().collect().await;
@@ -558,7 +558,7 @@ async fn a_long_range_streams_in_pieces_and_is_gzipped_when_asked() {
         .collect();
     assert!(stamps.windows(2).all(|w| w[0] < w[1]));
 
-    let resp = get(true).await.unwrap();
+    let resp = get(Some("br;q=1.0, gzip;q=0.8")).await.unwrap();
     assert_eq!(resp.headers()["content-encoding"], "gzip");
     assert_eq!(resp.headers()["vary"], "accept-encoding");
     let zipped = axum::body::to_bytes(resp.into_body(), 1 << 26)
@@ -575,6 +575,13 @@ async fn a_long_range_streams_in_pieces_and_is_gzipped_when_asked() {
         .read_to_end(&mut unzipped)
         .unwrap();
     assert_eq!(unzipped, plain);
+    let resp = get(Some("gzip, zstd")).await.unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "zstd");
+    let pieces: Vec<_> = resp.into_body().into_data_stream().collect().await;
+    assert!(pieces.len() >= 6, "zstd in pieces too: {}", pieces.len());
+    let z: Vec<u8> = pieces.into_iter().flat_map(|p| p.unwrap()).collect();
+    assert!(z.len() * 5 < plain.len(), "{} vs {}", z.len(), plain.len());
+    assert_eq!(zstd::decode_all(&z[..]).unwrap(), plain);
 }
 
 // Property tests of the query-parameter parsing: whatever the query string, every route
@@ -679,7 +686,7 @@ async fn get_from(
 }
 
 #[tokio::test]
-async fn the_gpu_list_has_an_etag_answers_304_to_it_and_gzips_when_asked() {
+async fn the_gpu_list_has_an_etag_answers_304_to_it_and_compresses_when_asked() {
     let (s, h, plain) = get_from(0, &[]).await;
     assert_eq!(s, StatusCode::OK);
     let etag = h["etag"].to_str().unwrap().to_string();
@@ -719,4 +726,57 @@ async fn the_gpu_list_has_an_etag_answers_304_to_it_and_gzips_when_asked() {
     let (_, h, _) = get_from(40, &[("accept-encoding", "gzip;q=0")]).await;
     assert_eq!(h.get("content-encoding"), None, "q=0 refuses gzip");
     assert_eq!(h["vary"], "accept-encoding");
+    // zstd first when accepted (as browsers offer it): smaller still, the same JSON.
+    let (s, h, z) = get_from(40, &[("accept-encoding", "gzip, deflate, br, zstd")]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-encoding"], "zstd");
+    assert_eq!(zstd::decode_all(&z[..]).unwrap(), big);
+    assert!(
+        z.len() <= zipped.len(),
+        "{} vs gzip {}",
+        z.len(),
+        zipped.len()
+    );
+    let (_, h, _) = get_from(40, &[("accept-encoding", "zstd;q=0, gzip")]).await;
+    assert_eq!(h["content-encoding"], "gzip");
+}
+
+#[tokio::test]
+async fn the_dcgm_exposition_is_the_same_text_plain_gzipped_or_zstd() {
+    use std::io::Read as _;
+    let get = |accept: Option<&'static str>| async move {
+        let mut req = Request::builder()
+            .uri("/api/v1/metrics")
+            .header("authorization", format!("Bearer {KEY}"));
+        if let Some(a) = accept {
+            req = req.header("accept-encoding", a);
+        }
+        let resp = app_with(40)
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let coding = resp
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        (coding, body)
+    };
+    let (coding, plain) = get(None).await;
+    assert_eq!(coding, None);
+    let text = String::from_utf8(plain.to_vec()).unwrap();
+    assert!(text.contains("DCGM_FI_DEV_GPU_UTIL{"), "{text}");
+    let (coding, gz) = get(Some("gzip")).await;
+    assert_eq!(coding.as_deref(), Some("gzip"));
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut out)
+        .unwrap();
+    assert_eq!(out, plain);
+    let (coding, z) = get(Some("gzip, zstd")).await;
+    assert_eq!(coding.as_deref(), Some("zstd"));
+    assert_eq!(zstd::decode_all(&z[..]).unwrap(), plain);
 }
