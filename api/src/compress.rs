@@ -19,10 +19,11 @@ pub enum Coding {
 const ZSTD_LEVEL: i32 = 1;
 
 impl Coding {
-    /// The coding to answer `headers` with: zstd when `Accept-Encoding` allows it, else gzip
-    /// (also for `*`), else none. A coding with `q=0` is refused.
+    /// The coding to answer `headers` with: of zstd and gzip, the one `Accept-Encoding`
+    /// weighs highest (`q`, default 1; zstd on a tie), `*` standing for one not named; none
+    /// when neither is acceptable (`q=0`, or not offered).
     pub fn negotiate(headers: &HeaderMap) -> Option<Coding> {
-        let (mut zstd, mut gzip) = (false, false);
+        let (mut zstd, mut gzip, mut any) = (None::<f32>, None::<f32>, None::<f32>);
         for enc in headers
             .get_all(header::ACCEPT_ENCODING)
             .iter()
@@ -31,24 +32,30 @@ impl Coding {
         {
             let mut it = enc.split(';').map(str::trim);
             let name = it.next().unwrap_or("");
-            let refused = it.any(|p| {
-                let p = p.replace(' ', "");
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            if refused {
+            let q = it
+                .find_map(|p| {
+                    let p = p.replace(' ', "");
+                    p.strip_prefix("q=")
+                        .map(|q| q.parse::<f32>().unwrap_or(0.0))
+                })
+                .unwrap_or(1.0);
+            let slot = if name.eq_ignore_ascii_case("zstd") {
+                &mut zstd
+            } else if name.eq_ignore_ascii_case("gzip") {
+                &mut gzip
+            } else if name == "*" {
+                &mut any
+            } else {
                 continue;
-            }
-            if name.eq_ignore_ascii_case("zstd") {
-                zstd = true;
-            } else if name.eq_ignore_ascii_case("gzip") || name == "*" {
-                gzip = true;
-            }
+            };
+            *slot = Some(slot.map_or(q, |old| old.max(q)));
         }
-        if zstd {
+        // `*` speaks only for gzip here: zstd is made when it is asked for by name.
+        let gzip = gzip.or(any).unwrap_or(0.0);
+        let zstd = zstd.unwrap_or(0.0);
+        if zstd > 0.0 && zstd >= gzip {
             Some(Coding::Zstd)
-        } else if gzip {
+        } else if gzip > 0.0 {
             Some(Coding::Gzip)
         } else {
             None
@@ -165,6 +172,20 @@ mod tests {
         );
         assert_eq!(Coding::negotiate(&accept("zstd;q=0.0, gzip; q=0")), None);
         assert_eq!(Coding::negotiate(&accept("*")), Some(Coding::Gzip));
+        assert_eq!(
+            Coding::negotiate(&accept("gzip;q=0, *")),
+            None,
+            "q=0 beats *"
+        );
+        assert_eq!(
+            Coding::negotiate(&accept("zstd;q=0.5, gzip;q=0.9")),
+            Some(Coding::Gzip),
+            "the higher weight"
+        );
+        assert_eq!(
+            Coding::negotiate(&accept("gzip;q=0.9, zstd;q=0.9")),
+            Some(Coding::Zstd)
+        );
         assert_eq!(Coding::negotiate(&accept("br, identity")), None);
         assert_eq!(Coding::negotiate(&HeaderMap::new()), None);
     }

@@ -27,6 +27,7 @@
 use std::fmt::Write as _;
 
 use streamer::store::GpuView;
+use telemetry_wire::wire::proto::{MigDevice, PodRef};
 use telemetry_wire::wire::{GpuInfo, GpuSample};
 
 /// A value as dcgm-exporter prints it: integers as integers.
@@ -238,8 +239,15 @@ fn escape(out: &mut String, v: &str) {
     }
 }
 
-/// The label set of one GPU's series, `{…}` included.
+/// The labels of one GPU's series: `{gpu, UUID, pci_bus_id, device, modelName, Hostname,
+/// DCGM_FI_DRIVER_VERSION}` and, when a pod holds it, `container, namespace, pod` (its
+/// first).
 pub fn labels(info: &GpuInfo) -> String {
+    labels_with(info, None, info.pods.first())
+}
+
+/// [`labels`] with, for a MIG instance, `GPU_I_PROFILE` and `GPU_I_ID`, and `pod`'s names.
+fn labels_with(info: &GpuInfo, mig: Option<&MigDevice>, pod: Option<&PodRef>) -> String {
     let mut s = String::with_capacity(256);
     let _ = write!(s, "{{gpu=\"{}\",UUID=\"", info.index);
     escape(&mut s, &info.uuid);
@@ -252,7 +260,16 @@ pub fn labels(info: &GpuInfo) -> String {
     let _ = write!(s, "\",{DRIVER_VERSION_LABEL}=\"");
     escape(&mut s, info.driver_version.as_deref().unwrap_or(""));
     s.push('"');
-    if let Some(p) = info.pods.first() {
+    if let Some(m) = mig {
+        s.push_str(",GPU_I_PROFILE=\"");
+        escape(&mut s, &m.profile);
+        s.push_str("\",GPU_I_ID=\"");
+        if let Some(id) = m.gpu_instance_id {
+            let _ = write!(s, "{id}");
+        }
+        s.push('"');
+    }
+    if let Some(p) = pod {
         s.push_str(",container=\"");
         escape(&mut s, &p.container);
         s.push_str("\",namespace=\"");
@@ -263,6 +280,28 @@ pub fn labels(info: &GpuInfo) -> String {
     }
     s.push('}');
     s
+}
+
+/// On a GPU in MIG mode dcgm-exporter reports the framebuffer per GPU instance, labelled
+/// `GPU_I_PROFILE` and `GPU_I_ID` (with the pod holding that instance), not for the whole
+/// GPU: these fields, from each MIG device's memory.
+fn mig_value(field: &Field, m: &MigDevice) -> Option<Option<Value>> {
+    match field.name {
+        "DCGM_FI_DEV_FB_USED" => Some(m.memory_used_bytes.map(|b| Value::Int(b / MIB))),
+        "DCGM_FI_DEV_FB_FREE" => Some(
+            m.memory_total_bytes
+                .zip(m.memory_used_bytes)
+                .map(|(t, u)| Value::Int(t.saturating_sub(u) / MIB)),
+        ),
+        _ => None,
+    }
+}
+
+fn push_value(value: Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+        Value::Float(f) => out.extend_from_slice(ryu::Buffer::new().format(f).as_bytes()),
+    }
 }
 
 /// The Content-Type of the answer.
@@ -311,16 +350,25 @@ pub fn line(field: &Field, v: GpuView<'_>, cache: &mut LabelCache, out: &mut Vec
     let Some(sample) = v.latest else {
         return;
     };
+    if !v.info.mig_devices.is_empty() && mig_value(field, &v.info.mig_devices[0]).is_some() {
+        for m in &v.info.mig_devices {
+            if let Some(Some(value)) = mig_value(field, m) {
+                out.extend_from_slice(field.name.as_bytes());
+                out.extend_from_slice(labels_with(v.info, Some(m), m.pods.first()).as_bytes());
+                out.push(b' ');
+                push_value(value, out);
+                out.push(b'\n');
+            }
+        }
+        return;
+    }
     let Some(value) = field.value(v.info, sample) else {
         return;
     };
     out.extend_from_slice(field.name.as_bytes());
     out.extend_from_slice(cache.get(v.info).as_bytes());
     out.push(b' ');
-    match value {
-        Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
-        Value::Float(f) => out.extend_from_slice(ryu::Buffer::new().format(f).as_bytes()),
-    }
+    push_value(value, out);
     out.push(b'\n');
 }
 
@@ -341,7 +389,6 @@ pub fn render(mut visit: impl FnMut(&mut dyn FnMut(GpuView<'_>)), openmetrics: b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use telemetry_wire::wire::proto::PodRef;
 
     fn gpu() -> (GpuInfo, GpuSample) {
         let info = GpuInfo {
@@ -399,5 +446,71 @@ mod tests {
         let om = String::from_utf8(render(|f| f(view), true)).unwrap();
         assert!(om.ends_with("# EOF\n"));
         assert!(om.contains("# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION unknown\n"));
+    }
+
+    #[test]
+    fn a_mig_gpus_framebuffer_is_one_series_per_gpu_instance_with_its_profile_id_and_pod() {
+        let (mut info, sample) = gpu();
+        info.mig_enabled = Some(true);
+        info.pods.clear();
+        info.mig_devices = vec![
+            MigDevice {
+                uuid: "MIG-a".into(),
+                index: 0,
+                gpu_instance_id: Some(7),
+                profile: "1g.10gb".into(),
+                memory_total_bytes: Some(10 * 1024 * MIB),
+                memory_used_bytes: Some(1500 * MIB + 3),
+                pods: vec![PodRef {
+                    namespace: "ml".into(),
+                    pod: "infer-0".into(),
+                    container: "server".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            MigDevice {
+                uuid: "MIG-b".into(),
+                index: 1,
+                gpu_instance_id: Some(9),
+                profile: "3g.40gb".into(),
+                memory_total_bytes: Some(40 * 1024 * MIB),
+                memory_used_bytes: Some(0),
+                ..Default::default()
+            },
+        ];
+        let view = GpuView {
+            info: &info,
+            latest: Some(&sample),
+            last_seen_ms: 1,
+            sample_count: 1,
+        };
+        let text = String::from_utf8(render(|f| f(view), false)).unwrap();
+        let base = "gpu=\"3\",UUID=\"GPU-1\",pci_bus_id=\"00000000:1B:00.0\",device=\"nvidia3\",modelName=\"NVIDIA H100 \\\"SXM\\\"\",Hostname=\"gpu-node-7\",DCGM_FI_DRIVER_VERSION=\"550.54.15\"";
+        let a = format!(
+            "{{{base},GPU_I_PROFILE=\"1g.10gb\",GPU_I_ID=\"7\",container=\"server\",namespace=\"ml\",pod=\"infer-0\"}}"
+        );
+        let b = format!("{{{base},GPU_I_PROFILE=\"3g.40gb\",GPU_I_ID=\"9\"}}");
+        let fb: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("DCGM_FI_DEV_FB_USED{") || l.starts_with("DCGM_FI_DEV_FB_FREE{")
+            })
+            .collect();
+        assert_eq!(
+            fb,
+            [
+                format!("DCGM_FI_DEV_FB_FREE{a} 8739"),
+                format!("DCGM_FI_DEV_FB_FREE{b} 40960"),
+                format!("DCGM_FI_DEV_FB_USED{a} 1500"),
+                format!("DCGM_FI_DEV_FB_USED{b} 0"),
+            ],
+            "{text}"
+        );
+        // The rest stays per GPU, without instance labels.
+        assert!(
+            text.contains(&format!("DCGM_FI_DEV_GPU_UTIL{{{base}}} 87\n")),
+            "{text}"
+        );
     }
 }

@@ -808,6 +808,64 @@ fn time_of_day(in_day: i64) -> [u8; 13] {
     ]
 }
 
+/// `GET /api/v1/pipeline`: what the ingest path has done, from the streamer's counters.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Pipeline {
+    /// Records consumed from the telemetry topic (each once; rejects included).
+    pub records: u64,
+    /// Samples newly stored.
+    pub samples_stored: u64,
+    /// Samples written to disk by the store's flushes.
+    pub samples_durable: u64,
+    /// Samples stored in memory, not yet on disk.
+    pub samples_unflushed: u64,
+    /// Redelivered samples ignored.
+    pub samples_duplicate: u64,
+    /// Records rejected, by reason (`unsigned`, `bad_signature`, `invalid_batch`, …).
+    pub rejected: std::collections::BTreeMap<String, u64>,
+    /// Rejected records delivered to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Failures, by kind (`consume`, `store`, `dead_letter`, `commit`).
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// Records on the broker not yet stored, by partition (empty in embedded mode).
+    pub consumer_lag: std::collections::BTreeMap<String, u64>,
+}
+
+impl Pipeline {
+    /// From the `Stats` counters (`name`, `labels` as `key="value"`, `value`).
+    pub fn from_counters(counters: &[streamer::query::proto::Counter]) -> Self {
+        use streamer::metrics as m;
+        let label = |labels: &str| {
+            labels
+                .split_once('=')
+                .map(|(_, v)| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let mut p = Pipeline::default();
+        for c in counters {
+            match c.name.as_str() {
+                n if n == m::RECORDS => p.records = c.value,
+                n if n == m::SAMPLES_STORED => p.samples_stored = c.value,
+                n if n == m::SAMPLES_DURABLE => p.samples_durable = c.value,
+                n if n == m::UNFLUSHED => p.samples_unflushed = c.value,
+                n if n == m::SAMPLES_DUPLICATE => p.samples_duplicate = c.value,
+                n if n == m::DEAD_LETTERED => p.dead_lettered = c.value,
+                n if n == m::REJECTED => {
+                    p.rejected.insert(label(&c.labels), c.value);
+                }
+                n if n == m::ERRORS => {
+                    p.errors.insert(label(&c.labels), c.value);
+                }
+                n if n == m::CONSUMER_LAG => {
+                    p.consumer_lag.insert(label(&c.labels), c.value);
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
 /// A telemetry body written piece by piece as blocks of readings arrive (a chunked HTTP
 /// body), byte for byte what [`write_telemetry`] writes in one go; compressed (each piece
 /// flushed, so it can be sent at once) when asked.

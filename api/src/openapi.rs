@@ -28,11 +28,12 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "GPU telemetry API", description = "Live and historical telemetry of every GPU in the cluster."),
-    paths(crate::routes::list_gpus, crate::routes::get_gpu, crate::routes::telemetry, crate::routes::processes, crate::routes::dcgm_metrics, crate::routes::stream_all, crate::routes::stream_one),
-    components(schemas(ErrorBody, ErrorDetail, GpuList<'_>, Gpu<'_>, Health<'_>, Xid, LastXid, PodView<'_>, MigView<'_>, Processes<'_>, ProcessView<'_>, Telemetry<'_>, Sample<'_>)),
+    paths(crate::routes::list_gpus, crate::routes::get_gpu, crate::routes::telemetry, crate::routes::processes, crate::routes::dcgm_metrics, crate::routes::stream_all, crate::routes::stream_one, crate::routes::pipeline),
+    components(schemas(ErrorBody, ErrorDetail, GpuList<'_>, Gpu<'_>, Health<'_>, Xid, LastXid, PodView<'_>, MigView<'_>, Processes<'_>, ProcessView<'_>, Telemetry<'_>, Sample<'_>, crate::model::Pipeline)),
     modifiers(&Security),
     tags((name = "gpus", description = "GPUs and their telemetry"),
-         (name = "metrics", description = "The fleet for Prometheus, as dcgm-exporter exposes it"))
+         (name = "metrics", description = "The fleet for Prometheus, as dcgm-exporter exposes it"),
+         (name = "pipeline", description = "The ingest path's own state"))
 )]
 struct ApiDoc;
 

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gpus/{uuid}/telemetry", get(telemetry))
         .route("/api/v1/gpus/{uuid}/processes", get(processes))
         .route("/api/v1/metrics", get(dcgm_metrics))
+        .route("/api/v1/pipeline", get(pipeline))
         .route("/api/v1/gpus/stream", get(stream_all))
         .route("/api/v1/gpus/{uuid}/stream", get(stream_one))
         .route("/docs", get(docs))
@@ -190,6 +191,19 @@ async fn list_gpus(
         })
         .await?;
     Ok(conditional_json(&headers, body).await)
+}
+
+/// The pipeline's ingest state, as the streamer (or the embedded store) counts it.
+#[utoipa::path(get, path = "/api/v1/pipeline", tag = "pipeline",
+    responses(
+        (status = 200, description = "Ingest counters of the streamer (or the embedded store)", body = crate::model::Pipeline),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 503, description = "The streamer is not reachable", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn pipeline(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    params(q, &[])?;
+    let counters = st.backend.stats().await?;
+    Ok(Json(crate::model::Pipeline::from_counters(&counters)).into_response())
 }
 
 /// A JSON answer with a weak `ETag` of its content (the same on every replica for the same

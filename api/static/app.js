@@ -26,6 +26,8 @@ const state = {
   stream: null,
   dirty: new Set(),
   renderQueued: false,
+  tiles: new Map(), // uuid → its tile element (no DOM search per update)
+  drawnKey: '',     // what the chart on screen shows: uuid|metric|range|agg
 };
 
 const $ = (sel) => document.querySelector(sel);
@@ -168,6 +170,7 @@ function tile(g) {
   if (Date.now() - Date.parse(g.last_seen) > STALE_MS) el.classList.add('stale');
   if (g.uuid === state.selected) el.classList.add('selected');
   el.addEventListener('click', () => select(g.uuid));
+  state.tiles.set(g.uuid, el);
   return el;
 }
 
@@ -178,6 +181,7 @@ function renderFleet() {
     byNode.get(g.node).push(g);
   }
   const root = $('#heatmap');
+  state.tiles.clear();
   root.replaceChildren(...[...byNode].map(([node, gpus]) =>
     h('div', { class: 'node', 'data-node': node },
       h('h3', {}, `${node} · ${gpus.length} GPU${gpus.length === 1 ? '' : 's'}`),
@@ -196,7 +200,7 @@ function queueRender(uuid) {
     const dirty = [...state.dirty];
     state.dirty.clear();
     for (const u of dirty) {
-      const old = document.querySelector(`.tile[data-uuid="${CSS.escape(u)}"]`);
+      const old = state.tiles.get(u);
       const g = state.gpus.get(u);
       if (old && g) old.replaceWith(tile(g));
       else { renderFleet(); break; }
@@ -244,10 +248,8 @@ function select(uuid) {
   const prev = state.selected;
   state.selected = uuid;
   for (const u of [prev, uuid]) {
-    if (u) {
-      const el = document.querySelector(`.tile[data-uuid="${CSS.escape(u)}"]`);
-      if (el) el.classList.toggle('selected', u === uuid);
-    }
+    const el = u && state.tiles.get(u);
+    if (el) el.classList.toggle('selected', u === uuid);
   }
   facts(g);
   const metrics = Object.keys(g.latest || {}).sort();
@@ -292,6 +294,7 @@ async function loadChart() {
     ys.push(v);
   }
   draw(metric, xs, ys, range.step ? `${agg} per ${range.step}` : 'raw');
+  state.drawnKey = chartKey;
   $('#chart-status').textContent = `${xs.length} point${xs.length === 1 ? '' : 's'}` +
     (body.truncated ? ' (truncated: the first ones of the range)' : '');
 }
@@ -316,6 +319,8 @@ function draw(metric, xs, ys, how) {
 // A live update of the selected GPU extends the raw 15-minute chart.
 function extendChart(g) {
   if (!state.chart || g.uuid !== state.selected || $('#range').value !== '15m') return;
+  // Only onto the chart of this very choice (not the previous one while a new one loads).
+  if (state.drawnKey !== state.chartKey) return;
   const metric = $('#metric').value;
   const v = g.latest && g.latest[metric];
   if (v === undefined) return;
@@ -397,18 +402,6 @@ function onEvent(block) {
 
 // ---- the pipeline's health -------------------------------------------------------------
 
-function parseMetrics(text) {
-  const out = new Map();
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const sp = line.lastIndexOf(' ');
-    const series = line.slice(0, sp);
-    const name = series.split('{')[0];
-    out.set(name, (out.get(name) || 0) + Number(line.slice(sp + 1)));
-  }
-  return out;
-}
-
 async function pipeline() {
   if (!state.key) return;
   const rows = [];
@@ -424,21 +417,34 @@ async function pipeline() {
     ? `${state.liveEvents} received, the last ${((Date.now() - state.lastEventAt) / 1000).toFixed(0)} s ago`
     : 'none yet');
   try {
-    const r = await fetch('/metrics', { cache: 'no-store' });
-    const m = parseMetrics(await r.text());
-    const show = (label, name) => { if (m.has(name)) row(label, m.get(name).toLocaleString()); };
-    show('records stored', 'streamer_records_total');
-    show('records rejected', 'streamer_records_rejected_total');
-    show('consumer lag', 'streamer_consumer_lag_records');
-    show('samples not yet on disk', 'streamer_samples_unflushed');
-    show('API errors', 'api_errors_total');
-    show('open live streams', 'api_sse_open_streams');
-  } catch (_) { /* the rows above still say what is known */ }
+    const p = await api('/api/v1/pipeline');
+    const n = (v) => v.toLocaleString('en');
+    row('records consumed', n(p.records));
+    row('samples stored', `${n(p.samples_stored)} (${n(p.samples_unflushed)} not yet on disk)`);
+    const rejected = Object.entries(p.rejected);
+    row('records rejected', rejected.length
+      ? `${rejected.map(([r, c]) => `${r} ${n(c)}`).join(', ')}; ${n(p.dead_lettered)} dead-lettered`
+      : 'none');
+    const lags = Object.values(p.consumer_lag);
+    if (lags.length) row('consumer lag', `${n(lags.reduce((a, b) => a + b, 0))} records (${lags.length} partition${lags.length === 1 ? '' : 's'})`);
+    const errors = Object.entries(p.errors).filter(([, c]) => c > 0);
+    if (errors.length) row('ingest errors', errors.map(([k, c]) => `${k} ${n(c)}`).join(', '));
+    document.body.dataset.pipelineRecords = String(p.records);
+  } catch (e) {
+    if (e instanceof Unauthorized) { signOut('The API key was refused.'); return; }
+    row('ingest', e.message);
+  }
   $('#pipeline-facts').replaceChildren(...rows);
   document.body.dataset.pipeline = 'shown';
 }
 
 setInterval(pipeline, 5000);
-// Re-draw staleness (faded tiles) even when nothing changes.
-setInterval(() => { if (state.key && !$('#dashboard').hidden) renderFleet(); }, 15000);
+// Fade the tiles of GPUs gone silent, even when nothing else changes.
+setInterval(() => {
+  const now = Date.now();
+  for (const [uuid, el] of state.tiles) {
+    const g = state.gpus.get(uuid);
+    if (g) el.classList.toggle('stale', now - Date.parse(g.last_seen) > STALE_MS);
+  }
+}, 5000);
 start();

@@ -404,7 +404,8 @@ async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
             "/api/v1/gpus/{uuid}/processes",
             "/api/v1/gpus/{uuid}/stream",
             "/api/v1/gpus/{uuid}/telemetry",
-            "/api/v1/metrics"
+            "/api/v1/metrics",
+            "/api/v1/pipeline"
         ]
     );
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
@@ -779,4 +780,55 @@ async fn the_dcgm_exposition_is_the_same_text_plain_gzipped_or_zstd() {
     let (coding, z) = get(Some("gzip, zstd")).await;
     assert_eq!(coding.as_deref(), Some("zstd"));
     assert_eq!(zstd::decode_all(&z[..]).unwrap(), plain);
+}
+
+#[tokio::test]
+async fn the_pipeline_route_reports_the_ingest_counters_exactly_and_needs_the_key() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
+    let metrics = Arc::new(streamer::metrics::StreamerMetrics::default());
+    metrics.records.fetch_add(12, Ordering::Relaxed);
+    metrics.samples_stored.fetch_add(40, Ordering::Relaxed);
+    metrics.samples_durable.fetch_add(30, Ordering::Relaxed);
+    metrics.dead_lettered.fetch_add(3, Ordering::Relaxed);
+    metrics.rejected("unsigned");
+    metrics.rejected("unsigned");
+    metrics.rejected("bad_signature");
+    metrics.error("store");
+    let app = router(AppState {
+        backend: Arc::new(StoreBackend { store, metrics }),
+        keys: KeyRing::new(KEY.to_string().into()),
+        metrics: Arc::default(),
+        ranges: api::routes::range_slots(1),
+        streams: Arc::default(),
+    });
+    let call = |uri: &'static str, key: Option<&'static str>| {
+        let mut req = Request::builder().uri(uri);
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let resp = call("/api/v1/pipeline", Some(KEY)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "records": 12, "samples_stored": 40, "samples_durable": 30,
+            "samples_unflushed": 10, "samples_duplicate": 0,
+            "rejected": {"bad_signature": 1, "unsigned": 2}, "dead_lettered": 3,
+            "errors": {"store": 1}, "consumer_lag": {}
+        })
+    );
+    assert_eq!(
+        call("/api/v1/pipeline", None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let resp = call("/api/v1/pipeline?x=1", Some(KEY)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }

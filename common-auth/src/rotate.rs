@@ -397,7 +397,9 @@ async fn check(
                 }
                 "streamer" => {
                     pending.insert(format!(
-                        "streamer/{name} (metrics unreachable through the pod proxy)"
+                        "streamer/{name} (metrics unreachable through the pod proxy: with \
+                         networkPolicy.metricsFrom set, list the API server's address in \
+                         networkPolicy.apiServerTo)"
                     ));
                 }
                 // Its records say which token it signs with (streamer_signer_info): a

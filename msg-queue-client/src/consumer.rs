@@ -43,46 +43,9 @@ pub struct ConsumerConfig {
     pub max_record_bytes: usize,
     /// Extra librdkafka properties.
     pub extra: Vec<(String, String)>,
-    /// Where librdkafka's per-partition lag goes (its statistics, every
-    /// [`LAG_INTERVAL`]); `None`: statistics off.
+    /// Where the consumer notes its assignment and what it has handled, for
+    /// [`LagProbe`]; `None`: not noted.
     pub lag: Option<Arc<ConsumerLag>>,
-}
-
-/// How often librdkafka reports statistics, and so consumer lag, when asked to.
-pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Each assigned partition's consumer lag as librdkafka last computed it: the partition's
-/// high watermark minus the group's committed offset — records on the broker not yet
-/// stored (the consumer commits only after its store did). Reported while the consumer is
-/// polled; a partition no longer assigned disappears at the next report.
-#[derive(Debug, Default)]
-pub struct ConsumerLag(std::sync::Mutex<std::collections::BTreeMap<i32, i64>>);
-
-impl ConsumerLag {
-    /// `(partition, lag)` of each assigned partition with a known lag.
-    pub fn snapshot(&self) -> Vec<(i32, i64)> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(p, l)| (*p, *l))
-            .collect()
-    }
-
-    fn update(&self, topic: &str, stats: &rdkafka::Statistics) {
-        let lags = stats
-            .topics
-            .get(topic)
-            .map(|t| {
-                t.partitions
-                    .values()
-                    .filter(|p| p.desired && p.partition >= 0 && p.consumer_lag >= 0)
-                    .map(|p| (p.partition, p.consumer_lag))
-                    .collect()
-            })
-            .unwrap_or_default();
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = lags;
-    }
 }
 
 /// The default of [`ConsumerConfig::max_record_bytes`]: 1,000,000 bytes, librdkafka's
@@ -98,6 +61,129 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
 pub const FETCH_MAX_BYTES: usize = 4 << 20;
 /// `queued.max.messages.kbytes`: how much librdkafka prefetches per partition queue.
 pub const QUEUED_MAX_KBYTES: usize = 8 << 10;
+
+/// Consumer lag per assigned partition: the partition's high watermark minus the next
+/// offset the consumer has still to handle (records on the broker not yet stored). The
+/// consumer notes its assignment and each committed batch; a [`LagProbe`], on a client of
+/// its own, reads the watermarks — so the lag keeps growing while the consumer is stuck
+/// (a store failing, a batch retried), and is known before anything was ever committed.
+#[derive(Debug, Default)]
+pub struct ConsumerLag(std::sync::Mutex<LagState>);
+
+#[derive(Debug, Default)]
+struct LagState {
+    /// Assigned partitions → the next offset to handle, once known.
+    assigned: std::collections::BTreeMap<i32, Option<i64>>,
+    /// The last measurement: partition → lag.
+    lags: std::collections::BTreeMap<i32, i64>,
+}
+
+impl ConsumerLag {
+    fn state(&self) -> std::sync::MutexGuard<'_, LagState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `(partition, lag)` of each assigned partition whose watermark was read last time.
+    pub fn snapshot(&self) -> Vec<(i32, i64)> {
+        self.state().lags.iter().map(|(p, l)| (*p, *l)).collect()
+    }
+
+    /// Notes that `partitions` are assigned, starting at `start` (`None`: the log start).
+    pub fn assigned(&self, partitions: impl IntoIterator<Item = (i32, Option<i64>)>) {
+        let mut st = self.state();
+        for (p, start) in partitions {
+            st.assigned.insert(p, start);
+        }
+    }
+
+    /// Notes that every partition was revoked.
+    pub fn revoked(&self) {
+        let mut st = self.state();
+        st.assigned.clear();
+        st.lags.clear();
+    }
+
+    /// Notes that records before `next_offsets` (partition → next offset) are handled.
+    pub fn handled(&self, next_offsets: &[(i32, i64)]) {
+        let mut st = self.state();
+        for &(p, o) in next_offsets {
+            if let Some(at) = st.assigned.get_mut(&p) {
+                *at = Some(at.map_or(o, |old| old.max(o)));
+            }
+        }
+    }
+}
+
+/// Reads the watermarks of the assigned partitions on a Kafka client of its own and turns
+/// them into [`ConsumerLag`]'s values.
+pub struct LagProbe {
+    client: BaseConsumer,
+    topic: String,
+    lag: Arc<ConsumerLag>,
+}
+
+impl std::fmt::Debug for LagProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LagProbe")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LagProbe {
+    /// A probe of `topic` on `brokers` (with the consumer's `extra` properties: security).
+    ///
+    /// # Errors
+    /// [`QueueError::Kafka`] for invalid configuration.
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        extra: &[(String, String)],
+        lag: Arc<ConsumerLag>,
+    ) -> Result<Self, QueueError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", brokers);
+        for (k, v) in extra {
+            c.set(k, v);
+        }
+        Ok(Self {
+            client: c.create().map_err(kafka("create lag probe"))?,
+            topic: topic.to_string(),
+            lag,
+        })
+    }
+
+    /// Measures every assigned partition once (blocks: up to [`WATERMARK_TIMEOUT`] per
+    /// partition). A partition whose watermarks cannot be read has no value this time.
+    pub fn measure(&self) {
+        let assigned: Vec<(i32, Option<i64>)> = self
+            .lag
+            .state()
+            .assigned
+            .iter()
+            .map(|(p, a)| (*p, *a))
+            .collect();
+        let mut lags = std::collections::BTreeMap::new();
+        for (p, at) in assigned {
+            match self
+                .client
+                .fetch_watermarks(&self.topic, p, WATERMARK_TIMEOUT)
+            {
+                Ok((low, high)) => {
+                    let at = at.unwrap_or(low).max(low);
+                    lags.insert(p, (high - at).max(0));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, partition = p, "watermarks unavailable; lag unknown");
+                }
+            }
+        }
+        let mut st = self.lag.state();
+        // Only partitions still assigned (a rebalance may have come meanwhile).
+        lags.retain(|p, _| st.assigned.contains_key(p));
+        st.lags = lags;
+    }
+}
 
 impl ConsumerConfig {
     /// Defaults: 10 s session timeout.
@@ -121,7 +207,6 @@ impl ConsumerConfig {
 /// The consumer context: seeks each newly assigned partition to where the store says.
 pub struct AssignContext {
     offsets: Arc<dyn OffsetSource>,
-    topic: String,
     lag: Option<Arc<ConsumerLag>>,
 }
 
@@ -131,13 +216,7 @@ impl std::fmt::Debug for AssignContext {
     }
 }
 
-impl ClientContext for AssignContext {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        if let Some(lag) = &self.lag {
-            lag.update(&self.topic, &statistics);
-        }
-    }
-}
+impl ClientContext for AssignContext {}
 
 impl ConsumerContext for AssignContext {
     fn rebalance(
@@ -159,6 +238,13 @@ impl ConsumerContext for AssignContext {
                         None => Offset::Beginning,
                     };
                     tracing::info!(topic, partition, ?offset, "partition assigned");
+                    if let Some(lag) = &self.lag {
+                        let start = match offset {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        };
+                        lag.assigned([(partition, start)]);
+                    }
                     if let Err(error) = tpl.set_partition_offset(&topic, partition, offset) {
                         tracing::error!(%error, topic, partition, "cannot set start offset");
                     }
@@ -169,6 +255,9 @@ impl ConsumerContext for AssignContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
+                if let Some(lag) = &self.lag {
+                    lag.revoked();
+                }
                 if let Err(error) = base.unassign() {
                     tracing::error!(%error, "unassign failed");
                 }
@@ -272,6 +361,7 @@ pub struct TelemetryConsumer {
     inner: StreamConsumer<AssignContext>,
     topic: String,
     max_record_bytes: usize,
+    lag: Option<Arc<ConsumerLag>>,
 }
 
 impl std::fmt::Debug for TelemetryConsumer {
@@ -313,19 +403,12 @@ impl TelemetryConsumer {
                 "heartbeat.interval.ms",
                 (cfg.session_timeout.as_millis() / 4).max(100).to_string(),
             );
-        if cfg.lag.is_some() {
-            c.set(
-                "statistics.interval.ms",
-                LAG_INTERVAL.as_millis().to_string(),
-            );
-        }
         for (k, v) in &cfg.extra {
             c.set(k, v);
         }
         let inner: StreamConsumer<AssignContext> = c
             .create_with_context(AssignContext {
                 offsets,
-                topic: cfg.topic.clone(),
                 lag: cfg.lag.clone(),
             })
             .map_err(kafka("create consumer"))?;
@@ -334,6 +417,7 @@ impl TelemetryConsumer {
             inner,
             topic: cfg.topic.clone(),
             max_record_bytes: cfg.max_record_bytes,
+            lag: cfg.lag.clone(),
         })
     }
 
@@ -378,6 +462,9 @@ impl TelemetryConsumer {
         for &(p, o) in next_offsets {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))
                 .map_err(kafka("build commit list"))?;
+        }
+        if let Some(lag) = &self.lag {
+            lag.handled(next_offsets);
         }
         let mode = if sync {
             CommitMode::Sync

@@ -126,6 +126,12 @@ pub async fn run(
     ccfg.extra = kafka_properties.clone();
     ccfg.lag = Some(metrics.lag.clone());
     let consumer = TelemetryConsumer::new(&ccfg, Arc::new(StoreOffsets(store.clone())))?;
+    let lag_probe = msg_queue_client::consumer::LagProbe::new(
+        &cfg.brokers,
+        &cfg.topic,
+        &kafka_properties,
+        metrics.lag.clone(),
+    )?;
     let dead_letter = DeadLetterProducer::new(
         &cfg.brokers,
         &cfg.dead_letter_topic,
@@ -167,6 +173,7 @@ pub async fn run(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "gRPC query service listening"
     );
+    let lag_task = tokio::spawn(measure_lag(lag_probe, stopped()));
     let metrics_server = metrics_listener
         .map(|l| tokio::spawn(telemetry_metrics::serve(l, Arc::new(registry), stopped())));
     let reload = source.spawn_watch(
@@ -188,12 +195,39 @@ pub async fn run(
     if let Some(r) = reload {
         let _ = r.await;
     }
-    if let Some(m) = metrics_server {
-        let _ = m.await;
+    lag_task.abort();
+    if let Some(mut m) = metrics_server {
+        // A scrape in flight gets a moment; a client holding a connection open does not
+        // hold up the exit.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut m)
+            .await
+            .is_err()
+        {
+            m.abort();
+        }
     }
     topics.abort();
     served?;
     Ok(())
+}
+
+/// Measures the consumer lag every [`metrics::LAG_INTERVAL`] until `stop`.
+async fn measure_lag(
+    probe: msg_queue_client::consumer::LagProbe,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let probe = Arc::new(probe);
+    let mut tick = tokio::time::interval(metrics::LAG_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stop => return,
+        }
+        let p = probe.clone();
+        let _ = tokio::task::spawn_blocking(move || p.measure()).await;
+    }
 }
 
 /// Serves the gRPC query service over `store` on `listener` until `shutdown`, requiring a

@@ -37,9 +37,12 @@ pub const SIGNERS: &str = "streamer_signer_info";
 pub const SIGNER_WINDOW_MS: i64 = 10 * 60 * 1000;
 /// Most nodes [`SIGNERS`] tracks (the least recently heard is forgotten first).
 pub const MAX_SIGNERS: usize = 10_000;
-/// Per assigned partition, records on the broker not yet stored (gauge; librdkafka's
-/// consumer lag against the group's committed offset, refreshed every 5 s while consuming).
+/// Per assigned partition, records on the broker not yet stored (gauge: its high watermark
+/// minus the next offset to handle, measured every [`LAG_INTERVAL`] on a client of its own,
+/// so it grows while the consumer is stuck).
 pub const CONSUMER_LAG: &str = "streamer_consumer_lag_records";
+/// How often the consumer lag is measured.
+pub const LAG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Samples stored in memory and not yet flushed to disk (gauge).
 pub const UNFLUSHED: &str = "streamer_samples_unflushed";
 /// Time to the response head of each gRPC call, by method and code (histogram).
@@ -216,7 +219,7 @@ impl telemetry_metrics::prometheus_client::collector::Collector for Scrape {
         gauge(
             e,
             CONSUMER_LAG,
-            "Records on the broker not yet stored, per assigned partition (librdkafka's consumer lag against the committed offset).",
+            "Records on the broker not yet stored, per assigned partition (high watermark minus the next offset to handle).",
             m.lag
                 .snapshot()
                 .into_iter()
@@ -318,7 +321,19 @@ impl StreamerMetrics {
             (SAMPLES_DURABLE, String::new(), g(&self.samples_durable)),
             (FLUSHES, String::new(), g(&self.flushes)),
             (SAMPLES_SWEPT, String::new(), g(&self.samples_swept)),
+            (
+                UNFLUSHED,
+                String::new(),
+                g(&self.samples_stored).saturating_sub(g(&self.samples_durable)),
+            ),
         ];
+        for (p, l) in self.lag.snapshot() {
+            out.push((
+                CONSUMER_LAG,
+                format!("partition=\"{p}\""),
+                u64::try_from(l).unwrap_or(0),
+            ));
+        }
         for (r, v) in self
             .rejected
             .lock()

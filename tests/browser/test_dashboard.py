@@ -251,9 +251,18 @@ def test_the_dashboard_shows_the_fleet_draws_real_range_data_and_follows_live_up
     browser.wait(f"Number(document.body.dataset.chartPoints) > {points}", "the chart extended live")
 
     # The pipeline's health and an aggregated range (step/agg).
+    before = json.loads(get(f"{api}/api/v1/pipeline", API_KEY)[2])["records"]
     browser.wait("document.querySelector('#pipeline-facts').textContent.includes('ready')"
-                 " && document.querySelector('#pipeline-facts').textContent.includes('received')",
+                 " && document.querySelector('#pipeline-facts').textContent.includes('received')"
+                 f" && Number(document.body.dataset.pipelineRecords) >= {before}",
                  "pipeline health with the live updates", timeout=15)
+    shown = int(browser.eval("document.body.dataset.pipelineRecords"))
+    after = json.loads(get(f"{api}/api/v1/pipeline", API_KEY)[2])
+    # What the panel shows is the API's count at some moment between the two reads.
+    assert before <= shown <= after["records"], (before, shown, after)
+    facts = browser.eval("document.querySelector('#pipeline-facts').innerText")
+    assert "records rejected\tnone" in facts or "records rejected\nnone" in facts, facts
+    assert after["rejected"] == {} and after["consumer_lag"] == {}
     browser.eval("document.querySelector('#range').value = '1h';"
                  "document.querySelector('#range').dispatchEvent(new Event('change')); true")
     browser.wait("document.querySelector('#chart-status').textContent.includes('point')", "the 1 h chart")

@@ -427,6 +427,14 @@ def test_network_policies_expose_only_the_api_and_the_broker_only_to_collector_a
     streamer = pols["streamer"]["spec"]["ingress"]
     assert [comp(p) for p in streamer[0]["from"]] == ["api"]
     assert streamer[0]["ports"] == [{"port": 50051, "protocol": "TCP"}]
+    # Its metrics port: open (counters and fingerprints, no data) unless scrapers are named;
+    # then those and the API server (the pod proxy `api rotate-secrets` reads it through).
+    assert streamer[1] == {"ports": [{"port": 9401, "protocol": "TCP"}]}
+    scrapers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    control_plane = [{"ipBlock": {"cidr": "10.0.0.10/32"}}]
+    _, narrowed = install({"networkPolicy": {"metricsFrom": scrapers, "apiServerTo": control_plane}})
+    assert by_kind(narrowed, "NetworkPolicy")["streamer"]["spec"]["ingress"][1] == {
+        "ports": [{"port": 9401, "protocol": "TCP"}], "from": scrapers + control_plane}
     mq = pols["msg-queue"]["spec"]["ingress"]
     assert sorted(comp(p) for p in mq[0]["from"]) == ["collector", "streamer"]
     assert mq[0]["ports"] == [{"port": 9092, "protocol": "TCP"}]

@@ -533,6 +533,8 @@ pub fn spawn_streamer_with(
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut p = Proc::spawn("streamer", &bin("streamer"), &args, envs);
     p.wait_line("streamer grpc listening on", Duration::from_secs(20));
+    // Printed once its metrics port is bound too (a port taken meanwhile fails here, said).
+    p.wait_line("streamer metrics listening on", Duration::from_secs(20));
     p
 }
 

@@ -523,4 +523,49 @@ async fn mig_devices_are_listed_under_their_gpu_with_their_pods_and_processes() 
              "container": "main", "pod_uid": UID_E, "mig_device_uuid": MIG_B},
         ])
     );
+    // Under dcgm-exporter's names: the framebuffer per GPU instance, with its profile, id
+    // and pod (40 GiB − 10 GiB used = 30,720 MiB free; 10 GiB − 1 GiB = 9,216 MiB).
+    let text = http
+        .get(format!("{base}/api/v1/metrics"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let fb: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            (l.starts_with("DCGM_FI_DEV_FB_FREE{") || l.starts_with("DCGM_FI_DEV_FB_USED{"))
+                && l.contains(&format!("UUID=\"{G0}\""))
+        })
+        .map(|l| {
+            // The labels that differ per instance, and the value.
+            let keep = |k: &str| {
+                l.split([',', '{', '}'])
+                    .find(|p| p.starts_with(&format!("{k}=")))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            format!(
+                "{} {} {} {} {}",
+                l.split('{').next().unwrap(),
+                keep("GPU_I_PROFILE"),
+                keep("GPU_I_ID"),
+                keep("pod"),
+                l.rsplit(' ').next().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        fb,
+        [
+            "DCGM_FI_DEV_FB_FREE GPU_I_PROFILE=\"3g.40gb\" GPU_I_ID=\"1\" pod=\"mig-big\" 30720",
+            "DCGM_FI_DEV_FB_FREE GPU_I_PROFILE=\"1g.10gb\" GPU_I_ID=\"5\" pod=\"mig-small\" 9216",
+            "DCGM_FI_DEV_FB_USED GPU_I_PROFILE=\"3g.40gb\" GPU_I_ID=\"1\" pod=\"mig-big\" 10240",
+            "DCGM_FI_DEV_FB_USED GPU_I_PROFILE=\"1g.10gb\" GPU_I_ID=\"5\" pod=\"mig-small\" 1024",
+        ],
+        "{text}"
+    );
 }

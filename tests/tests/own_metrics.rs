@@ -169,3 +169,70 @@ async fn every_service_serves_its_own_metrics_with_help_lag_and_latency_by_route
     );
     assert!(om.ends_with("# EOF\n"), "{om}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_is_what_the_broker_holds_past_what_the_consumer_handled_committed_or_not() {
+    use msg_queue_client::consumer::{ConsumerLag, LagProbe};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::sync::Arc;
+
+    let broker = Broker::start();
+    let topic = integration_tests::unique("lag");
+    msg_queue_client::topic::ensure_topic(&broker.addr, &topic, 1, 1)
+        .await
+        .unwrap();
+    let raw: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    for i in 0..10 {
+        raw.send(
+            FutureRecord::to(&topic)
+                .key("k")
+                .payload(&format!("record {i}")),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    let lag = Arc::new(ConsumerLag::default());
+    let probe = Arc::new(LagProbe::new(&broker.addr, &topic, &[], lag.clone()).unwrap());
+    let measure = || {
+        let p = probe.clone();
+        async move {
+            tokio::task::spawn_blocking(move || p.measure())
+                .await
+                .unwrap()
+        }
+    };
+    // Assigned, nothing handled or committed yet: the whole log is lag (not "unknown").
+    // Partition 7 does not exist: no value rather than a wrong one.
+    lag.assigned([(0, None), (7, None)]);
+    measure().await;
+    assert_eq!(lag.snapshot(), [(0, 10)]);
+    // Resumed from a stored offset, then batches handled: what is left.
+    lag.assigned([(0, Some(3))]);
+    measure().await;
+    assert_eq!(lag.snapshot(), [(0, 7)]);
+    lag.handled(&[(0, 8)]);
+    measure().await;
+    assert_eq!(lag.snapshot(), [(0, 2)]);
+    // A stuck consumer handles nothing while records keep coming: the lag grows.
+    for _ in 0..5 {
+        raw.send(
+            FutureRecord::to(&topic).key("k").payload("more"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    measure().await;
+    assert_eq!(lag.snapshot(), [(0, 7)]);
+    lag.handled(&[(0, 15)]);
+    measure().await;
+    assert_eq!(lag.snapshot(), [(0, 0)]);
+    // Revoked: no series.
+    lag.revoked();
+    measure().await;
+    assert_eq!(lag.snapshot(), []);
+}
