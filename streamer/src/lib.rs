@@ -15,6 +15,7 @@ pub mod consume;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod remote_write;
 pub mod store;
 
 use std::sync::Arc;

@@ -55,12 +55,18 @@ impl MetricDef {
         (self.read)(s)
     }
 
-    /// The Prometheus name: `gpu_` + the name, and `_total` for a counter
+    /// The Prometheus name: the name under a `gpu_` prefix (not doubled:
+    /// `gpu_utilization_percent`), and `_total` for a counter
     /// (`gpu_energy_consumed_joules_total`).
     pub fn prometheus_name(&self) -> String {
+        let base = if self.name.starts_with("gpu_") {
+            self.name.to_string()
+        } else {
+            format!("gpu_{}", self.name)
+        };
         match self.kind {
-            Kind::Gauge => format!("gpu_{}", self.name),
-            Kind::Counter => format!("gpu_{}_total", self.name),
+            Kind::Gauge => base,
+            Kind::Counter => base + "_total",
         }
     }
 }
@@ -766,6 +772,9 @@ mod tests {
         let names: Vec<String> = METRICS.iter().map(MetricDef::prometheus_name).collect();
         assert!(names.contains(&"gpu_power_usage_watts".to_string()));
         assert!(names.contains(&"gpu_energy_consumed_joules_total".to_string()));
+        assert!(names.contains(&"gpu_utilization_percent".to_string()));
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "no two metrics share a name");
         for (m, n) in METRICS.iter().zip(&names) {
             assert_eq!(n.ends_with("_total"), m.kind == Kind::Counter, "{n}");
             assert!(m.dcgm.starts_with("DCGM_FI_"), "{}", m.name);

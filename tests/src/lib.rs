@@ -398,6 +398,109 @@ impl Broker {
     }
 }
 
+/// A real VictoriaMetrics single node (Debian's `victoria-metrics`, installed by
+/// `scripts/install-test-deps`) on a free port with its own data directory, deduplicating
+/// samples of the same series and timestamp (`-dedup.minScrapeInterval=1ms`).
+#[derive(Debug)]
+pub struct VictoriaMetrics {
+    /// The process (killed on drop).
+    pub proc: Proc,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    _data: tempfile::TempDir,
+}
+
+impl VictoriaMetrics {
+    /// Starts one and waits until it answers `/health`.
+    pub fn start() -> Self {
+        let data = tempfile::tempdir().expect("VictoriaMetrics data directory");
+        let port = free_port();
+        let bin = ["/usr/bin/victoria-metrics", "victoria-metrics"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("-version").output().is_ok())
+            .expect("victoria-metrics is not installed: run scripts/install-test-deps");
+        let proc = Proc::spawn(
+            "victoria-metrics",
+            std::path::Path::new(bin),
+            &args(&[
+                &format!("-httpListenAddr=127.0.0.1:{port}"),
+                &format!("-storageDataPath={}", data.path().display()),
+                "-retentionPeriod=100y",
+                "-dedup.minScrapeInterval=1ms",
+                "-search.latencyOffset=0s",
+                "-search.maxPointsPerTimeseries=1000000",
+            ]),
+            &[],
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/health");
+        poll_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .and_then(|mut s| {
+                    use std::io::{Read as _, Write as _};
+                    let _ = write!(s, "GET /health HTTP/1.0\r\n\r\n");
+                    let mut out = String::new();
+                    let _ = s.read_to_string(&mut out);
+                    (out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"))
+                        .then_some(())
+                })
+        })
+        .unwrap_or_else(|| panic!("VictoriaMetrics did not answer {health}"));
+        Self {
+            proc,
+            url,
+            _data: data,
+        }
+    }
+
+    /// Makes what was written searchable now (VictoriaMetrics buffers it about a second).
+    pub async fn flush(&self, http: &reqwest::Client) {
+        let r = http
+            .get(format!("{}/internal/force_flush", self.url))
+            .send()
+            .await
+            .expect("force_flush");
+        assert!(r.status().is_success(), "force_flush: {}", r.status());
+    }
+
+    /// Every raw sample of the series matching `selector`, as `/api/v1/export` gives them:
+    /// (labels, timestamps, values) per series.
+    pub async fn export(
+        &self,
+        http: &reqwest::Client,
+        selector: &str,
+    ) -> Vec<(serde_json::Value, Vec<i64>, Vec<f64>)> {
+        let text = http
+            .get(format!("{}/api/v1/export", self.url))
+            .query(&[("match[]", selector)])
+            .send()
+            .await
+            .expect("export")
+            .text()
+            .await
+            .expect("export body");
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("export line");
+                let ts = v["timestamps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_i64().unwrap())
+                    .collect();
+                let vs = v["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect();
+                (v["metric"].clone(), ts, vs)
+            })
+            .collect()
+    }
+}
+
 /// A collector's flags: two simulated GPUs every 100 ms into `topic` (2 partitions).
 pub fn simulated_collector_args(broker: &Broker, topic: &str) -> Vec<String> {
     args(&[

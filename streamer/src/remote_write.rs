@@ -1,0 +1,288 @@
+//! Prometheus remote write (protocol 1.0: protobuf `WriteRequest`, snappy block-compressed,
+//! over HTTP POST) of verified batches, for a history kept in VictoriaMetrics or anything
+//! else that takes remote write (Mimir, Thanos receive).
+//!
+//! Each metric of the catalog becomes the series `gpu_<metric>` (`_total` for counters: see
+//! [`telemetry_wire::metric::MetricDef::prometheus_name`]) labelled `uuid`, `node` and
+//! `gpu` (the index on its node), one sample per reading at the reading's own timestamp in
+//! the metric's unit. Writing a batch twice writes the same samples at the same timestamps:
+//! the engine's deduplication (VictoriaMetrics `-dedup.minScrapeInterval`) keeps one.
+//!
+//! This is the write half of the `victoriametrics` history backend (issue 11), tested on its
+//! own against a real VictoriaMetrics; the streamer does not use it yet.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prost::Message as _;
+use telemetry_wire::metric::METRICS;
+use telemetry_wire::wire::TelemetryBatch;
+
+/// The remote-write protocol's messages (prometheus/prompb `remote.proto` and
+/// `types.proto`, the fields protocol 1.0 uses).
+pub mod proto {
+    /// A request: series with their samples.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteRequest {
+        /// The series.
+        #[prost(message, repeated, tag = "1")]
+        pub timeseries: Vec<TimeSeries>,
+    }
+
+    /// One series: its labels (sorted by name, `__name__` among them) and samples.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TimeSeries {
+        /// Labels, sorted by name.
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<Label>,
+        /// Samples, oldest first.
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<Sample>,
+    }
+
+    /// A label.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        /// Its name.
+        #[prost(string, tag = "1")]
+        pub name: String,
+        /// Its value.
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    /// A sample.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        /// The value.
+        #[prost(double, tag = "1")]
+        pub value: f64,
+        /// UTC milliseconds.
+        #[prost(int64, tag = "2")]
+        pub timestamp: i64,
+    }
+}
+
+/// The series of `batch`: one per (GPU, metric) it carries, samples oldest first.
+pub fn series(batch: &TelemetryBatch) -> Vec<proto::TimeSeries> {
+    let index: BTreeMap<&str, u32> = batch
+        .gpus
+        .iter()
+        .map(|g| (g.uuid.as_str(), g.index))
+        .collect();
+    // (uuid, metric index in the catalog) → samples.
+    let mut by_series: BTreeMap<(&str, usize), Vec<proto::Sample>> = BTreeMap::new();
+    for s in &batch.samples {
+        for (i, m) in METRICS.iter().enumerate() {
+            if let Some(value) = m.value(s) {
+                by_series
+                    .entry((s.uuid.as_str(), i))
+                    .or_default()
+                    .push(proto::Sample {
+                        value,
+                        timestamp: s.timestamp_ms,
+                    });
+            }
+        }
+    }
+    by_series
+        .into_iter()
+        .map(|((uuid, i), mut samples)| {
+            samples.sort_by_key(|s| s.timestamp);
+            let label = |name: &str, value: String| proto::Label {
+                name: name.to_string(),
+                value,
+            };
+            proto::TimeSeries {
+                // Sorted by name, as the protocol asks.
+                labels: vec![
+                    label("__name__", METRICS[i].prometheus_name()),
+                    label(
+                        "gpu",
+                        index.get(uuid).map(u32::to_string).unwrap_or_default(),
+                    ),
+                    label("node", batch.node.clone()),
+                    label("uuid", uuid.to_string()),
+                ],
+                samples,
+            }
+        })
+        .collect()
+}
+
+/// `batch` as a remote-write request body: protobuf, snappy block format.
+///
+/// # Errors
+/// snappy's (it does not fail on input this size).
+pub fn encode(batch: &TelemetryBatch) -> Result<Vec<u8>, snap::Error> {
+    let req = proto::WriteRequest {
+        timeseries: series(batch),
+    };
+    snap::raw::Encoder::new().compress_vec(&req.encode_to_vec())
+}
+
+/// Why a write did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The endpoint could not be reached, or answered 5xx / 429: try again later.
+    #[error("remote write to {url} failed, will retry: {detail}")]
+    Retry {
+        /// The endpoint.
+        url: String,
+        /// What happened (no credential in it).
+        detail: String,
+    },
+    /// The endpoint refused the data (4xx other than 429): retrying would not help.
+    #[error("remote write to {url} refused the batch: HTTP {status}: {body}")]
+    Refused {
+        /// The endpoint.
+        url: String,
+        /// Its status.
+        status: u16,
+        /// The start of its answer.
+        body: String,
+    },
+    /// The body could not be made.
+    #[error("remote write body: {0}")]
+    Encode(#[from] snap::Error),
+}
+
+/// Posts remote-write bodies to one endpoint (`…/api/v1/write`).
+#[derive(Debug, Clone)]
+pub struct RemoteWriter {
+    http: reqwest::Client,
+    url: String,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl RemoteWriter {
+    /// A writer to `url`, each request sending `headers` too (e.g. `Authorization`) and
+    /// given up after `timeout`.
+    ///
+    /// # Errors
+    /// The HTTP client's, when it cannot be built.
+    pub fn new(
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+            url: url.to_string(),
+            headers,
+        })
+    }
+
+    /// Writes `batch` once.
+    ///
+    /// # Errors
+    /// [`WriteError::Retry`] when it may succeed later, [`WriteError::Refused`] when not.
+    pub async fn write(&self, batch: &TelemetryBatch) -> Result<(), WriteError> {
+        let body = encode(batch)?;
+        let resp = self
+            .http
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header("Content-Type", "application/x-protobuf")
+            .header("Content-Encoding", "snappy")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| WriteError::Retry {
+                url: self.url.clone(),
+                detail: e.without_url().to_string(),
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text: String = resp.text().await.unwrap_or_default();
+        let text: String = text.chars().take(300).collect();
+        if status.is_server_error() || status.as_u16() == 429 {
+            Err(WriteError::Retry {
+                url: self.url.clone(),
+                detail: format!("HTTP {status}: {text}"),
+            })
+        } else {
+            Err(WriteError::Refused {
+                url: self.url.clone(),
+                status: status.as_u16(),
+                body: text,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telemetry_wire::wire::{GpuInfo, GpuSample};
+
+    #[test]
+    fn a_batch_becomes_one_series_per_gpu_and_metric_in_metric_units_sorted_by_label() {
+        let batch = TelemetryBatch {
+            node: "node-a".into(),
+            gpus: vec![GpuInfo {
+                uuid: "GPU-1".into(),
+                index: 2,
+                ..Default::default()
+            }],
+            samples: vec![
+                GpuSample {
+                    uuid: "GPU-1".into(),
+                    timestamp_ms: 2_000,
+                    gpu_utilization_percent: Some(40),
+                    power_usage_milliwatts: Some(312_500),
+                    ..Default::default()
+                },
+                GpuSample {
+                    uuid: "GPU-1".into(),
+                    timestamp_ms: 1_000,
+                    gpu_utilization_percent: Some(30),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let s = series(&batch);
+        let named: Vec<(String, Vec<(i64, f64)>)> = s
+            .iter()
+            .map(|t| {
+                assert!(t.labels.windows(2).all(|w| w[0].name < w[1].name));
+                (
+                    t.labels[0].value.clone(),
+                    t.samples.iter().map(|x| (x.timestamp, x.value)).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (
+                    "gpu_utilization_percent".to_string(),
+                    vec![(1_000, 30.0), (2_000, 40.0)]
+                ),
+                ("gpu_power_usage_watts".to_string(), vec![(2_000, 312.5)]),
+            ]
+        );
+        let labels: Vec<(&str, &str)> = s[0]
+            .labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("__name__", "gpu_utilization_percent"),
+                ("gpu", "2"),
+                ("node", "node-a"),
+                ("uuid", "GPU-1")
+            ]
+        );
+        // The body decodes back to the same request.
+        let body = encode(&batch).unwrap();
+        let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+        assert_eq!(proto::WriteRequest::decode(&raw[..]).unwrap().timeseries, s);
+    }
+}
