@@ -16,6 +16,20 @@ pub struct StreamerConfig {
     /// Address of the gRPC query service.
     #[arg(long, env = "STREAMER_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
+    /// Where the history lives: `builtin` (this streamer's durable store) or
+    /// `victoriametrics` (every batch written to VictoriaMetrics — or anything taking
+    /// Prometheus remote write — and acknowledged before the store takes it and its offset
+    /// is committed; reads still come from the store for now).
+    #[arg(long, env = "HISTORY_BACKEND", value_enum, default_value_t = HistoryBackend::Builtin)]
+    pub history_backend: HistoryBackend,
+    /// With `--history-backend victoriametrics`: its base URL (`http://vm:8428`; samples go
+    /// to `<url>/api/v1/write`).
+    #[arg(long, env = "VICTORIAMETRICS_URL")]
+    pub victoriametrics_url: Option<String>,
+    /// A bearer token VictoriaMetrics (or its proxy) requires (prefer the env var from a
+    /// Secret: flags show in `ps`).
+    #[arg(long, env = "VICTORIAMETRICS_BEARER_TOKEN", hide_env_values = true)]
+    pub victoriametrics_bearer_token: Option<SecretString>,
     /// Serve `/metrics` (Prometheus text or OpenMetrics) and `/healthz` on this address (e.g.
     /// 0.0.0.0:9401); off when unset.
     #[arg(long, env = "STREAMER_METRICS_ADDR")]
@@ -157,4 +171,14 @@ impl StoreArgs {
         d.retention_1h = self.retention_1h;
         d.flush_interval = self.flush_interval;
     }
+}
+
+/// Where the streamer's history lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HistoryBackend {
+    /// This streamer's durable store.
+    #[default]
+    Builtin,
+    /// VictoriaMetrics (remote write), ahead of the durable store.
+    Victoriametrics,
 }

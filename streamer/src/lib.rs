@@ -55,6 +55,64 @@ pub enum StreamerError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The history backend is misconfigured (one line: which flag, what is wrong).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Opens the store `cfg` asks for: the durable store in its data directory, behind a
+/// VictoriaMetrics remote write with `--history-backend victoriametrics`. Call it within
+/// the runtime (remote writes run on it).
+///
+/// # Errors
+/// [`StreamerError::Store`] when the data directory cannot be opened,
+/// [`StreamerError::Config`] for a missing or unusable VictoriaMetrics URL.
+pub fn open_store(cfg: &StreamerConfig) -> Result<Store, StreamerError> {
+    use secrecy::ExposeSecret as _;
+    let disk: Arc<dyn store::History> = Arc::new(store::DiskHistory::open(cfg.disk_config())?);
+    match cfg.history_backend {
+        config::HistoryBackend::Builtin => Ok(Store::open(disk)?),
+        config::HistoryBackend::Victoriametrics => {
+            let url = cfg.victoriametrics_url.as_deref().ok_or_else(|| {
+                StreamerError::Config(
+                    "--history-backend victoriametrics needs --victoriametrics-url (env VICTORIAMETRICS_URL)"
+                        .into(),
+                )
+            })?;
+            if !url.starts_with("http://") {
+                return Err(StreamerError::Config(format!(
+                    "--victoriametrics-url must be an http:// URL (TLS to VictoriaMetrics is not built in yet; put a TLS proxy on the node's side), not {}",
+                    url.split("://").next().unwrap_or("?")
+                )));
+            }
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(t) = &cfg.victoriametrics_bearer_token {
+                let mut v = reqwest::header::HeaderValue::from_str(&format!(
+                    "Bearer {}",
+                    t.expose_secret()
+                ))
+                .map_err(|_| {
+                    StreamerError::Config(
+                        "the VictoriaMetrics bearer token is not a valid header value".into(),
+                    )
+                })?;
+                v.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
+            let writer = remote_write::RemoteWriter::new(
+                &format!("{}/api/v1/write", url.trim_end_matches('/')),
+                headers,
+                std::time::Duration::from_secs(30),
+            )
+            .map_err(|e| StreamerError::Config(format!("remote write client: {e}")))?;
+            let history =
+                remote_write::WriteThrough::new(writer, disk, tokio::runtime::Handle::current());
+            Ok(Store::open(Arc::new(history))?)
+        }
+    }
 }
 
 /// Adapts a [`Store`] to the consumer's [`OffsetSource`]: partitions resume where the store

@@ -14,7 +14,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let store = match streamer::store::Store::open_disk(cfg.disk_config()) {
+    let store = match streamer::open_store(&cfg) {
         Ok(s) => std::sync::Arc::new(s),
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "streamer: {error}");

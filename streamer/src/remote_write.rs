@@ -8,8 +8,10 @@
 //! the metric's unit. Writing a batch twice writes the same samples at the same timestamps:
 //! the engine's deduplication (VictoriaMetrics `-dedup.minScrapeInterval`) keeps one.
 //!
-//! This is the write half of the `victoriametrics` history backend (issue 11), tested on its
-//! own against a real VictoriaMetrics; the streamer does not use it yet.
+//! [`WriteThrough`] is the `victoriametrics` history backend as far as it goes today: every
+//! batch is written to the remote first (acknowledged before the store takes it, so Kafka
+//! offsets are covered and committed only after the remote has the samples), then kept in
+//! the streamer's own store, which still answers reads.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -211,6 +213,106 @@ impl RemoteWriter {
                 body: text,
             })
         }
+    }
+}
+
+/// A [`crate::store::History`] that writes every batch to a remote-write endpoint before
+/// the local history takes it. A write that fails fails the batch: the consume loop retries
+/// it with backoff, and its offsets are not covered until both have it. Reads, offsets and
+/// maintenance are the local history's.
+#[derive(Debug)]
+pub struct WriteThrough {
+    writer: RemoteWriter,
+    local: std::sync::Arc<dyn crate::store::History>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl WriteThrough {
+    /// `local` behind `writer`; writes run on `runtime` (the store is called from blocking
+    /// threads).
+    pub fn new(
+        writer: RemoteWriter,
+        local: std::sync::Arc<dyn crate::store::History>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            writer,
+            local,
+            runtime,
+        }
+    }
+}
+
+impl crate::store::History for WriteThrough {
+    fn apply(
+        &self,
+        batch: &TelemetryBatch,
+    ) -> Result<(crate::store::Applied, Vec<bool>), crate::store::StoreError> {
+        // Every sample, new or redelivered: the remote keeps one per series and timestamp.
+        self.runtime
+            .block_on(self.writer.write(batch))
+            .map_err(|e| crate::store::StoreError::Remote(Box::new(e)))?;
+        self.local.apply(batch)
+    }
+
+    fn cover(&self, next: &[(i32, i64)]) -> Result<(), crate::store::StoreError> {
+        self.local.cover(next)
+    }
+
+    fn resume_offset(&self, partition: i32) -> Option<i64> {
+        self.local.resume_offset(partition)
+    }
+
+    fn range(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+    ) -> Result<Option<(Vec<crate::store::Reading>, bool)>, crate::store::StoreError> {
+        self.local.range(uuid, start_ms, end_ms, limit)
+    }
+
+    fn range_blocks(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        limit: usize,
+        encoded: bool,
+        emit: &mut dyn FnMut(crate::store::Block) -> bool,
+    ) -> Result<Option<bool>, crate::store::StoreError> {
+        self.local
+            .range_blocks(uuid, start_ms, end_ms, limit, encoded, emit)
+    }
+
+    fn aggregate(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        agg: crate::store::Agg,
+        limit: usize,
+    ) -> Result<Option<(Vec<crate::store::AggRow>, bool)>, crate::store::StoreError> {
+        self.local
+            .aggregate(uuid, start_ms, end_ms, step_ms, agg, limit)
+    }
+
+    fn flush(&self) -> Result<u64, crate::store::StoreError> {
+        self.local.flush()
+    }
+
+    fn flush_due(&self) -> bool {
+        self.local.flush_due()
+    }
+
+    fn sweep(&self, now_ms: i64) -> Result<crate::store::Swept, crate::store::StoreError> {
+        self.local.sweep(now_ms)
+    }
+
+    fn series(&self) -> Result<Vec<crate::store::SeriesState>, crate::store::StoreError> {
+        self.local.series()
     }
 }
 

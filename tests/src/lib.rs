@@ -407,6 +407,7 @@ pub struct VictoriaMetrics {
     pub proc: Proc,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
+    bin: &'static str,
     _data: tempfile::TempDir,
 }
 
@@ -419,21 +420,52 @@ impl VictoriaMetrics {
             .into_iter()
             .find(|b| Command::new(b).arg("-version").output().is_ok())
             .expect("victoria-metrics is not installed: run scripts/install-test-deps");
-        let proc = Proc::spawn(
+        let proc = Self::spawn(bin, port, data.path());
+        let url = format!("http://127.0.0.1:{port}");
+        Self::wait_healthy(port);
+        Self {
+            proc,
+            url,
+            bin,
+            _data: data,
+        }
+    }
+
+    fn spawn(bin: &str, port: u16, data: &std::path::Path) -> Proc {
+        Proc::spawn(
             "victoria-metrics",
             std::path::Path::new(bin),
             &args(&[
                 &format!("-httpListenAddr=127.0.0.1:{port}"),
-                &format!("-storageDataPath={}", data.path().display()),
+                &format!("-storageDataPath={}", data.display()),
                 "-retentionPeriod=100y",
                 "-dedup.minScrapeInterval=1ms",
                 "-search.latencyOffset=0s",
                 "-search.maxPointsPerTimeseries=1000000",
             ]),
             &[],
-        );
-        let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/health");
+        )
+    }
+
+    /// Kills it (-9); [`VictoriaMetrics::restart`] brings it back on the same port and data.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts it again on the same port and data directory, and waits until it answers.
+    pub fn restart(&mut self) {
+        let port: u16 = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port of the url");
+        self.proc = Self::spawn(self.bin, port, self._data.path());
+        Self::wait_healthy(port);
+    }
+
+    fn wait_healthy(port: u16) {
+        let health = format!("http://127.0.0.1:{port}/health");
         poll_until(Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port))
                 .ok()
@@ -447,11 +479,6 @@ impl VictoriaMetrics {
                 })
         })
         .unwrap_or_else(|| panic!("VictoriaMetrics did not answer {health}"));
-        Self {
-            proc,
-            url,
-            _data: data,
-        }
     }
 
     /// Makes what was written searchable now (VictoriaMetrics buffers it about a second).

@@ -42,6 +42,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The remote history (VictoriaMetrics, remote write) did not take the batch.
+    #[error("remote history: {0}")]
+    Remote(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Stored bytes do not decode.
     #[error("corrupt data in series {series}: {source}")]
     Corrupt {
