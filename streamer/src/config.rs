@@ -22,6 +22,11 @@ pub struct StreamerConfig {
     /// is committed; reads still come from the store for now).
     #[arg(long, env = "HISTORY_BACKEND", value_enum, default_value_t = HistoryBackend::Builtin)]
     pub history_backend: HistoryBackend,
+    /// With `--history-backend victoriametrics`: where `/telemetry` ranges and aggregates
+    /// are read from, `local` (this streamer's store, which holds the same samples) or
+    /// `victoriametrics` (its export API; aggregated here as the store aggregates).
+    #[arg(long, env = "HISTORY_READS", value_enum, default_value_t = HistoryReads::Local)]
+    pub history_reads: HistoryReads,
     /// With `--history-backend victoriametrics`: its base URL (`http://vm:8428`; samples go
     /// to `<url>/api/v1/write`).
     #[arg(long, env = "VICTORIAMETRICS_URL")]
@@ -180,5 +185,15 @@ pub enum HistoryBackend {
     #[default]
     Builtin,
     /// VictoriaMetrics (remote write), ahead of the durable store.
+    Victoriametrics,
+}
+
+/// Where ranges and aggregates are read from with the `victoriametrics` history backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HistoryReads {
+    /// This streamer's store.
+    #[default]
+    Local,
+    /// VictoriaMetrics's export API.
     Victoriametrics,
 }

@@ -104,12 +104,21 @@ pub fn open_store(cfg: &StreamerConfig) -> Result<Store, StreamerError> {
             }
             let writer = remote_write::RemoteWriter::new(
                 &format!("{}/api/v1/write", url.trim_end_matches('/')),
-                headers,
+                headers.clone(),
                 std::time::Duration::from_secs(30),
             )
             .map_err(|e| StreamerError::Config(format!("remote write client: {e}")))?;
-            let history =
+            let mut history =
                 remote_write::WriteThrough::new(writer, disk, tokio::runtime::Handle::current());
+            if cfg.history_reads == config::HistoryReads::Victoriametrics {
+                let reader = remote_write::VictoriaReader::new(
+                    url,
+                    headers.clone(),
+                    std::time::Duration::from_secs(30),
+                )
+                .map_err(|e| StreamerError::Config(format!("VictoriaMetrics client: {e}")))?;
+                history = history.reading_from(reader);
+            }
             Ok(Store::open(Arc::new(history))?)
         }
     }

@@ -216,6 +216,114 @@ impl RemoteWriter {
     }
 }
 
+/// Reads a GPU's raw readings back from VictoriaMetrics (`/api/v1/export`): every catalog
+/// series of the GPU in the window, turned back into readings (the metric's value times its
+/// divisor is the wire field's value, exactly for the integers the collector sends).
+#[derive(Debug, Clone)]
+pub struct VictoriaReader {
+    http: reqwest::Client,
+    export_url: String,
+    headers: reqwest::header::HeaderMap,
+    /// Prometheus name → (column position, divisor).
+    columns: std::collections::HashMap<String, (usize, f64)>,
+}
+
+impl VictoriaReader {
+    /// A reader of VictoriaMetrics at `base_url`, sending `headers` with each request.
+    ///
+    /// # Errors
+    /// The HTTP client's, when it cannot be built.
+    pub fn new(
+        base_url: &str,
+        headers: reqwest::header::HeaderMap,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        use crate::store::reading::COLUMNS;
+        let columns = METRICS
+            .iter()
+            .filter_map(|m| {
+                COLUMNS
+                    .iter()
+                    .position(|c| c.field == m.field)
+                    .map(|i| (m.prometheus_name(), (i, m.divisor)))
+            })
+            .collect();
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+            export_url: format!("{}/api/v1/export", base_url.trim_end_matches('/')),
+            headers,
+            columns,
+        })
+    }
+
+    /// `uuid`'s readings with `start_ms <= t < end_ms`, oldest first (empty when it has none
+    /// there).
+    ///
+    /// # Errors
+    /// A line saying what failed (unreachable, an HTTP status, an answer that does not parse).
+    pub async fn readings(
+        &self,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<crate::store::Reading>, String> {
+        let selector = format!(
+            "{{__name__=~\"gpu_.+\",uuid=\"{}\"}}",
+            uuid.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        // `end` is inclusive there: ask to the millisecond before ours.
+        let secs = |ms: i64| format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000));
+        let resp = self
+            .http
+            .get(&self.export_url)
+            .headers(self.headers.clone())
+            .query(&[
+                ("match[]", selector.as_str()),
+                ("start", &secs(start_ms)),
+                ("end", &secs(end_ms.saturating_sub(1))),
+            ])
+            .send()
+            .await
+            .map_err(|e| format!("VictoriaMetrics export: {}", e.without_url()))?;
+        if !resp.status().is_success() {
+            return Err(format!("VictoriaMetrics export: HTTP {}", resp.status()));
+        }
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| format!("VictoriaMetrics export: {}", e.without_url()))?;
+        let mut by_ts: BTreeMap<i64, crate::store::Reading> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| format!("VictoriaMetrics export line: {e}"))?;
+            let Some(&(col, divisor)) = v["metric"]["__name__"]
+                .as_str()
+                .and_then(|n| self.columns.get(n))
+            else {
+                continue; // a series this catalog does not know
+            };
+            let (Some(ts), Some(vs)) = (v["timestamps"].as_array(), v["values"].as_array()) else {
+                return Err("VictoriaMetrics export line without timestamps/values".into());
+            };
+            for (t, x) in ts.iter().zip(vs) {
+                let (Some(t), Some(x)) = (t.as_i64(), x.as_f64()) else {
+                    continue;
+                };
+                if t < start_ms || t >= end_ms || !x.is_finite() || x < 0.0 {
+                    continue;
+                }
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let raw = (x * divisor).round() as u64;
+                by_ts
+                    .entry(t)
+                    .or_insert_with(|| crate::store::Reading::empty(t))
+                    .set(col, raw);
+            }
+        }
+        Ok(by_ts.into_values().collect())
+    }
+}
+
 /// A [`crate::store::History`] that writes every batch to a remote-write endpoint before
 /// the local history takes it. A write that fails fails the batch: the consume loop retries
 /// it with backoff, and its offsets are not covered until both have it. Reads, offsets and
@@ -223,6 +331,7 @@ impl RemoteWriter {
 #[derive(Debug)]
 pub struct WriteThrough {
     writer: RemoteWriter,
+    reader: Option<VictoriaReader>,
     local: std::sync::Arc<dyn crate::store::History>,
     runtime: tokio::runtime::Handle,
 }
@@ -237,9 +346,35 @@ impl WriteThrough {
     ) -> Self {
         Self {
             writer,
+            reader: None,
             local,
             runtime,
         }
+    }
+
+    /// Answers range and aggregate reads from VictoriaMetrics through `reader` (the local
+    /// history still says which GPUs exist).
+    pub fn reading_from(mut self, reader: VictoriaReader) -> Self {
+        self.reader = Some(reader);
+        self
+    }
+
+    /// The remote readings of `uuid` in the window, or `None` when the GPU is unknown here.
+    fn remote_readings(
+        &self,
+        reader: &VictoriaReader,
+        uuid: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Option<Vec<crate::store::Reading>>, crate::store::StoreError> {
+        // Known GPUs are the local history's (a zero-width look at it).
+        if self.local.range(uuid, start_ms, start_ms, 0)?.is_none() {
+            return Ok(None);
+        }
+        self.runtime
+            .block_on(reader.readings(uuid, start_ms, end_ms))
+            .map(Some)
+            .map_err(|e| crate::store::StoreError::Remote(e.into()))
     }
 }
 
@@ -270,7 +405,16 @@ impl crate::store::History for WriteThrough {
         end_ms: i64,
         limit: usize,
     ) -> Result<Option<(Vec<crate::store::Reading>, bool)>, crate::store::StoreError> {
-        self.local.range(uuid, start_ms, end_ms, limit)
+        let Some(reader) = &self.reader else {
+            return self.local.range(uuid, start_ms, end_ms, limit);
+        };
+        Ok(self
+            .remote_readings(reader, uuid, start_ms, end_ms)?
+            .map(|mut rs| {
+                let more = rs.len() > limit;
+                rs.truncate(limit);
+                (rs, more)
+            }))
     }
 
     fn range_blocks(
@@ -282,8 +426,20 @@ impl crate::store::History for WriteThrough {
         encoded: bool,
         emit: &mut dyn FnMut(crate::store::Block) -> bool,
     ) -> Result<Option<bool>, crate::store::StoreError> {
-        self.local
-            .range_blocks(uuid, start_ms, end_ms, limit, encoded, emit)
+        if self.reader.is_none() {
+            return self
+                .local
+                .range_blocks(uuid, start_ms, end_ms, limit, encoded, emit);
+        }
+        let Some((rs, more)) = self.range(uuid, start_ms, end_ms, limit)? else {
+            return Ok(None);
+        };
+        for block in rs.chunks(4096) {
+            if !emit(crate::store::Block::Readings(block.to_vec())) {
+                break;
+            }
+        }
+        Ok(Some(more))
     }
 
     fn aggregate(
@@ -295,8 +451,30 @@ impl crate::store::History for WriteThrough {
         agg: crate::store::Agg,
         limit: usize,
     ) -> Result<Option<(Vec<crate::store::AggRow>, bool)>, crate::store::StoreError> {
-        self.local
-            .aggregate(uuid, start_ms, end_ms, step_ms, agg, limit)
+        let Some(reader) = &self.reader else {
+            return self
+                .local
+                .aggregate(uuid, start_ms, end_ms, step_ms, agg, limit);
+        };
+        if step_ms <= 0 {
+            return Err(crate::store::StoreError::Other(
+                "step must be positive".into(),
+            ));
+        }
+        // Whole buckets, as the durable store answers them.
+        use crate::store::rollup;
+        let start = rollup::bucket_of(start_ms, step_ms);
+        let end = rollup::bucket_of(end_ms.saturating_sub(1), step_ms).saturating_add(step_ms);
+        let Some(rs) = self.remote_readings(reader, uuid, start, end)? else {
+            return Ok(None);
+        };
+        // Limited as the durable store limits: by buckets.
+        let parts = rollup::partials(&rs, step_ms);
+        let more = parts.len() > limit;
+        Ok(Some((
+            rollup::rows(parts.into_values().take(limit), agg),
+            more,
+        )))
     }
 
     fn flush(&self) -> Result<u64, crate::store::StoreError> {

@@ -312,3 +312,102 @@ fn a_victoriametrics_backend_without_a_usable_url_stops_startup_in_one_line() {
         assert_eq!(line, said);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_read_back_from_victoriametrics_is_byte_for_byte_the_builtin_answer() {
+    use integration_tests::{
+        Broker, Names, eventually, free_port, get_json, spawn_api, spawn_collector,
+        spawn_streamer_with, unique,
+    };
+    const SPEC: collector::simulated::FleetSpec = collector::simulated::FleetSpec {
+        nodes: 1,
+        gpus_per_node: 2,
+        seed: 8,
+    };
+    const ROUNDS: u64 = 30;
+    let vm = VictoriaMetrics::start();
+    let broker = Broker::start();
+    // Two streamers on the same topic in two groups: the builtin store, and VictoriaMetrics
+    // (written through, read back from it).
+    let n = Names::fresh("vm-reads");
+    let n_vm = Names {
+        group: unique("vm-reads-vm"),
+        data_dir: std::sync::Arc::new(tempfile::tempdir().unwrap()),
+        streamer_metrics_port: free_port(),
+        ..n.clone()
+    };
+    let (grpc, grpc_vm) = (free_port(), free_port());
+    let token = [("SERVICE_TOKEN", n.token.clone())];
+    let _builtin = spawn_streamer_with(&broker, &n, grpc, &[], &token);
+    let _remote = spawn_streamer_with(
+        &broker,
+        &n_vm,
+        grpc_vm,
+        &[
+            "--history-backend",
+            "victoriametrics",
+            "--victoriametrics-url",
+            vm.url.as_str(),
+            "--history-reads",
+            "victoriametrics",
+        ],
+        &token,
+    );
+    let (_api, base) = spawn_api(&n, grpc);
+    let (_api_vm, base_vm) = spawn_api(&n_vm, grpc_vm);
+    let mut collector = spawn_collector(&broker, &n, SPEC, "50ms", ROUNDS);
+    assert!(collector.wait_exit(Duration::from_secs(60)).success());
+    let http = reqwest::Client::new();
+    for b in [&base, &base_vm] {
+        eventually(Duration::from_secs(60), "every sample stored", || async {
+            let (s, body) = get_json(&http, &format!("{b}/api/v1/gpus"), Some(&n.api_key)).await;
+            let list = body["gpus"].as_array()?.clone();
+            (s == 200
+                && list.len() == 2
+                && list
+                    .iter()
+                    .all(|g| g["sample_count"].as_u64() == Some(ROUNDS)))
+            .then_some(())
+        })
+        .await;
+    }
+    vm.flush(&http).await;
+    let (_, list) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
+    let window = "start_time=2000-01-01T00:00:00Z&end_time=2100-01-01T00:00:00Z";
+    let mut compared = 0;
+    for g in list["gpus"].as_array().unwrap() {
+        let uuid = g["uuid"].as_str().unwrap();
+        for q in [
+            window.to_string(),
+            format!("{window}&limit=7"),
+            format!("{window}&metrics=power_usage_watts,memory_used_bytes"),
+            format!("{window}&step=1s&agg=avg"),
+            format!("{window}&step=1s&agg=max&metrics=gpu_utilization_percent"),
+            format!("{window}&step=1h&agg=count"),
+        ] {
+            let url = |b: &str| format!("{b}/api/v1/gpus/{uuid}/telemetry?{q}");
+            let get = |u: String| {
+                let http = http.clone();
+                let key = n.api_key.clone();
+                async move {
+                    let r = http.get(u).header("x-api-key", key).send().await.unwrap();
+                    (r.status().as_u16(), r.bytes().await.unwrap())
+                }
+            };
+            let (s1, a) = get(url(&base)).await;
+            let (s2, b) = get(url(&base_vm)).await;
+            assert_eq!((s1, s2), (200, 200), "{q}");
+            assert!(a.len() > 100, "{q}");
+            assert_eq!(
+                String::from_utf8_lossy(&a),
+                String::from_utf8_lossy(&b),
+                "{uuid} {q}"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 12);
+    // An unknown GPU is a 404 on both.
+    let unknown = format!("{base_vm}/api/v1/gpus/GPU-unknown/telemetry?{window}");
+    assert_eq!(get_json(&http, &unknown, Some(&n.api_key)).await.0, 404);
+}
