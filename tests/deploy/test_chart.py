@@ -778,3 +778,33 @@ def test_an_offline_render_without_secrets_fails_in_one_line_instead_of_inventin
     install(VALUE_SETS["seed-option-2"], raw=True)
     _, docs = install({"secrets": {"generate": "always"}}, raw=True)
     assert by_kind(docs, "Secret")
+
+
+def test_the_history_can_live_in_victoriametrics_and_the_streamer_may_reach_it():
+    _, docs = install({})
+    env = env_of(pod_spec(one(docs, "Deployment", "streamer"))["containers"][0])
+    assert env["HISTORY_BACKEND"]["value"] == "builtin"
+    assert "VICTORIAMETRICS_URL" not in env
+    egress = by_kind(docs, "NetworkPolicy")["streamer"]["spec"]["egress"]
+    assert not [e for e in egress if {"port": 8428, "protocol": "TCP"} in e.get("ports", [])]
+
+    _, docs = install(VALUE_SETS["history-victoriametrics"])
+    env = env_of(pod_spec(one(docs, "Deployment", "streamer"))["containers"][0])
+    assert env["HISTORY_BACKEND"]["value"] == "victoriametrics"
+    assert env["HISTORY_READS"]["value"] == "victoriametrics"
+    assert env["VICTORIAMETRICS_URL"]["value"] == "http://vmsingle.monitoring:8428"
+    # The token from a Secret, never a value in the manifest.
+    assert env["VICTORIAMETRICS_BEARER_TOKEN"] == {
+        "name": "VICTORIAMETRICS_BEARER_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "vm-auth", "key": "token"}}}
+    egress = by_kind(docs, "NetworkPolicy")["streamer"]["spec"]["egress"]
+    assert egress[-1] == {"ports": [{"port": 8428, "protocol": "TCP"}]}
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    _, docs = install({**VALUE_SETS["history-victoriametrics"], "networkPolicy": {"historyTo": peers}})
+    assert by_kind(docs, "NetworkPolicy")["streamer"]["spec"]["egress"][-1]["to"] == peers
+
+    # Without a URL, or with https (not built in yet), the render says what is wrong.
+    with pytest.raises(Exception, match="history.backend victoriametrics needs history.victoriametrics.url"):
+        install({"history": {"backend": "victoriametrics"}})
+    with pytest.raises(Exception):
+        install({"history": {"backend": "victoriametrics", "victoriametrics": {"url": "https://vm:8428"}}})

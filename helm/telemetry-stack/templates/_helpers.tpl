@@ -278,3 +278,43 @@ address, on its ports). */}}
     {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The streamer's history settings as env vars (checked: victoriametrics needs a URL). */}}
+{{- define "ts.historyEnv" -}}
+{{- $h := .Values.history -}}
+- name: HISTORY_BACKEND
+  value: {{ $h.backend | quote }}
+{{- if eq $h.backend "victoriametrics" }}
+{{- if not $h.victoriametrics.url }}
+{{- fail "history.backend victoriametrics needs history.victoriametrics.url (http://…, the base URL of VictoriaMetrics)" }}
+{{- end }}
+- name: HISTORY_READS
+  value: {{ $h.reads | quote }}
+- name: VICTORIAMETRICS_URL
+  value: {{ $h.victoriametrics.url | quote }}
+{{- with $h.victoriametrics.bearerTokenSecret }}
+{{- if .name }}
+- name: VICTORIAMETRICS_BEARER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name | quote }}
+      key: {{ .key | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Egress to VictoriaMetrics (history.backend victoriametrics). */}}
+{{- define "ts.egressHistory" -}}
+{{- if eq .Values.history.backend "victoriametrics" }}
+- {{- with .Values.networkPolicy.historyTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    {{- range .Values.networkPolicy.historyPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end }}
