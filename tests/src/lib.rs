@@ -407,7 +407,6 @@ pub struct VictoriaMetrics {
     pub proc: Proc,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
-    bin: &'static str,
     _data: tempfile::TempDir,
 }
 
@@ -426,7 +425,6 @@ impl VictoriaMetrics {
         Self {
             proc,
             url,
-            bin,
             _data: data,
         }
     }
@@ -445,23 +443,6 @@ impl VictoriaMetrics {
             ]),
             &[],
         )
-    }
-
-    /// Kills it (-9); [`VictoriaMetrics::restart`] brings it back on the same port and data.
-    pub fn kill9(&mut self) {
-        self.proc.kill9();
-    }
-
-    /// Starts it again on the same port and data directory, and waits until it answers.
-    pub fn restart(&mut self) {
-        let port: u16 = self
-            .url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port of the url");
-        self.proc = Self::spawn(self.bin, port, self._data.path());
-        Self::wait_healthy(port);
     }
 
     fn wait_healthy(port: u16) {

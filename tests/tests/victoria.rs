@@ -76,14 +76,12 @@ async fn every_sample_lands_once_with_its_exact_value_even_when_written_twice() 
         Err(WriteError::Refused { status, .. }) => assert_eq!(status, 400),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    // An endpoint that is not there: try again later.
+    // An endpoint that never answers (a port held, nothing served): try again later.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gone = RemoteWriter::new(
-        &format!(
-            "http://127.0.0.1:{}/api/v1/write",
-            integration_tests::free_port()
-        ),
+        &format!("http://{}/api/v1/write", silent.local_addr().unwrap()),
         reqwest::header::HeaderMap::new(),
-        Duration::from_secs(2),
+        Duration::from_secs(1),
     )
     .unwrap();
     assert!(matches!(
@@ -215,7 +213,27 @@ async fn while_victoriametrics_is_down_batches_wait_and_nothing_is_lost_or_doubl
         seed: 4,
     };
     const ROUNDS: u64 = 40;
-    let mut vm = VictoriaMetrics::start();
+    let vm = VictoriaMetrics::start();
+    // The streamer reaches VictoriaMetrics through a proxy the test can cut: its port stays
+    // held throughout (a stopped VictoriaMetrics would free its port for anyone to take).
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let target = vm.url.trim_start_matches("http://").to_string();
+    let gate = up.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = proxy.accept().await {
+            if !gate.load(std::sync::atomic::Ordering::SeqCst) {
+                continue; // dropped: the connection is reset, as with nobody listening
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
     let broker = Broker::start();
     let n = Names::fresh("vm-down");
     let grpc = free_port();
@@ -223,7 +241,7 @@ async fn while_victoriametrics_is_down_batches_wait_and_nothing_is_lost_or_doubl
         "--history-backend",
         "victoriametrics",
         "--victoriametrics-url",
-        vm.url.as_str(),
+        proxy_url.as_str(),
     ];
     let _streamer = spawn_streamer_with(
         &broker,
@@ -240,7 +258,7 @@ async fn while_victoriametrics_is_down_batches_wait_and_nothing_is_lost_or_doubl
         )
     };
     // VictoriaMetrics goes away before anything is written: batches fail and wait.
-    vm.kill9();
+    up.store(false, std::sync::atomic::Ordering::SeqCst);
     let mut collector = spawn_collector(&broker, &n, SPEC, "50ms", ROUNDS);
     assert!(collector.wait_exit(Duration::from_secs(60)).success());
     eventually(Duration::from_secs(30), "writes failing", || async {
@@ -254,7 +272,7 @@ async fn while_victoriametrics_is_down_batches_wait_and_nothing_is_lost_or_doubl
         Some(0),
         "a batch is stored only once the remote has it"
     );
-    vm.restart();
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
     eventually(Duration::from_secs(60), "every sample stored", || async {
         (stored(http.clone(), n.streamer_metrics()).await == Some(2 * ROUNDS)).then_some(())
     })
