@@ -277,15 +277,21 @@ async fn while_victoriametrics_is_down_batches_wait_and_nothing_is_lost_or_doubl
         (stored(http.clone(), n.streamer_metrics()).await == Some(2 * ROUNDS)).then_some(())
     })
     .await;
-    vm.flush(&http).await;
     let util = metric::find("gpu_utilization_percent").unwrap();
-    let series = vm
-        .export(
-            &http,
-            &format!("{}{{node=\"sim-node-000\"}}", util.prometheus_name()),
-        )
-        .await;
-    assert_eq!(series.len(), 2, "both GPUs");
+    let selector = format!("{}{{node=\"sim-node-000\"}}", util.prometheus_name());
+    // Searchable once VictoriaMetrics has flushed what it took (it acknowledged every batch
+    // before the streamer stored it).
+    let series = eventually(
+        Duration::from_secs(30),
+        "every round searchable",
+        || async {
+            vm.flush(&http).await;
+            let series = vm.export(&http, &selector).await;
+            (series.len() == 2 && series.iter().all(|s| s.1.len() >= ROUNDS as usize))
+                .then_some(series)
+        },
+    )
+    .await;
     for (labels, ts, _) in &series {
         let distinct: std::collections::BTreeSet<&i64> = ts.iter().collect();
         assert_eq!(
