@@ -204,56 +204,35 @@ mod tests {
                 wire.extend(enc.chunk(p).unwrap());
             }
             // What was sent so far decodes to the first four pieces already.
+            let first = parts[..4].concat();
+            let mut d = decoder(coding, &wire);
             let mut so_far = Vec::new();
-            match coding {
-                Coding::Zstd => {
-                    let mut d = zstd::stream::read::Decoder::new(&wire[..]).unwrap();
-                    let mut buf = [0u8; 1024];
-                    while so_far.len() < parts[..4].concat().len() {
-                        let n = d.read(&mut buf).unwrap();
-                        assert!(n > 0);
-                        so_far.extend_from_slice(&buf[..n]);
-                    }
-                }
-                Coding::Gzip => {
-                    let mut d = flate2::read::GzDecoder::new(&wire[..]);
-                    let mut buf = [0u8; 1024];
-                    while so_far.len() < parts[..4].concat().len() {
-                        let n = d.read(&mut buf).unwrap();
-                        assert!(n > 0);
-                        so_far.extend_from_slice(&buf[..n]);
-                    }
-                }
+            let mut buf = [0u8; 1024];
+            while so_far.len() < first.len() {
+                let n = d.read(&mut buf).unwrap();
+                assert!(n > 0);
+                so_far.extend_from_slice(&buf[..n]);
             }
-            assert_eq!(so_far, parts[..4].concat(), "{coding:?}");
+            drop(d);
+            assert_eq!(so_far, first, "{coding:?}");
             wire.extend(enc.finish(&parts[4]).unwrap());
-            let whole = match coding {
-                Coding::Zstd => zstd::decode_all(&wire[..]).unwrap(),
-                Coding::Gzip => {
-                    let mut out = Vec::new();
-                    flate2::read::GzDecoder::new(&wire[..])
-                        .read_to_end(&mut out)
-                        .unwrap();
-                    out
-                }
-            };
-            assert_eq!(whole, all, "{coding:?}");
+            assert_eq!(decode_whole(coding, &wire), all, "{coding:?}");
             assert!(wire.len() < all.len() / 10, "{coding:?}: {}", wire.len());
             assert_eq!(decode_whole(coding, &compress(coding, &all).unwrap()), all);
         }
     }
 
+    fn decoder(coding: Coding, data: &[u8]) -> Box<dyn std::io::Read + '_> {
+        match coding {
+            Coding::Zstd => Box::new(zstd::stream::read::Decoder::new(data).unwrap()),
+            Coding::Gzip => Box::new(flate2::read::GzDecoder::new(data)),
+        }
+    }
+
     fn decode_whole(coding: Coding, data: &[u8]) -> Vec<u8> {
         use std::io::Read as _;
-        match coding {
-            Coding::Zstd => zstd::decode_all(data).unwrap(),
-            Coding::Gzip => {
-                let mut out = Vec::new();
-                flate2::read::GzDecoder::new(data)
-                    .read_to_end(&mut out)
-                    .unwrap();
-                out
-            }
-        }
+        let mut out = Vec::new();
+        decoder(coding, data).read_to_end(&mut out).unwrap();
+        out
     }
 }

@@ -72,11 +72,7 @@ fn etags() -> &'static [String; 5] {
 fn serve(i: usize, headers: &HeaderMap) -> Response {
     let a = &ASSETS[i];
     let tag = &etags()[i];
-    let fresh = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
-    let mut resp = if fresh {
+    let mut resp = if crate::routes::etag_matches(headers, tag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         ([(header::CONTENT_TYPE, a.content_type)], a.body).into_response()

@@ -390,6 +390,15 @@ pub fn render(mut visit: impl FnMut(&mut dyn FnMut(GpuView<'_>)), openmetrics: b
 mod tests {
     use super::*;
 
+    fn view<'a>(info: &'a GpuInfo, sample: &'a GpuSample) -> GpuView<'a> {
+        GpuView {
+            info,
+            latest: Some(sample),
+            last_seen_ms: 1,
+            sample_count: 1,
+        }
+    }
+
     fn gpu() -> (GpuInfo, GpuSample) {
         let info = GpuInfo {
             uuid: "GPU-1".into(),
@@ -420,12 +429,7 @@ mod tests {
     #[test]
     fn a_gpu_renders_with_dcgm_exporters_labels_units_and_escaping() {
         let (info, sample) = gpu();
-        let view = GpuView {
-            info: &info,
-            latest: Some(&sample),
-            last_seen_ms: 1,
-            sample_count: 1,
-        };
+        let view = view(&info, &sample);
         let text = String::from_utf8(render(|f| f(view), false)).unwrap();
         let labels = "{gpu=\"3\",UUID=\"GPU-1\",pci_bus_id=\"00000000:1B:00.0\",device=\"nvidia3\",modelName=\"NVIDIA H100 \\\"SXM\\\"\",Hostname=\"gpu-node-7\",DCGM_FI_DRIVER_VERSION=\"550.54.15\",container=\"main\",namespace=\"ml\",pod=\"train-0\"}";
         for want in [
@@ -479,12 +483,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let view = GpuView {
-            info: &info,
-            latest: Some(&sample),
-            last_seen_ms: 1,
-            sample_count: 1,
-        };
+        let view = view(&info, &sample);
         let text = String::from_utf8(render(|f| f(view), false)).unwrap();
         let base = "gpu=\"3\",UUID=\"GPU-1\",pci_bus_id=\"00000000:1B:00.0\",device=\"nvidia3\",modelName=\"NVIDIA H100 \\\"SXM\\\"\",Hostname=\"gpu-node-7\",DCGM_FI_DRIVER_VERSION=\"550.54.15\"";
         let a = format!(

@@ -82,7 +82,7 @@ impl ApiMetrics {
         &self.registry
     }
 
-    fn observe(&self, route: &str, method: &axum::http::Method, status: u16, seconds: f64) {
+    fn observe(&self, route: String, method: &axum::http::Method, status: u16, seconds: f64) {
         self.http.observe(route, method, status, seconds);
         let c = &self.counts;
         let e = match status {
@@ -160,7 +160,7 @@ pub async fn count(State(m): State<Arc<ApiMetrics>>, req: Request, next: Next) -
     let method = req.method().clone();
     let resp = next.run(req).await;
     m.observe(
-        &route,
+        route,
         &method,
         resp.status().as_u16(),
         start.elapsed().as_secs_f64(),

@@ -206,14 +206,9 @@ async fn pipeline(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<R
     Ok(Json(crate::model::Pipeline::from_counters(&counters)).into_response())
 }
 
-/// A JSON answer with a weak `ETag` of its content (the same on every replica for the same
-/// data), `304 Not Modified` when the request's `If-None-Match` names it, and zstd or gzip (off the
-/// async workers) when the client accepts it.
-async fn conditional_json(headers: &HeaderMap, body: Vec<u8>) -> Response {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(&body);
-    let etag = format!("W/\"{}\"", hex::encode(&digest[..12]));
-    let matches = headers
+/// Whether the request's `If-None-Match` names `etag` (weak comparison, `*` matches all).
+pub(crate) fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -221,7 +216,17 @@ async fn conditional_json(headers: &HeaderMap, body: Vec<u8>) -> Response {
         .any(|t| {
             let t = t.trim();
             t == "*" || t.trim_start_matches("W/") == etag.trim_start_matches("W/")
-        });
+        })
+}
+
+/// A JSON answer with a weak `ETag` of its content (the same on every replica for the same
+/// data), `304 Not Modified` when the request's `If-None-Match` names it, and zstd or gzip (off the
+/// async workers) when the client accepts it.
+async fn conditional_json(headers: &HeaderMap, body: Vec<u8>) -> Response {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(&body);
+    let etag = format!("W/\"{}\"", hex::encode(&digest[..12]));
+    let matches = etag_matches(headers, &etag);
     let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("W/\"\""));
     if matches {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();

@@ -65,7 +65,5 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    telemetry_metrics::serve_router(listener, app, shutdown).await
 }

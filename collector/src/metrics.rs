@@ -69,25 +69,22 @@ impl telemetry_metrics::prometheus_client::collector::Collector for Scrape {
         let m = &self.metrics;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let e = &mut enc;
-        counter(
-            e,
-            ROUNDS,
-            "Sampling rounds completed.",
-            [(NONE, g(&m.rounds))],
-        )?;
-        counter(e, SAMPLES, "GPU samples read.", [(NONE, g(&m.samples))])?;
-        counter(
-            e,
-            PUBLISHED,
-            "Records the broker acknowledged.",
-            [(NONE, g(&m.published))],
-        )?;
-        counter(
-            e,
-            DROPPED,
-            "Records dropped, oldest first, because the buffer was full while the broker was away.",
-            [(NONE, self.buffer.dropped())],
-        )?;
+        for (name, help, value) in [
+            (ROUNDS, "Sampling rounds completed.", g(&m.rounds)),
+            (SAMPLES, "GPU samples read.", g(&m.samples)),
+            (
+                PUBLISHED,
+                "Records the broker acknowledged.",
+                g(&m.published),
+            ),
+            (
+                DROPPED,
+                "Records dropped, oldest first, because the buffer was full while the broker was away.",
+                self.buffer.dropped(),
+            ),
+        ] {
+            counter(e, name, help, [(NONE, value)])?;
+        }
         counter(
             e,
             ERRORS,
@@ -108,10 +105,7 @@ impl telemetry_metrics::prometheus_client::collector::Collector for Scrape {
             e,
             IN_FLIGHT,
             "Records handed to the producer, not yet acknowledged.",
-            [(
-                NONE,
-                depth(usize::try_from(g(&m.in_flight)).unwrap_or(usize::MAX)),
-            )],
+            [(NONE, i64::try_from(g(&m.in_flight)).unwrap_or(i64::MAX))],
         )?;
         let last = m.last_good_round_ms.load(Ordering::Relaxed);
         if last > 0 {

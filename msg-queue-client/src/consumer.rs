@@ -141,13 +141,10 @@ impl LagProbe {
         extra: &[(String, String)],
         lag: Arc<ConsumerLag>,
     ) -> Result<Self, QueueError> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", brokers);
-        for (k, v) in extra {
-            c.set(k, v);
-        }
         Ok(Self {
-            client: c.create().map_err(kafka("create lag probe"))?,
+            client: crate::client_config(brokers, extra)
+                .create()
+                .map_err(kafka("create lag probe"))?,
             topic: topic.to_string(),
             lag,
         })

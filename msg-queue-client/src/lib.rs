@@ -76,6 +76,16 @@ impl QueueError {
     }
 }
 
+/// A client configuration for `brokers` with the `extra` properties (security) applied.
+pub(crate) fn client_config(brokers: &str, extra: &[(String, String)]) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in extra {
+        c.set(k, v);
+    }
+    c
+}
+
 pub(crate) fn kafka(action: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> QueueError {
     move |source| QueueError::Kafka { action, source }
 }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -34,13 +33,9 @@ pub async fn ensure_topic_with(
     replication: i32,
     extra: &[(String, String)],
 ) -> Result<(), QueueError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    for (k, v) in extra {
-        config.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().map_err(kafka("create admin client"))?;
+    let admin: AdminClient<DefaultClientContext> = crate::client_config(brokers, extra)
+        .create()
+        .map_err(kafka("create admin client"))?;
     // The broker stamps each record when it appends it: a timestamp no producer can choose,
     // which bounds what a retired service token may still sign (see `wire::record_time`).
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))

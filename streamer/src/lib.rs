@@ -264,15 +264,9 @@ pub async fn run(
         let _ = r.await;
     }
     lag_task.abort();
-    if let Some(mut m) = metrics_server {
-        // A scrape in flight gets a moment; a client holding a connection open does not
-        // hold up the exit.
-        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut m)
-            .await
-            .is_err()
-        {
-            m.abort();
-        }
+    if let Some(m) = metrics_server {
+        // Bounded: telemetry_metrics::serve drains for DRAIN_TIMEOUT at most.
+        let _ = m.await;
     }
     topics.abort();
     served?;

@@ -21,37 +21,14 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(cfg.grpc_addr).await {
-        Ok(l) => l,
-        Err(error) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "streamer: cannot listen on {}: {error}",
-                cfg.grpc_addr
-            );
-            return std::process::ExitCode::FAILURE;
-        }
+    let Some(listener) = listen(cfg.grpc_addr, "grpc").await else {
+        return std::process::ExitCode::FAILURE;
     };
-    if let Ok(addr) = listener.local_addr() {
-        // A plain line on stdout, for scripts and tests that start it on port 0.
-        let _ = writeln!(std::io::stdout(), "streamer grpc listening on {addr}");
-    }
     let metrics_listener = match cfg.metrics_addr {
         None => None,
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                if let Ok(a) = l.local_addr() {
-                    let _ = writeln!(std::io::stdout(), "streamer metrics listening on {a}");
-                }
-                Some(l)
-            }
-            Err(error) => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "streamer: cannot listen on {addr}: {error}"
-                );
-                return std::process::ExitCode::FAILURE;
-            }
+        Some(addr) => match listen(addr, "metrics").await {
+            Some(l) => Some(l),
+            None => return std::process::ExitCode::FAILURE,
         },
     };
     match streamer::run(
@@ -68,6 +45,26 @@ async fn main() -> std::process::ExitCode {
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "streamer: {error}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds `addr` and says so on stdout (`streamer <what> listening on <addr>`: scripts and
+/// tests start it on port 0), or says on stderr why it cannot.
+async fn listen(addr: std::net::SocketAddr, what: &str) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            if let Ok(a) = l.local_addr() {
+                let _ = writeln!(std::io::stdout(), "streamer {what} listening on {a}");
+            }
+            Some(l)
+        }
+        Err(error) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "streamer: cannot listen on {addr}: {error}"
+            );
+            None
         }
     }
 }

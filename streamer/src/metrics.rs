@@ -135,48 +135,42 @@ impl telemetry_metrics::prometheus_client::collector::Collector for Scrape {
         let m = &self.0;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let e = &mut enc;
-        counter(
-            e,
-            RECORDS,
-            "Records consumed from the telemetry topic, each counted once when its batch is handled.",
-            [(NONE, g(&m.records))],
-        )?;
-        counter(
-            e,
-            SAMPLES_STORED,
-            "Samples newly stored.",
-            [(NONE, g(&m.samples_stored))],
-        )?;
-        counter(
-            e,
-            SAMPLES_DUPLICATE,
-            "Samples ignored because the store already had them (redeliveries).",
-            [(NONE, g(&m.samples_duplicate))],
-        )?;
-        counter(
-            e,
-            SAMPLES_EXPIRED,
-            "Samples ignored because they are older than the retention window.",
-            [(NONE, g(&m.samples_expired))],
-        )?;
-        counter(
-            e,
-            SAMPLES_DURABLE,
-            "Samples written to disk by the store's flushes.",
-            [(NONE, g(&m.samples_durable))],
-        )?;
-        counter(
-            e,
-            FLUSHES,
-            "Store flushes that wrote something.",
-            [(NONE, g(&m.flushes))],
-        )?;
-        counter(
-            e,
-            SAMPLES_SWEPT,
-            "Samples dropped by retention sweeps.",
-            [(NONE, g(&m.samples_swept))],
-        )?;
+        for (name, help, value) in [
+            (
+                RECORDS,
+                "Records consumed from the telemetry topic, each counted once when its batch is handled.",
+                &m.records,
+            ),
+            (SAMPLES_STORED, "Samples newly stored.", &m.samples_stored),
+            (
+                SAMPLES_DUPLICATE,
+                "Samples ignored because the store already had them (redeliveries).",
+                &m.samples_duplicate,
+            ),
+            (
+                SAMPLES_EXPIRED,
+                "Samples ignored because they are older than the retention window.",
+                &m.samples_expired,
+            ),
+            (
+                SAMPLES_DURABLE,
+                "Samples written to disk by the store's flushes.",
+                &m.samples_durable,
+            ),
+            (FLUSHES, "Store flushes that wrote something.", &m.flushes),
+            (
+                SAMPLES_SWEPT,
+                "Samples dropped by retention sweeps.",
+                &m.samples_swept,
+            ),
+            (
+                DEAD_LETTERED,
+                "Records forwarded to the dead-letter topic.",
+                &m.dead_lettered,
+            ),
+        ] {
+            counter(e, name, help, [(NONE, g(value))])?;
+        }
         let unflushed = g(&m.samples_stored).saturating_sub(g(&m.samples_durable));
         gauge(
             e,
@@ -196,12 +190,6 @@ impl telemetry_metrics::prometheus_client::collector::Collector for Scrape {
             REJECTED,
             "Records rejected (and dead-lettered), by reason.",
             rejected,
-        )?;
-        counter(
-            e,
-            DEAD_LETTERED,
-            "Records forwarded to the dead-letter topic.",
-            [(NONE, g(&m.dead_lettered))],
         )?;
         let errors: Vec<_> = m
             .errors

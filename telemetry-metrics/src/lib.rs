@@ -71,8 +71,12 @@ pub fn respond_all(registries: &[&Registry], headers: &HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// How long a metrics server's shutdown waits for a scrape in flight before cutting it: a
+/// client holding a connection open never holds up the process's exit.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves `/metrics` (from `registry`) and `/healthz` (`ok` while the process runs) on
-/// `listener` until `shutdown`.
+/// `listener` until `shutdown` (see [`serve_router`]).
 ///
 /// # Errors
 /// The server's I/O error.
@@ -90,9 +94,35 @@ pub async fn serve(
         )
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .with_state(registry);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    serve_router(listener, app, shutdown).await
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets requests in flight finish for
+/// [`DRAIN_TIMEOUT`] at most.
+///
+/// # Errors
+/// The server's I/O error.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    });
+    let server = server.into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r,
+        Ok(()) = stopped => {}
+    }
+    // Shutting down: what is in flight may finish; after that, dropping the server cuts the
+    // connections still open.
+    tokio::time::timeout(DRAIN_TIMEOUT, server)
         .await
+        .unwrap_or(Ok(()))
 }
 
 /// HELP texts given to these helpers are written as given (end them with a full stop); the
@@ -206,8 +236,8 @@ impl HttpMetrics {
         );
     }
 
-    /// Records one request.
-    pub fn observe(&self, route: &str, method: &http::Method, status: u16, seconds: f64) {
+    /// Records one request under `route` (a template, never a raw path).
+    pub fn observe(&self, route: String, method: &http::Method, status: u16, seconds: f64) {
         let method = match *method {
             http::Method::GET => "GET",
             http::Method::HEAD => "HEAD",
@@ -220,7 +250,7 @@ impl HttpMetrics {
         };
         self.requests
             .get_or_create(&HttpLabels {
-                route: route.to_string(),
+                route,
                 method,
                 status,
             })
@@ -357,9 +387,9 @@ mod tests {
         c.inc_by(3);
         let h = HttpMetrics::new("demo");
         h.register(&mut r);
-        h.observe("/a/{b}", &http::Method::GET, 200, 0.003);
-        h.observe("/a/{b}", &http::Method::GET, 200, 0.2);
-        h.observe("x\"y\\z\n", &http::Method::GET, 404, 0.001);
+        h.observe("/a/{b}".into(), &http::Method::GET, 200, 0.003);
+        h.observe("/a/{b}".into(), &http::Method::GET, 200, 0.2);
+        h.observe("x\"y\\z\n".into(), &http::Method::GET, 404, 0.001);
         let (ct, text) = encode(&r, false);
         assert!(text.contains("route=\"x\\\"y\\\\z\\n\""), "{text}");
         assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");

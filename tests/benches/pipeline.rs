@@ -178,6 +178,25 @@ async fn latency_encoded(
     (pct(&mut ms, 0.5), pct(&mut ms, 0.99), bytes)
 }
 
+/// `url` for 10,000 GPUs plain, then with gzip and zstd, each against plain as a ratio from
+/// the same run.
+async fn encodings(client: &reqwest::Client, url: &str, n: usize, what: &str) {
+    let path = url.split_once("/api/").map_or(url, |(_, p)| p);
+    let (plain_p50, p99, plain_bytes) = latency(client, url, n).await;
+    println!(
+        "GET /api/{path}{what}, 10,000 GPUs, embedded store: p50 {plain_p50:.1} ms, p99 {p99:.1} ms ({plain_bytes} bytes, {:.0} bytes/GPU, {n} requests)",
+        plain_bytes as f64 / 10_000.0
+    );
+    for coding in ["gzip", "zstd"] {
+        let (p50, p99, bytes) = latency_encoded(client, url, n, coding).await;
+        println!(
+            "GET /api/{path}, Accept-Encoding {coding}: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes; {:.2}x the bytes, {:.2}x the p50 of plain)",
+            bytes as f64 / plain_bytes as f64,
+            p50 / plain_p50
+        );
+    }
+}
+
 async fn serve_api(backend: Arc<dyn TelemetryBackend>) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -249,36 +268,16 @@ async fn main() {
         metrics: metrics.clone(),
     }))
     .await;
-    let (p50, p99, bytes) = latency(&client, &format!("{embedded}/api/v1/gpus"), 200).await;
-    println!(
-        "GET /api/v1/gpus, 10,000 GPUs, embedded store: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 200 requests)"
-    );
-    let (plain_p50, plain_bytes) = (p50, bytes);
-    for coding in ["gzip", "zstd"] {
-        let (p50, p99, bytes) =
-            latency_encoded(&client, &format!("{embedded}/api/v1/gpus"), 200, coding).await;
-        println!(
-            "GET /api/v1/gpus, 10,000 GPUs, embedded store, Accept-Encoding {coding}: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 200 requests; {:.2}x the bytes, {:.2}x the p50 of plain)",
-            bytes as f64 / plain_bytes as f64,
-            p50 / plain_p50
-        );
-    }
-    // 5. The Prometheus exposition under dcgm-exporter's names, streamed field by field.
-    let (p50, p99, bytes) = latency(&client, &format!("{embedded}/api/v1/metrics"), 50).await;
-    println!(
-        "GET /api/v1/metrics (dcgm-exporter names), 10,000 GPUs, embedded store: p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, {:.0} bytes/GPU, 50 requests)",
-        bytes as f64 / 10_000.0
-    );
-    let (plain_p50, plain_bytes) = (p50, bytes);
-    for coding in ["gzip", "zstd"] {
-        let (p50, p99, bytes) =
-            latency_encoded(&client, &format!("{embedded}/api/v1/metrics"), 50, coding).await;
-        println!(
-            "GET /api/v1/metrics, 10,000 GPUs, embedded store, Accept-Encoding {coding} (Prometheus asks gzip): p50 {p50:.1} ms, p99 {p99:.1} ms ({bytes} bytes, 50 requests; {:.2}x the bytes, {:.2}x the p50 of plain)",
-            bytes as f64 / plain_bytes as f64,
-            p50 / plain_p50
-        );
-    }
+    encodings(&client, &format!("{embedded}/api/v1/gpus"), 200, "").await;
+    // 5. The Prometheus exposition under dcgm-exporter's names, streamed field by field
+    //    (Prometheus asks for gzip).
+    encodings(
+        &client,
+        &format!("{embedded}/api/v1/metrics"),
+        50,
+        " (dcgm-exporter names)",
+    )
+    .await;
     if exposition_only {
         return;
     }

@@ -419,34 +419,20 @@ impl VictoriaMetrics {
             .into_iter()
             .find(|b| Command::new(b).arg("-version").output().is_ok())
             .expect("victoria-metrics is not installed: run scripts/install-test-deps");
-        let proc = Self::spawn(bin, port, data.path());
-        let url = format!("http://127.0.0.1:{port}");
-        Self::wait_healthy(port);
-        Self {
-            proc,
-            url,
-            _data: data,
-        }
-    }
-
-    fn spawn(bin: &str, port: u16, data: &std::path::Path) -> Proc {
-        Proc::spawn(
+        let proc = Proc::spawn(
             "victoria-metrics",
             std::path::Path::new(bin),
             &args(&[
                 &format!("-httpListenAddr=127.0.0.1:{port}"),
-                &format!("-storageDataPath={}", data.display()),
+                &format!("-storageDataPath={}", data.path().display()),
                 "-retentionPeriod=100y",
                 "-dedup.minScrapeInterval=1ms",
                 "-search.latencyOffset=0s",
                 "-search.maxPointsPerTimeseries=1000000",
             ]),
             &[],
-        )
-    }
-
-    fn wait_healthy(port: u16) {
-        let health = format!("http://127.0.0.1:{port}/health");
+        );
+        let url = format!("http://127.0.0.1:{port}");
         poll_until(Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port))
                 .ok()
@@ -459,7 +445,12 @@ impl VictoriaMetrics {
                         .then_some(())
                 })
         })
-        .unwrap_or_else(|| panic!("VictoriaMetrics did not answer {health}"));
+        .unwrap_or_else(|| panic!("VictoriaMetrics did not answer {url}/health"));
+        Self {
+            proc,
+            url,
+            _data: data,
+        }
     }
 
     /// Makes what was written searchable now (VictoriaMetrics buffers it about a second).
@@ -730,6 +721,46 @@ pub fn spawn_collector_with(
         &args,
         &[("SERVICE_TOKEN", n.token.clone())],
     )
+}
+
+/// Waits until the API lists `gpus` GPUs with `per_gpu` samples each; returns the list.
+pub async fn wait_for_samples(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    gpus: usize,
+    per_gpu: u64,
+) -> Vec<serde_json::Value> {
+    eventually(
+        Duration::from_secs(60),
+        "every sample visible in the API",
+        || async {
+            let (status, body) = get_json(http, &format!("{base}/api/v1/gpus"), Some(key)).await;
+            if status != 200 {
+                return None;
+            }
+            let list = body["gpus"].as_array()?.clone();
+            let complete = list.len() == gpus
+                && list
+                    .iter()
+                    .all(|g| g["sample_count"].as_u64() == Some(per_gpu));
+            complete.then_some(list)
+        },
+    )
+    .await
+}
+
+/// Waits until the API lists a GPU with more than 5 samples: part of a stream is in.
+pub async fn wait_for_some_samples(http: &reqwest::Client, base: &str, key: &str) {
+    eventually(Duration::from_secs(60), "some samples stored", || async {
+        let (s, body) = get_json(http, &format!("{base}/api/v1/gpus"), Some(key)).await;
+        (s == 200
+            && body["gpus"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g["sample_count"].as_u64() > Some(5))))
+        .then_some(())
+    })
+    .await;
 }
 
 /// The value of one series in Prometheus text, matched exactly: `name` with its labels as

@@ -6,7 +6,7 @@ use std::time::Duration;
 use collector::simulated::{FleetSpec, SimulatedSource};
 use integration_tests::{
     Broker, Names, eventually, free_port, get_json, get_text, metric_value, spawn_api,
-    spawn_collector, spawn_streamer, spawn_streamer_with,
+    spawn_collector, spawn_streamer, spawn_streamer_with, wait_for_samples, wait_for_some_samples,
 };
 use serde_json::Value;
 use telemetry_wire::metric;
@@ -24,33 +24,6 @@ fn ms(rfc3339: &str) -> i64 {
         .unwrap()
         .unix_timestamp_nanos()
         / 1_000_000) as i64
-}
-
-/// Waits until the API lists `gpus` GPUs with `per_gpu` samples each; returns the list.
-async fn wait_for_samples(
-    http: &reqwest::Client,
-    base: &str,
-    key: &str,
-    gpus: usize,
-    per_gpu: u64,
-) -> Vec<Value> {
-    eventually(
-        Duration::from_secs(60),
-        "every sample visible in the API",
-        || async {
-            let (status, body) = get_json(http, &format!("{base}/api/v1/gpus"), Some(key)).await;
-            if status != 200 {
-                return None;
-            }
-            let list = body["gpus"].as_array()?.clone();
-            let complete = list.len() == gpus
-                && list
-                    .iter()
-                    .all(|g| g["sample_count"].as_u64() == Some(per_gpu));
-            complete.then_some(list)
-        },
-    )
-    .await
 }
 
 /// Checks every sample of every GPU against what the simulated fleet must have produced;
@@ -216,15 +189,7 @@ async fn streamer_killed_mid_stream_restarts_and_each_sample_appears_exactly_onc
     let http = reqwest::Client::new();
 
     // Kill -9 once the streamer has stored part of the stream.
-    eventually(Duration::from_secs(60), "some samples stored", || async {
-        let (s, body) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
-        (s == 200
-            && body["gpus"]
-                .as_array()
-                .is_some_and(|g| g.iter().any(|g| g["sample_count"].as_u64() > Some(5))))
-        .then_some(())
-    })
-    .await;
+    wait_for_some_samples(&http, &base, &n.api_key).await;
     assert!(
         matches!(collector.child.try_wait(), Ok(None)),
         "the collector is still producing when the streamer dies"

@@ -93,8 +93,7 @@ async fn every_sample_lands_once_with_its_exact_value_even_when_written_twice() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamer_writing_to_victoriametrics_killed_mid_stream_leaves_every_sample_there_once() {
     use integration_tests::{
-        Broker, Names, eventually, free_port, get_json, spawn_api, spawn_collector,
-        spawn_streamer_with,
+        Broker, Names, free_port, get_json, spawn_api, spawn_collector, spawn_streamer_with,
     };
     const SPEC: collector::simulated::FleetSpec = collector::simulated::FleetSpec {
         nodes: 2,
@@ -119,15 +118,7 @@ async fn a_streamer_writing_to_victoriametrics_killed_mid_stream_leaves_every_sa
     let http = reqwest::Client::new();
 
     // Kill -9 once part of the stream is in.
-    eventually(Duration::from_secs(60), "some samples stored", || async {
-        let (s, body) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
-        (s == 200
-            && body["gpus"]
-                .as_array()
-                .is_some_and(|g| g.iter().any(|g| g["sample_count"].as_u64() > Some(5))))
-        .then_some(())
-    })
-    .await;
+    integration_tests::wait_for_some_samples(&http, &base, &n.api_key).await;
     assert!(
         matches!(collector.child.try_wait(), Ok(None)),
         "the collector is still producing when the streamer dies"
@@ -140,21 +131,7 @@ async fn a_streamer_writing_to_victoriametrics_killed_mid_stream_leaves_every_sa
 
     // Every GPU's every sample: in the API (the store) and in VictoriaMetrics, once each,
     // with the same values.
-    let gpus = eventually(
-        Duration::from_secs(60),
-        "every sample in the API",
-        || async {
-            let (s, body) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
-            let list = body["gpus"].as_array()?.clone();
-            (s == 200
-                && list.len() == 4
-                && list
-                    .iter()
-                    .all(|g| g["sample_count"].as_u64() == Some(ROUNDS)))
-            .then_some(list)
-        },
-    )
-    .await;
+    let gpus = integration_tests::wait_for_samples(&http, &base, &n.api_key, 4, ROUNDS).await;
     vm.flush(&http).await;
     let util = metric::find("gpu_utilization_percent").unwrap();
     for g in &gpus {
@@ -340,8 +317,7 @@ fn a_victoriametrics_backend_without_a_usable_url_stops_startup_in_one_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_read_back_from_victoriametrics_is_byte_for_byte_the_builtin_answer() {
     use integration_tests::{
-        Broker, Names, eventually, free_port, get_json, spawn_api, spawn_collector,
-        spawn_streamer_with, unique,
+        Broker, Names, free_port, get_json, spawn_api, spawn_collector, spawn_streamer_with, unique,
     };
     const SPEC: collector::simulated::FleetSpec = collector::simulated::FleetSpec {
         nodes: 1,
@@ -383,17 +359,7 @@ async fn telemetry_read_back_from_victoriametrics_is_byte_for_byte_the_builtin_a
     assert!(collector.wait_exit(Duration::from_secs(60)).success());
     let http = reqwest::Client::new();
     for b in [&base, &base_vm] {
-        eventually(Duration::from_secs(60), "every sample stored", || async {
-            let (s, body) = get_json(&http, &format!("{b}/api/v1/gpus"), Some(&n.api_key)).await;
-            let list = body["gpus"].as_array()?.clone();
-            (s == 200
-                && list.len() == 2
-                && list
-                    .iter()
-                    .all(|g| g["sample_count"].as_u64() == Some(ROUNDS)))
-            .then_some(())
-        })
-        .await;
+        integration_tests::wait_for_samples(&http, b, &n.api_key, 2, ROUNDS).await;
     }
     vm.flush(&http).await;
     let (_, list) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
