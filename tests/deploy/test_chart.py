@@ -806,5 +806,5 @@ def test_the_history_can_live_in_victoriametrics_and_the_streamer_may_reach_it()
     # Without a URL, or with https (not built in yet), the render says what is wrong.
     with pytest.raises(Exception, match="history.backend victoriametrics needs history.victoriametrics.url"):
         install({"history": {"backend": "victoriametrics"}})
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="/history/victoriametrics/url.*https://vm:8428.*does not match"):
         install({"history": {"backend": "victoriametrics", "victoriametrics": {"url": "https://vm:8428"}}})

@@ -397,6 +397,48 @@ async fn telemetry_read_back_from_victoriametrics_is_byte_for_byte_the_builtin_a
         }
     }
     assert_eq!(compared, 12);
+    // The second answers really come from VictoriaMetrics (equal answers alone would also
+    // come from a streamer ignoring --history-reads): a sample written to VictoriaMetrics
+    // only is in its answer and not in the builtin one.
+    let uuid = list["gpus"][0]["uuid"].as_str().unwrap().to_string();
+    let only_in_vm = telemetry_wire::wire::TelemetryBatch {
+        node: list["gpus"][0]["node"].as_str().unwrap().to_string(),
+        samples: vec![telemetry_wire::wire::GpuSample {
+            uuid: uuid.clone(),
+            timestamp_ms: 1_000_000_000_000, // 2001-09-09T01:46:40Z
+            gpu_utilization_percent: Some(77),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    RemoteWriter::new(
+        &format!("{}/api/v1/write", vm.url),
+        reqwest::header::HeaderMap::new(),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .write(&only_in_vm)
+    .await
+    .unwrap();
+    vm.flush(&http).await;
+    let q = "start_time=2001-09-09T00:00:00Z&end_time=2001-09-10T00:00:00Z&metrics=gpu_utilization_percent";
+    let (_, from_vm) = get_json(
+        &http,
+        &format!("{base_vm}/api/v1/gpus/{uuid}/telemetry?{q}"),
+        Some(&n.api_key),
+    )
+    .await;
+    assert_eq!(
+        from_vm["samples"],
+        serde_json::json!([{"timestamp": "2001-09-09T01:46:40.000Z", "gpu_utilization_percent": 77}])
+    );
+    let (_, builtin) = get_json(
+        &http,
+        &format!("{base}/api/v1/gpus/{uuid}/telemetry?{q}"),
+        Some(&n.api_key),
+    )
+    .await;
+    assert_eq!(builtin["samples"], serde_json::json!([]));
     // An unknown GPU is a 404 on both.
     let unknown = format!("{base_vm}/api/v1/gpus/GPU-unknown/telemetry?{window}");
     assert_eq!(get_json(&http, &unknown, Some(&n.api_key)).await.0, 404);
