@@ -284,7 +284,11 @@ def test_a_rotated_api_key_file_is_picked_up_without_a_restart(stack):
     # In place (same inode), as an editor or `echo > file` does: the bind mount sees it.
     with open(stack.secrets / "api-key", "w") as f:
         f.write(new + "\n")
-    eventually("the new key accepted", 40, lambda: stack.get("/api/v1/gpus", key=new)[0] == 200)
+    # Each try before the reload (every 10 s) is a failed authentication: poll slower than the
+    # per-address limiter refills (1 a second, bursts of 10), or the test's own address ends
+    # up refused with 429 for the checks after it.
+    eventually("the new key accepted", 40, lambda: stack.get("/api/v1/gpus", key=new)[0] == 200,
+               interval=2)
     assert stack.get("/api/v1/gpus", key=old)[0] == 200, "the old key keeps working for the grace period"
     assert stack.get("/api/v1/gpus", key="not-the-key")[0] == 401
     assert stack.container("api")["State"]["StartedAt"] == started, "no restart"
