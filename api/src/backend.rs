@@ -90,15 +90,41 @@ pub trait TelemetryBackend: Send + Sync + 'static {
 
 type Client = TelemetryQueryClient<InterceptedService<Channel, AttachServiceToken>>;
 
-/// The streamer's gRPC query service, with a local mirror of every GPU's latest state
-/// (fed by `WatchLatest`, see [`GrpcBackend::run_mirror`]) that answers the GPU list and
-/// single-GPU reads without a round trip while it is fresh.
+/// The streamers' gRPC query service, with a local mirror of every GPU's latest state
+/// (fed by each streamer's `WatchLatest`, see [`GrpcBackend::run_mirror`]) that answers the
+/// GPU list and single-GPU reads without a round trip while it is fresh.
+///
+/// One streamer, or several sharing a consumer group (the `victoriametrics` history): each
+/// configured URL's host is resolved every [`GrpcBackend::with_refresh`] and every address
+/// is one streamer, so a headless Service names them all. Their partial views merge in the
+/// mirror (newest state of each GPU wins); ranges and aggregates, which every streamer
+/// answers from the shared history, go to them in turn.
 #[derive(Debug, Clone)]
 pub struct GrpcBackend {
+    urls: Vec<String>,
+    token: KeyRing,
+    /// A lazy client of the first URL, used until addresses are resolved.
     client: Client,
+    /// The streamers found at the last resolution.
+    replicas: Arc<std::sync::RwLock<Vec<Replica>>>,
+    turn: Arc<std::sync::atomic::AtomicUsize>,
+    refresh: Duration,
     timeout: Duration,
     mirror: Arc<LatestMirror>,
 }
+
+/// One streamer found by resolution.
+#[derive(Debug, Clone)]
+struct Replica {
+    /// `http://ip:port`.
+    url: String,
+    client: Client,
+    /// Its latest-state stream is open: it answers.
+    up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How often the streamers' addresses are resolved again by default.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
 
 /// The mirror answers only while its last update is younger than this (the streamer sends
 /// one at least every second); otherwise reads go to the streamer.
@@ -111,15 +137,34 @@ pub struct LatestMirror {
     index: LatestIndex,
     synced_at: std::sync::RwLock<Option<std::time::Instant>>,
     hits: std::sync::atomic::AtomicU64,
+    /// Latest-state streams open now.
+    streams: std::sync::atomic::AtomicI64,
 }
 
 impl LatestMirror {
-    /// Applies one update: a full snapshot replaces everything; a delta upserts.
+    /// Applies one update: a full snapshot replaces everything; a delta upserts; a
+    /// streamer's partial view (one of several) merges, newest state winning.
     pub fn apply(&self, update: LatestUpdate) {
         let gpus = update.gpus.into_iter().filter_map(state).collect();
-        self.index.replace(update.full, gpus);
+        if update.partial {
+            self.index.merge(gpus);
+        } else {
+            self.index.replace(update.full, gpus);
+        }
         *self.synced_at.write().unwrap_or_else(|p| p.into_inner()) =
             Some(std::time::Instant::now());
+    }
+
+    /// Notes `delta` streams opened (1) or closed (-1); with none left open the mirror is
+    /// stale at once: reads go to the streamers until one is back.
+    fn streams_up(&self, delta: i64) {
+        let open = self
+            .streams
+            .fetch_add(delta, std::sync::atomic::Ordering::SeqCst)
+            + delta;
+        if open <= 0 {
+            self.mark_stale();
+        }
     }
 
     /// Forgets when the last update came: reads go to the streamer until the next one.
@@ -145,31 +190,130 @@ impl LatestMirror {
     }
 }
 
+fn channel(url: &str) -> Result<Channel, BackendError> {
+    let channel = Channel::from_shared(url.to_string())
+        .map_err(|e| BackendError::Unavailable(format!("invalid streamer URL {url}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(streamer::H2_STREAM_WINDOW)
+        .initial_connection_window_size(streamer::H2_CONNECTION_WINDOW)
+        .http2_adaptive_window(true)
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(channel)
+}
+
+/// A lazily connecting client of the streamer at `url`, sending `token`.
+fn client_of(url: &str, token: &KeyRing) -> Result<Client, BackendError> {
+    Ok(TelemetryQueryClient::with_interceptor(
+        channel(url)?,
+        AttachServiceToken {
+            tokens: token.clone(),
+        },
+    )
+    .max_decoding_message_size(streamer::MAX_MESSAGE_BYTES))
+}
+
 impl GrpcBackend {
-    /// A lazily connecting client of the streamer at `url` (e.g. `http://streamer:50051`).
+    /// A lazily connecting client of the streamer at `url` (e.g. `http://streamer:50051`),
+    /// or of several: URLs separated by commas.
     ///
     /// # Errors
-    /// [`BackendError::Unavailable`] when `url` is not a valid URI.
+    /// [`BackendError::Unavailable`] when a URL is not a valid URI.
     pub fn new(url: &str, token: KeyRing, timeout: Duration) -> Result<Self, BackendError> {
-        let channel = Channel::from_shared(url.to_string())
-            .map_err(|e| BackendError::Unavailable(format!("invalid streamer URL {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(streamer::H2_STREAM_WINDOW)
-            .initial_connection_window_size(streamer::H2_CONNECTION_WINDOW)
-            .http2_adaptive_window(true)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let client =
-            TelemetryQueryClient::with_interceptor(channel, AttachServiceToken { tokens: token })
-                .max_decoding_message_size(streamer::MAX_MESSAGE_BYTES);
+        let urls: Vec<String> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect();
+        let first = urls
+            .first()
+            .ok_or_else(|| BackendError::Unavailable("no streamer URL".into()))?;
+        let client = client_of(first, &token)?;
+        for u in &urls[1..] {
+            client_of(u, &token)?;
+        }
         Ok(Self {
+            urls,
+            token,
             client,
+            replicas: Arc::default(),
+            turn: Arc::default(),
+            refresh: DEFAULT_REFRESH,
             timeout,
             mirror: Arc::default(),
         })
+    }
+
+    /// Resolves the streamers' addresses every `refresh` (default [`DEFAULT_REFRESH`]).
+    #[must_use]
+    pub fn with_refresh(mut self, refresh: Duration) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// The streamers now known (`http://ip:port`), in the order they were resolved.
+    pub fn replicas(&self) -> Vec<String> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|r| r.url.clone())
+            .collect()
+    }
+
+    /// A client of one streamer, each call the next one whose latest-state stream is open
+    /// (any streamer answers ranges from a shared history; with one streamer, it).
+    fn next_client(&self) -> Client {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        let up: Vec<&Replica> = replicas
+            .iter()
+            .filter(|r| r.up.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        let i = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match (up.is_empty(), replicas.is_empty()) {
+            (false, _) => up[i % up.len()].client.clone(),
+            (true, false) => replicas[i % replicas.len()].client.clone(),
+            (true, true) => self.client.clone(),
+        }
+    }
+
+    /// Every streamer's client (the first URL's while none is resolved).
+    fn all_clients(&self) -> Vec<Client> {
+        let replicas = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        if replicas.is_empty() {
+            return vec![self.client.clone()];
+        }
+        replicas.iter().map(|r| r.client.clone()).collect()
+    }
+
+    /// Every address the configured URLs' hosts resolve to, as `http://ip:port`; `None`
+    /// when one cannot be resolved now (keep what was known).
+    async fn resolve(&self) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        for url in &self.urls {
+            let uri: tonic::codegen::http::Uri = url.parse().ok()?;
+            let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+            let port = uri.port_u16().unwrap_or(80);
+            match tokio::net::lookup_host((host, port)).await {
+                Ok(addrs) => {
+                    for a in addrs {
+                        let u = format!("http://{a}");
+                        if !out.contains(&u) {
+                            out.push(u);
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, host, "cannot resolve the streamer's address; keeping the ones known");
+                    return None;
+                }
+            }
+        }
+        Some(out)
     }
 
     /// The mirror this backend answers from while it is fresh.
@@ -177,15 +321,69 @@ impl GrpcBackend {
         &self.mirror
     }
 
-    /// Keeps the mirror current from the streamer's `WatchLatest` stream until `shutdown`,
-    /// reconnecting with backoff when the stream breaks. Spawn it beside the server.
+    /// Keeps the mirror current from every streamer's `WatchLatest` stream until `shutdown`:
+    /// resolves the streamers' addresses every refresh, watches each new one (reconnecting
+    /// with backoff when its stream breaks) and stops watching one that is gone. Spawn it
+    /// beside the server.
     pub async fn run_mirror(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut watching: std::collections::HashMap<
+            String,
+            (Replica, tokio::task::JoinHandle<()>),
+        > = std::collections::HashMap::new();
+        loop {
+            if let Some(found) = self.resolve().await {
+                let mut replicas = Vec::with_capacity(found.len());
+                for url in &found {
+                    if !watching.contains_key(url) {
+                        let Ok(client) = client_of(url, &self.token) else {
+                            continue;
+                        };
+                        tracing::info!(streamer = %url, "watching a streamer's latest state");
+                        let replica = Replica {
+                            url: url.clone(),
+                            client,
+                            up: Arc::default(),
+                        };
+                        let mut stop = stop_rx.clone();
+                        let task = tokio::spawn(self.clone().watch(replica.clone(), async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        }));
+                        watching.insert(url.clone(), (replica, task));
+                    }
+                    replicas.push(watching[url].0.clone());
+                }
+                watching.retain(|url, (_, task)| {
+                    let keep = found.contains(url);
+                    if !keep {
+                        tracing::info!(streamer = %url, "streamer gone; its GPUs keep their last state");
+                        task.abort();
+                    }
+                    keep
+                });
+                *self.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.refresh) => {}
+                () = &mut shutdown => break,
+            }
+        }
+        let _ = stop_tx.send(true);
+        for (_, (_, task)) in watching {
+            let _ = task.await;
+        }
+    }
+
+    /// Follows one streamer's `WatchLatest` stream into the mirror until `shutdown`.
+    async fn watch(self, replica: Replica, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(250);
+        let up = |v: bool| replica.up.store(v, std::sync::atomic::Ordering::Relaxed);
         loop {
             // No per-call timeout: the stream is meant to stay open.
-            let mut client = self.client.clone();
-            let call = client.watch_latest(WatchLatestRequest {});
+            let mut c = replica.client.clone();
+            let call = c.watch_latest(WatchLatestRequest {});
             let stream = tokio::select! {
                 r = call => r,
                 () = &mut shutdown => return,
@@ -193,12 +391,18 @@ impl GrpcBackend {
             match stream {
                 Ok(resp) => {
                     let mut stream = resp.into_inner();
+                    self.mirror.streams_up(1);
+                    up(true);
                     loop {
                         // The streamer sends at least once a second: silence means a dead
                         // connection, even if TCP has not noticed.
                         let msg = tokio::select! {
                             m = tokio::time::timeout(MIRROR_MAX_AGE, stream.message()) => m,
-                            () = &mut shutdown => return,
+                            () = &mut shutdown => {
+                                self.mirror.streams_up(-1);
+                                up(false);
+                                return;
+                            }
                         };
                         let Ok(msg) = msg else {
                             tracing::warn!("latest-state stream silent; reconnecting");
@@ -216,13 +420,13 @@ impl GrpcBackend {
                             }
                         }
                     }
+                    self.mirror.streams_up(-1);
+                    up(false);
                 }
                 Err(status) => {
                     tracing::debug!(code = ?status.code(), "latest-state stream unavailable");
                 }
             }
-            // No stream, no mirror: read through to the streamer until it is back.
-            self.mirror.mark_stale();
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = &mut shutdown => return,
@@ -245,12 +449,30 @@ fn unavailable(s: tonic::Status) -> BackendError {
 #[tonic::async_trait]
 impl TelemetryBackend for GrpcBackend {
     async fn list_gpus(&self, node: Option<String>) -> Result<Vec<GpuStatus>, BackendError> {
-        let r = self
-            .client
-            .clone()
-            .list_gpus(self.req(ListGpusRequest { node }))
-            .await;
-        r.map(|r| r.into_inner().gpus).map_err(unavailable)
+        let clients = self.all_clients();
+        let calls = clients.into_iter().map(|mut c| {
+            let req = self.req(ListGpusRequest { node: node.clone() });
+            async move { c.list_gpus(req).await }
+        });
+        let answers = futures::future::join_all(calls).await;
+        if let [one] = answers.as_slice() {
+            return one
+                .as_ref()
+                .map(|r| r.get_ref().gpus.clone())
+                .map_err(|s| unavailable(s.clone()));
+        }
+        // Several streamers, each with its share: merged as the mirror merges. Every one
+        // must answer, or the list would silently miss GPUs.
+        let merged = LatestIndex::default();
+        for a in answers {
+            let gpus = a.map_err(unavailable)?.into_inner().gpus;
+            merged.merge(gpus.into_iter().filter_map(state).collect());
+        }
+        Ok(merged
+            .list(node.as_deref())
+            .into_iter()
+            .map(status)
+            .collect())
     }
 
     async fn gpu(&self, uuid: String) -> Result<Option<GpuStatus>, BackendError> {
@@ -258,16 +480,26 @@ impl TelemetryBackend for GrpcBackend {
             self.mirror.hit();
             return Ok(self.mirror.index.get(&uuid).map(status));
         }
-        match self
-            .client
-            .clone()
-            .get_gpu(self.req(GetGpuRequest { uuid }))
-            .await
-        {
-            Ok(r) => Ok(Some(r.into_inner())),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(unavailable(s)),
+        // The newest answer of any streamer that knows the GPU.
+        let mut newest: Option<GpuStatus> = None;
+        for mut c in self.all_clients() {
+            match c
+                .get_gpu(self.req(GetGpuRequest { uuid: uuid.clone() }))
+                .await
+            {
+                Ok(r) => {
+                    let g = r.into_inner();
+                    if newest.as_ref().is_none_or(|n| {
+                        (g.last_seen_ms, g.sample_count) > (n.last_seen_ms, n.sample_count)
+                    }) {
+                        newest = Some(g);
+                    }
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(unavailable(s)),
+            }
         }
+        Ok(newest)
     }
 
     async fn range_stream(
@@ -284,7 +516,7 @@ impl TelemetryBackend for GrpcBackend {
             limit,
             accept_chunks: true,
         };
-        match self.client.clone().stream_range(self.req(req)).await {
+        match self.next_client().stream_range(self.req(req)).await {
             Ok(r) => {
                 let blocks = r.into_inner().map(|m| match m {
                     Ok(b) if b.last => Ok(RangePart::End {
@@ -329,7 +561,7 @@ impl TelemetryBackend for GrpcBackend {
             agg: agg.name().to_string(),
             limit,
         };
-        match self.client.clone().query_aggregate(self.req(req)).await {
+        match self.next_client().query_aggregate(self.req(req)).await {
             Ok(r) => {
                 let r = r.into_inner();
                 Ok(Some((streamer::query::rows_of(r.rows), r.truncated)))
@@ -340,8 +572,26 @@ impl TelemetryBackend for GrpcBackend {
     }
 
     async fn stats(&self) -> Result<Vec<Counter>, BackendError> {
-        let r = self.client.clone().stats(self.req(StatsRequest {})).await;
-        r.map(|r| r.into_inner().counters).map_err(unavailable)
+        // Summed over the streamers (each counts what it ingested).
+        let mut sum: Vec<Counter> = Vec::new();
+        for mut c in self.all_clients() {
+            let counters = c
+                .stats(self.req(StatsRequest {}))
+                .await
+                .map_err(unavailable)?
+                .into_inner()
+                .counters;
+            for k in counters {
+                match sum
+                    .iter_mut()
+                    .find(|s| (s.name.as_str(), s.labels.as_str()) == (&k.name, &k.labels))
+                {
+                    Some(s) => s.value += k.value,
+                    None => sum.push(k),
+                }
+            }
+        }
+        Ok(sum)
     }
 
     fn visit_latest(&self, f: &mut dyn FnMut(GpuView<'_>)) -> bool {
@@ -403,6 +653,8 @@ impl TelemetryBackend for StoreBackend {
         let limit = (limit as usize).clamp(1, streamer::query::MAX_RANGE_SAMPLES);
         let Some(rx) =
             streamer::store::stream_range(self.store.clone(), uuid, start_ms, end_ms, limit, false)
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("store read: {e}")))?
         else {
             return Ok(None);
         };

@@ -20,9 +20,14 @@ pub struct ApiConfig {
     /// Run collector + durable store + API in this process, without Kafka or a streamer.
     #[arg(long, env = "API_EMBEDDED")]
     pub embedded: bool,
-    /// The streamer's gRPC URL (not used with --embedded).
+    /// The streamer's gRPC URL (not used with --embedded); several streamers (the
+    /// `victoriametrics` history): URLs separated by commas, or one host that resolves to
+    /// every streamer (a headless Service) — each address found is one streamer.
     #[arg(long, env = "STREAMER_URL", default_value = "http://localhost:50051")]
     pub streamer_url: String,
+    /// How often the streamer URLs' hosts are resolved again (streamers come and go).
+    #[arg(long, env = "STREAMER_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub streamer_refresh: Duration,
     /// Timeout of each call to the streamer.
     #[arg(long, env = "STREAMER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub streamer_timeout: Duration,

@@ -198,7 +198,8 @@ pub async fn run(
         };
         watched.push((SecretSpec::SERVICE_TOKEN, tokens.clone()));
         calls_with = Some(tokens.clone());
-        let grpc = GrpcBackend::new(&cfg.streamer_url, tokens, cfg.streamer_timeout)?;
+        let grpc = GrpcBackend::new(&cfg.streamer_url, tokens, cfg.streamer_timeout)?
+            .with_refresh(cfg.streamer_refresh);
         // The GPU list and single-GPU reads come from a mirror the streamer keeps current.
         background = Some(tokio::spawn(grpc.clone().run_mirror(stopped())));
         Arc::new(grpc)

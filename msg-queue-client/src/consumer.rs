@@ -1,11 +1,13 @@
 //! The typed telemetry consumer: a consumer-group member whose *store* owns the offsets.
 //!
-//! On every partition assignment the consumer asks its [`OffsetSource`] where to start: the
-//! offset the store has durably covered, or `None` for "from the start of retention" (a store
-//! that has covered nothing yet, such as a new data directory). A stored offset the broker no
-//! longer has (past its log end: topic recreated, broker replaced) is reported once and the
-//! partition read from its start. Kafka group commits, made by [`TelemetryConsumer::commit`]
-//! only after the caller stored the data, then serve lag monitoring, not correctness.
+//! On every partition assignment the consumer asks its [`OffsetSource`] where to start
+//! ([`Resume`]): the offset the store has durably covered, "from the start of retention" (a
+//! store that has covered nothing yet, such as a new data directory), or the group's
+//! committed offset (a store that keeps no offsets, such as a remote history). A stored
+//! offset the broker no longer has (past its log end: topic recreated, broker replaced) is
+//! reported once and the partition read from its start. Kafka group commits, made by
+//! [`TelemetryConsumer::commit`] only after the caller stored the data, then serve lag
+//! monitoring — and, for a store without offsets, are where it resumes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +22,21 @@ use rdkafka::types::RDKafkaRespErr;
 use crate::{QueueError, kafka};
 use telemetry_wire::wire::{RecordParts, RecordTime, header};
 
+/// Where to resume a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// From the start of the broker's log.
+    Beginning,
+    /// At this offset (the next one to read).
+    At(i64),
+    /// At the group's committed offset (the start of the log when the group has none).
+    Committed,
+}
+
 /// Tells the consumer where to resume a partition.
 pub trait OffsetSource: Send + Sync + 'static {
-    /// The next offset to read in `topic`/`partition`, or `None` to read from the beginning.
-    fn resume_offset(&self, topic: &str, partition: i32) -> Option<i64>;
+    /// Where to resume `topic`/`partition`.
+    fn resume(&self, topic: &str, partition: i32) -> Resume;
 }
 
 /// Consumer settings.
@@ -230,9 +243,13 @@ impl ConsumerContext for AssignContext {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 for (topic, partition) in assigned {
-                    let offset = match self.offsets.resume_offset(&topic, partition) {
-                        Some(o) => checked_resume(base, &topic, partition, o),
-                        None => Offset::Beginning,
+                    let offset = match self.offsets.resume(&topic, partition) {
+                        Resume::At(o) => checked_resume(base, &topic, partition, o),
+                        Resume::Beginning => Offset::Beginning,
+                        Resume::Committed => match committed(base, &topic, partition) {
+                            Some(o) => checked_resume(base, &topic, partition, o),
+                            None => Offset::Beginning,
+                        },
                     };
                     tracing::info!(topic, partition, ?offset, "partition assigned");
                     if let Some(lag) = &self.lag {
@@ -263,6 +280,27 @@ impl ConsumerContext for AssignContext {
                 tracing::error!(error = ?other, "rebalance error");
                 let _ = base.unassign();
             }
+        }
+    }
+}
+
+/// The group's committed offset of `partition`; `None` when it has none (or it cannot be
+/// read: then the log is read from its start, which idempotent stores absorb).
+fn committed<C: ConsumerContext>(
+    base: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    match base.committed_offsets(tpl, WATERMARK_TIMEOUT) {
+        Ok(c) => match c.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        },
+        Err(error) => {
+            tracing::warn!(%error, topic, partition, "cannot read the group's committed offset; reading the partition from its start");
+            None
         }
     }
 }

@@ -16,17 +16,13 @@ pub struct StreamerConfig {
     /// Address of the gRPC query service.
     #[arg(long, env = "STREAMER_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
-    /// Where the history lives: `builtin` (this streamer's durable store) or
-    /// `victoriametrics` (every batch written to VictoriaMetrics — or anything taking
-    /// Prometheus remote write — and acknowledged before the store takes it and its offset
-    /// is committed; reads still come from the store for now).
+    /// Where the history lives: `builtin` (this streamer's durable store in --data-dir; one
+    /// streamer) or `victoriametrics` (every batch written to VictoriaMetrics with Prometheus
+    /// remote write and acknowledged before its offsets are committed; `/telemetry` read
+    /// back from its export API; no local history, so any number of streamers can share
+    /// the consumer group).
     #[arg(long, env = "HISTORY_BACKEND", value_enum, default_value_t = HistoryBackend::Builtin)]
     pub history_backend: HistoryBackend,
-    /// With `--history-backend victoriametrics`: where `/telemetry` ranges and aggregates
-    /// are read from, `local` (this streamer's store, which holds the same samples) or
-    /// `victoriametrics` (its export API; aggregated here as the store aggregates).
-    #[arg(long, env = "HISTORY_READS", value_enum, default_value_t = HistoryReads::Local)]
-    pub history_reads: HistoryReads,
     /// With `--history-backend victoriametrics`: its base URL (`http://vm:8428`; samples go
     /// to `<url>/api/v1/write`).
     #[arg(long, env = "VICTORIAMETRICS_URL")]
@@ -77,7 +73,8 @@ pub struct StreamerConfig {
     /// `record_too_large`) without being copied.
     #[arg(long, env = "MAX_RECORD_BYTES", default_value_t = msg_queue_client::consumer::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
-    /// Directory of the durable store (created if missing; one streamer per directory).
+    /// Directory of the durable store (created if missing; one streamer per directory; not
+    /// used with `--history-backend victoriametrics`).
     #[arg(long, env = "STREAMER_DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,
     #[command(flatten)]
@@ -184,16 +181,6 @@ pub enum HistoryBackend {
     /// This streamer's durable store.
     #[default]
     Builtin,
-    /// VictoriaMetrics (remote write), ahead of the durable store.
-    Victoriametrics,
-}
-
-/// Where ranges and aggregates are read from with the `victoriametrics` history backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum HistoryReads {
-    /// This streamer's store.
-    #[default]
-    Local,
-    /// VictoriaMetrics's export API.
+    /// VictoriaMetrics (remote write in, export API out); no local history.
     Victoriametrics,
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use common_auth::grpc::RequireServiceToken;
 use common_auth::{KeyRing, SecretSource, SecretSpec};
-use msg_queue_client::consumer::{ConsumerConfig, OffsetSource, TelemetryConsumer};
+use msg_queue_client::consumer::{ConsumerConfig, OffsetSource, Resume, TelemetryConsumer};
 use msg_queue_client::dead_letter::DeadLetterProducer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -63,75 +63,71 @@ pub enum StreamerError {
     Config(String),
 }
 
-/// Opens the store `cfg` asks for: the durable store in its data directory, behind a
-/// VictoriaMetrics remote write with `--history-backend victoriametrics`. Call it within
-/// the runtime (remote writes run on it).
+/// Opens the store `cfg` asks for: the durable store in its data directory, or with
+/// `--history-backend victoriametrics` a history kept in VictoriaMetrics (no data directory:
+/// the streamer keeps no history of its own). Call it within the runtime (remote writes and
+/// reads run on it).
 ///
 /// # Errors
 /// [`StreamerError::Store`] when the data directory cannot be opened,
 /// [`StreamerError::Config`] for a missing or unusable VictoriaMetrics URL.
 pub fn open_store(cfg: &StreamerConfig) -> Result<Store, StreamerError> {
     use secrecy::ExposeSecret as _;
-    let disk: Arc<dyn store::History> = Arc::new(store::DiskHistory::open(cfg.disk_config())?);
-    match cfg.history_backend {
-        config::HistoryBackend::Builtin => Ok(Store::open(disk)?),
-        config::HistoryBackend::Victoriametrics => {
-            let url = cfg.victoriametrics_url.as_deref().ok_or_else(|| {
-                StreamerError::Config(
-                    "--history-backend victoriametrics needs --victoriametrics-url (env VICTORIAMETRICS_URL)"
-                        .into(),
-                )
-            })?;
-            if !url.starts_with("http://") {
-                return Err(StreamerError::Config(format!(
-                    "--victoriametrics-url must be an http:// URL (TLS to VictoriaMetrics is not built in yet; put a TLS proxy on the node's side), not {}",
-                    url.split("://").next().unwrap_or("?")
-                )));
-            }
-            let mut headers = reqwest::header::HeaderMap::new();
-            if let Some(t) = &cfg.victoriametrics_bearer_token {
-                let mut v = reqwest::header::HeaderValue::from_str(&format!(
-                    "Bearer {}",
-                    t.expose_secret()
-                ))
+    if cfg.history_backend == config::HistoryBackend::Builtin {
+        return Ok(Store::open_disk(cfg.disk_config())?);
+    }
+    let url = cfg.victoriametrics_url.as_deref().ok_or_else(|| {
+        StreamerError::Config(
+            "--history-backend victoriametrics needs --victoriametrics-url (env VICTORIAMETRICS_URL)"
+                .into(),
+        )
+    })?;
+    if !url.starts_with("http://") {
+        return Err(StreamerError::Config(format!(
+            "--victoriametrics-url must be an http:// URL (TLS to VictoriaMetrics is not built in yet; put a TLS proxy on the node's side), not {}",
+            url.split("://").next().unwrap_or("?")
+        )));
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = &cfg.victoriametrics_bearer_token {
+        let mut v =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.expose_secret()))
                 .map_err(|_| {
                     StreamerError::Config(
                         "the VictoriaMetrics bearer token is not a valid header value".into(),
                     )
                 })?;
-                v.set_sensitive(true);
-                headers.insert(reqwest::header::AUTHORIZATION, v);
-            }
-            let writer = remote_write::RemoteWriter::new(
-                &format!("{}/api/v1/write", url.trim_end_matches('/')),
-                headers.clone(),
-                std::time::Duration::from_secs(30),
-            )
-            .map_err(|e| StreamerError::Config(format!("remote write client: {e}")))?;
-            let mut history =
-                remote_write::WriteThrough::new(writer, disk, tokio::runtime::Handle::current());
-            if cfg.history_reads == config::HistoryReads::Victoriametrics {
-                let reader = remote_write::VictoriaReader::new(
-                    url,
-                    headers.clone(),
-                    std::time::Duration::from_secs(30),
-                )
-                .map_err(|e| StreamerError::Config(format!("VictoriaMetrics client: {e}")))?;
-                history = history.reading_from(reader);
-            }
-            Ok(Store::open(Arc::new(history))?)
-        }
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
     }
+    let timeout = std::time::Duration::from_secs(30);
+    let writer = remote_write::RemoteWriter::new(
+        &format!("{}/api/v1/write", url.trim_end_matches('/')),
+        headers.clone(),
+        timeout,
+    )
+    .map_err(|e| StreamerError::Config(format!("remote write client: {e}")))?;
+    let reader = remote_write::VictoriaReader::new(url, headers, timeout)
+        .map_err(|e| StreamerError::Config(format!("VictoriaMetrics client: {e}")))?;
+    let history =
+        remote_write::VictoriaHistory::new(writer, reader, tokio::runtime::Handle::current());
+    Ok(Store::open(Arc::new(history))?)
 }
 
 /// Adapts a [`Store`] to the consumer's [`OffsetSource`]: partitions resume where the store
-/// says ([`Store::resume_offset`]).
+/// says ([`Store::resume_offset`]), or at the group's commits for a history that keeps no
+/// offsets (VictoriaMetrics).
 #[derive(Debug)]
 pub struct StoreOffsets(pub Arc<Store>);
 
 impl OffsetSource for StoreOffsets {
-    fn resume_offset(&self, _topic: &str, partition: i32) -> Option<i64> {
-        self.0.resume_offset(partition)
+    fn resume(&self, _topic: &str, partition: i32) -> Resume {
+        if !self.0.history().keeps_offsets() {
+            return Resume::Committed;
+        }
+        self.0
+            .resume_offset(partition)
+            .map_or(Resume::Beginning, Resume::At)
     }
 }
 

@@ -40,10 +40,17 @@ async fn watch(
     mut stopping: tokio::sync::watch::Receiver<bool>,
     auth: Option<(common_auth::KeyRing, Vec<u8>)>,
 ) {
+    // A history without offsets of its own is shared by the consumer group: this streamer
+    // sees its partitions' GPUs only.
+    let partial = !store.history().keeps_offsets();
     let (gpus, mut version) = store.latest().snapshot();
     let gpus = statuses(gpus);
     if tx
-        .send(Ok(LatestUpdate { full: true, gpus }))
+        .send(Ok(LatestUpdate {
+            full: true,
+            gpus,
+            partial,
+        }))
         .await
         .is_err()
     {
@@ -74,6 +81,7 @@ async fn watch(
             LatestUpdate {
                 full: true,
                 gpus: statuses(gpus),
+                partial,
             }
         } else {
             let (gpus, v) = store.latest().changed_since(version);
@@ -84,6 +92,7 @@ async fn watch(
             LatestUpdate {
                 full: false,
                 gpus: statuses(gpus),
+                partial,
             }
         };
         // A client that stops reading must not hold up shutdown.
@@ -397,6 +406,12 @@ impl TelemetryQuery for QueryService {
             limit,
             r.accept_chunks,
         )
+        .await
+        .map_err(|error| {
+            self.metrics.error("store");
+            tracing::error!(%error, "range query failed");
+            Status::internal("store read failed")
+        })?
         .ok_or_else(|| Status::not_found(format!("unknown GPU {}", r.uuid)))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let metrics = self.metrics.clone();

@@ -8,10 +8,10 @@
 //! the metric's unit. Writing a batch twice writes the same samples at the same timestamps:
 //! the engine's deduplication (VictoriaMetrics `-dedup.minScrapeInterval`) keeps one.
 //!
-//! [`WriteThrough`] is the `victoriametrics` history backend as far as it goes today: every
-//! batch is written to the remote first (acknowledged before the store takes it, so Kafka
-//! offsets are covered and committed only after the remote has the samples), then kept in
-//! the streamer's own store, which still answers reads.
+//! [`VictoriaHistory`] is the `victoriametrics` history backend: every batch is written to
+//! the remote (acknowledged before the batch counts as stored, so Kafka offsets are
+//! committed only after the remote has the samples) and `/telemetry` is read back from it;
+//! the streamer keeps no history of its own.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -216,6 +216,14 @@ impl RemoteWriter {
     }
 }
 
+/// Every catalog series of `uuid`, as a PromQL series selector.
+fn selector(uuid: &str) -> String {
+    format!(
+        "{{__name__=~\"gpu_.+\",uuid=\"{}\"}}",
+        uuid.replace('\\', "\\\\").replace('"', "\\\"")
+    )
+}
+
 /// Reads a GPU's raw readings back from VictoriaMetrics (`/api/v1/export`): every catalog
 /// series of the GPU in the window, turned back into readings (the metric's value times its
 /// divisor is the wire field's value, exactly for the integers the collector sends).
@@ -223,6 +231,7 @@ impl RemoteWriter {
 pub struct VictoriaReader {
     http: reqwest::Client,
     export_url: String,
+    series_url: String,
     headers: reqwest::header::HeaderMap,
     /// Prometheus name → (column position, divisor).
     columns: std::collections::HashMap<String, (usize, f64)>,
@@ -251,9 +260,33 @@ impl VictoriaReader {
         Ok(Self {
             http: reqwest::Client::builder().timeout(timeout).build()?,
             export_url: format!("{}/api/v1/export", base_url.trim_end_matches('/')),
+            series_url: format!("{}/api/v1/series", base_url.trim_end_matches('/')),
             headers,
             columns,
         })
+    }
+
+    /// Whether VictoriaMetrics holds any series of `uuid` (over its whole retention).
+    ///
+    /// # Errors
+    /// A line saying what failed.
+    pub async fn knows(&self, uuid: &str) -> Result<bool, String> {
+        let resp = self
+            .http
+            .get(&self.series_url)
+            .headers(self.headers.clone())
+            .query(&[("match[]", selector(uuid).as_str()), ("start", "0")])
+            .send()
+            .await
+            .map_err(|e| format!("VictoriaMetrics series: {}", e.without_url()))?;
+        if !resp.status().is_success() {
+            return Err(format!("VictoriaMetrics series: HTTP {}", resp.status()));
+        }
+        let v: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| format!("VictoriaMetrics series: {}", e.without_url()))?;
+        Ok(v["data"].as_array().is_some_and(|d| !d.is_empty()))
     }
 
     /// `uuid`'s readings with `start_ms <= t < end_ms`, oldest first (empty when it has none
@@ -267,10 +300,6 @@ impl VictoriaReader {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<crate::store::Reading>, String> {
-        let selector = format!(
-            "{{__name__=~\"gpu_.+\",uuid=\"{}\"}}",
-            uuid.replace('\\', "\\\\").replace('"', "\\\"")
-        );
         // `end` is inclusive there: ask to the millisecond before ours.
         let secs = |ms: i64| format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000));
         let resp = self
@@ -278,7 +307,7 @@ impl VictoriaReader {
             .get(&self.export_url)
             .headers(self.headers.clone())
             .query(&[
-                ("match[]", selector.as_str()),
+                ("match[]", selector(uuid).as_str()),
                 ("start", &secs(start_ms)),
                 ("end", &secs(end_ms.saturating_sub(1))),
             ])
@@ -324,61 +353,66 @@ impl VictoriaReader {
     }
 }
 
-/// A [`crate::store::History`] that writes every batch to a remote-write endpoint before
-/// the local history takes it. A write that fails fails the batch: the consume loop retries
-/// it with backoff, and its offsets are not covered until both have it. Reads, offsets and
-/// maintenance are the local history's.
+/// The `victoriametrics` history: VictoriaMetrics holds the history, the streamer none of it.
+/// A batch is stored when the remote write is acknowledged (a failure fails the batch: the
+/// consume loop retries it with backoff, and its offsets are committed only after);
+/// ranges and aggregates are read back through [`VictoriaReader`]. Offsets are the consumer
+/// group's ([`crate::store::History::keeps_offsets`] is `false`), so any number of
+/// streamers share the partitions and one that starts, or takes over a partition, resumes
+/// at the group's last commit; what it re-reads is written again at the same timestamps,
+/// and VictoriaMetrics's deduplication keeps one sample.
 #[derive(Debug)]
-pub struct WriteThrough {
+pub struct VictoriaHistory {
     writer: RemoteWriter,
-    reader: Option<VictoriaReader>,
-    local: std::sync::Arc<dyn crate::store::History>,
+    reader: VictoriaReader,
     runtime: tokio::runtime::Handle,
+    /// uuid → the newest sample time this streamer wrote: what [`Self::apply`] calls new.
+    newest: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
-impl WriteThrough {
-    /// `local` behind `writer`; writes run on `runtime` (the store is called from blocking
-    /// threads).
+impl VictoriaHistory {
+    /// A history written through `writer` and read through `reader`; both run on `runtime`
+    /// (the store is called from blocking threads).
     pub fn new(
         writer: RemoteWriter,
-        local: std::sync::Arc<dyn crate::store::History>,
+        reader: VictoriaReader,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         Self {
             writer,
-            reader: None,
-            local,
+            reader,
             runtime,
+            newest: std::sync::Mutex::default(),
         }
     }
 
-    /// Answers range and aggregate reads from VictoriaMetrics through `reader` (the local
-    /// history still says which GPUs exist).
-    pub fn reading_from(mut self, reader: VictoriaReader) -> Self {
-        self.reader = Some(reader);
-        self
-    }
-
-    /// The remote readings of `uuid` in the window, or `None` when the GPU is unknown here.
-    fn remote_readings(
+    /// The readings of `uuid` in the window, or `None` when VictoriaMetrics has no series of
+    /// that GPU at all (an unknown GPU, as the durable store says for one it never had).
+    fn readings(
         &self,
-        reader: &VictoriaReader,
         uuid: &str,
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Option<Vec<crate::store::Reading>>, crate::store::StoreError> {
-        // Known GPUs are the local history's (a zero-width look at it).
-        if self.local.range(uuid, start_ms, start_ms, 0)?.is_none() {
+        let remote = |e: String| crate::store::StoreError::Remote(e.into());
+        let rs = self
+            .runtime
+            .block_on(self.reader.readings(uuid, start_ms, end_ms))
+            .map_err(remote)?;
+        // Only an empty window costs a second question.
+        if rs.is_empty()
+            && !self
+                .runtime
+                .block_on(self.reader.knows(uuid))
+                .map_err(remote)?
+        {
             return Ok(None);
         }
-        self.runtime
-            .block_on(reader.readings(uuid, start_ms, end_ms))
-            .map(Some)
-            .map_err(|e| crate::store::StoreError::Remote(e.into()))
+        Ok(Some(rs))
     }
 }
 
-impl crate::store::History for WriteThrough {
+impl crate::store::History for VictoriaHistory {
     fn apply(
         &self,
         batch: &TelemetryBatch,
@@ -387,15 +421,45 @@ impl crate::store::History for WriteThrough {
         self.runtime
             .block_on(self.writer.write(batch))
             .map_err(|e| crate::store::StoreError::Remote(Box::new(e)))?;
-        self.local.apply(batch)
+        // New = newer than anything this streamer wrote for the GPU (the latest index
+        // counts and shows only those); a re-read after a restart or a rebalance counts
+        // again here, while VictoriaMetrics holds it once.
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut applied = crate::store::Applied::default();
+        let new = batch
+            .samples
+            .iter()
+            .map(|s| {
+                let at = newest.entry(s.uuid.clone()).or_insert(i64::MIN);
+                let is_new = s.timestamp_ms > *at;
+                if is_new {
+                    *at = s.timestamp_ms;
+                    applied.inserted += 1;
+                } else {
+                    applied.duplicates += 1;
+                }
+                is_new
+            })
+            .collect();
+        Ok((applied, new))
     }
 
-    fn cover(&self, next: &[(i32, i64)]) -> Result<(), crate::store::StoreError> {
-        self.local.cover(next)
+    fn cover(&self, _next: &[(i32, i64)]) -> Result<(), crate::store::StoreError> {
+        Ok(())
     }
 
-    fn resume_offset(&self, partition: i32) -> Option<i64> {
-        self.local.resume_offset(partition)
+    fn resume_offset(&self, _partition: i32) -> Option<i64> {
+        None
+    }
+
+    fn keeps_offsets(&self) -> bool {
+        false
+    }
+
+    fn knows(&self, uuid: &str) -> Result<bool, crate::store::StoreError> {
+        self.runtime
+            .block_on(self.reader.knows(uuid))
+            .map_err(|e| crate::store::StoreError::Remote(e.into()))
     }
 
     fn range(
@@ -405,16 +469,11 @@ impl crate::store::History for WriteThrough {
         end_ms: i64,
         limit: usize,
     ) -> Result<Option<(Vec<crate::store::Reading>, bool)>, crate::store::StoreError> {
-        let Some(reader) = &self.reader else {
-            return self.local.range(uuid, start_ms, end_ms, limit);
-        };
-        Ok(self
-            .remote_readings(reader, uuid, start_ms, end_ms)?
-            .map(|mut rs| {
-                let more = rs.len() > limit;
-                rs.truncate(limit);
-                (rs, more)
-            }))
+        Ok(self.readings(uuid, start_ms, end_ms)?.map(|mut rs| {
+            let more = rs.len() > limit;
+            rs.truncate(limit);
+            (rs, more)
+        }))
     }
 
     fn range_blocks(
@@ -423,14 +482,9 @@ impl crate::store::History for WriteThrough {
         start_ms: i64,
         end_ms: i64,
         limit: usize,
-        encoded: bool,
+        _encoded: bool,
         emit: &mut dyn FnMut(crate::store::Block) -> bool,
     ) -> Result<Option<bool>, crate::store::StoreError> {
-        if self.reader.is_none() {
-            return self
-                .local
-                .range_blocks(uuid, start_ms, end_ms, limit, encoded, emit);
-        }
         let Some((rs, more)) = self.range(uuid, start_ms, end_ms, limit)? else {
             return Ok(None);
         };
@@ -451,11 +505,6 @@ impl crate::store::History for WriteThrough {
         agg: crate::store::Agg,
         limit: usize,
     ) -> Result<Option<(Vec<crate::store::AggRow>, bool)>, crate::store::StoreError> {
-        let Some(reader) = &self.reader else {
-            return self
-                .local
-                .aggregate(uuid, start_ms, end_ms, step_ms, agg, limit);
-        };
         if step_ms <= 0 {
             return Err(crate::store::StoreError::Other(
                 "step must be positive".into(),
@@ -465,7 +514,7 @@ impl crate::store::History for WriteThrough {
         use crate::store::rollup;
         let start = rollup::bucket_of(start_ms, step_ms);
         let end = rollup::bucket_of(end_ms.saturating_sub(1), step_ms).saturating_add(step_ms);
-        let Some(rs) = self.remote_readings(reader, uuid, start, end)? else {
+        let Some(rs) = self.readings(uuid, start, end)? else {
             return Ok(None);
         };
         // Limited as the durable store limits: by buckets.
@@ -478,19 +527,21 @@ impl crate::store::History for WriteThrough {
     }
 
     fn flush(&self) -> Result<u64, crate::store::StoreError> {
-        self.local.flush()
+        Ok(0)
     }
 
     fn flush_due(&self) -> bool {
-        self.local.flush_due()
+        false
     }
 
-    fn sweep(&self, now_ms: i64) -> Result<crate::store::Swept, crate::store::StoreError> {
-        self.local.sweep(now_ms)
+    fn sweep(&self, _now_ms: i64) -> Result<crate::store::Swept, crate::store::StoreError> {
+        // Retention is VictoriaMetrics's (-retentionPeriod).
+        Ok(crate::store::Swept::default())
     }
 
     fn series(&self) -> Result<Vec<crate::store::SeriesState>, crate::store::StoreError> {
-        self.local.series()
+        // The latest index starts empty and fills from the partitions this streamer takes.
+        Ok(Vec::new())
     }
 }
 

@@ -32,8 +32,9 @@ VALUE_SETS = {
     "prefix": {"namePrefix": "team-a-"},
     "kafka-sasl": {"msgQueue": {"sasl": {"enabled": True}}},
     "secrets-from-api": {"secrets": {"source": "kubernetes"}, "collector": {"podAttribution": {"enabled": False}}},
-    "history-victoriametrics": {"history": {"backend": "victoriametrics", "reads": "victoriametrics", "victoriametrics": {
-        "url": "http://vmsingle.monitoring:8428", "bearerTokenSecret": {"name": "vm-auth", "key": "token"}}}},
+    "history-victoriametrics": {"history": {"backend": "victoriametrics", "victoriametrics": {
+        "url": "http://vmsingle.monitoring:8428", "bearerTokenSecret": {"name": "vm-auth", "key": "token"}}},
+        "streamer": {"replicas": 3}},
     "everything-on": {
         "collector": {"source": "simulated", "runtimeClassName": "nvidia", "priorityClassName": "system-node-critical"},
         "streamer": {"persistence": {"enabled": True, "storageClass": "fast"}},

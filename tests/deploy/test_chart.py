@@ -681,7 +681,7 @@ def test_disabled_secrets_without_an_existing_one_fail_the_install():
         ({"api": {"replicas": "two"}}, "/api/replicas"),
         ({"colector": {}}, "colector"),
         ({"collector": {"source": "gpu"}}, "/collector/source"),
-        ({"streamer": {"replicas": 3}}, "/streamer/replicas"),
+        ({"streamer": {"replicas": -1}}, "/streamer/replicas"),
         ({"namePrefix": "Team A"}, "/namePrefix"),
     ],
 )
@@ -791,7 +791,7 @@ def test_the_history_can_live_in_victoriametrics_and_the_streamer_may_reach_it()
     _, docs = install(VALUE_SETS["history-victoriametrics"])
     env = env_of(pod_spec(one(docs, "Deployment", "streamer"))["containers"][0])
     assert env["HISTORY_BACKEND"]["value"] == "victoriametrics"
-    assert env["HISTORY_READS"]["value"] == "victoriametrics"
+    assert "HISTORY_READS" not in env
     assert env["VICTORIAMETRICS_URL"]["value"] == "http://vmsingle.monitoring:8428"
     # The token from a Secret, never a value in the manifest.
     assert env["VICTORIAMETRICS_BEARER_TOKEN"] == {
@@ -804,7 +804,40 @@ def test_the_history_can_live_in_victoriametrics_and_the_streamer_may_reach_it()
     assert by_kind(docs, "NetworkPolicy")["streamer"]["spec"]["egress"][-1]["to"] == peers
 
     # Without a URL, or with https (not built in yet), the render says what is wrong.
-    with pytest.raises(Exception, match="history.backend victoriametrics needs history.victoriametrics.url"):
+    with pytest.raises(helm.HelmError, match="history.backend victoriametrics needs history.victoriametrics.url"):
         install({"history": {"backend": "victoriametrics"}})
     with pytest.raises(Exception, match="/history/victoriametrics/url.*https://vm:8428.*does not match"):
         install({"history": {"backend": "victoriametrics", "victoriametrics": {"url": "https://vm:8428"}}})
+
+
+def test_with_the_history_in_victoriametrics_streamers_scale_out_without_volumes():
+    # builtin: one streamer on its volume, Recreate; more than one is refused.
+    _, docs = install({})
+    streamer = one(docs, "Deployment", "streamer")
+    assert (streamer["spec"]["replicas"], streamer["spec"]["strategy"]) == (1, {"type": "Recreate"})
+    assert "data" in [v["name"] for v in pod_spec(streamer)["volumes"]]
+    assert by_kind(docs, "PersistentVolumeClaim")
+    assert "streamer-pods" not in by_kind(docs, "Service")
+    api_env = env_of(pod_spec(one(docs, "Deployment", "api"))["containers"][0])
+    assert api_env["STREAMER_URL"]["value"] == "http://streamer:50051"
+    with pytest.raises(helm.HelmError, match=r"streamer.replicas > 1 needs history.backend victoriametrics"):
+        install({"streamer": {"replicas": 2}})
+
+    # victoriametrics: three streamers, no volume, no data directory, rolling upgrades; the
+    # api resolves the headless Service that names every streamer pod.
+    _, docs = install(VALUE_SETS["history-victoriametrics"])
+    streamer = one(docs, "Deployment", "streamer")
+    assert streamer["spec"]["replicas"] == 3
+    assert streamer["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    spec = pod_spec(streamer)
+    assert [v["name"] for v in spec["volumes"] if v["name"] == "data"] == []
+    assert [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "data"] == []
+    assert "STREAMER_DATA_DIR" not in env_of(spec["containers"][0])
+    assert not by_kind(docs, "PersistentVolumeClaim")
+    pods = by_kind(docs, "Service")["streamer-pods"]
+    assert pods["spec"]["clusterIP"] == "None"
+    assert pods["spec"]["ports"] == [{"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP"}]
+    assert pods["spec"]["selector"] == streamer["spec"]["selector"]["matchLabels"]
+    api_env = env_of(pod_spec(one(docs, "Deployment", "api"))["containers"][0])
+    assert api_env["STREAMER_URL"]["value"] == "http://streamer-pods:50051"

@@ -750,6 +750,139 @@ pub async fn wait_for_samples(
     .await
 }
 
+/// UTC milliseconds of an RFC 3339 time.
+pub fn rfc3339_ms(rfc3339: &str) -> i64 {
+    (time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp_nanos()
+        / 1_000_000) as i64
+}
+
+/// Checks every sample of every GPU against what the simulated fleet must have produced;
+/// returns the sample timestamps per GPU.
+pub async fn assert_exact_samples(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    spec: collector::simulated::FleetSpec,
+    list: &[serde_json::Value],
+) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for g in list {
+        let uuid = g["uuid"].as_str().unwrap();
+        let node: u32 = g["node"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sim-node-")
+            .parse()
+            .unwrap();
+        let index = g["index"].as_u64().unwrap() as u32;
+        let info = collector::simulated::SimulatedSource::info(spec, node, index);
+        assert_eq!(info.uuid, uuid, "uuid of node {node} GPU {index}");
+        assert_eq!(g["name"], info.name);
+        let url = format!(
+            "{base}/api/v1/gpus/{uuid}/telemetry?start_time=2000-01-01T00:00:00Z&end_time=2100-01-01T00:00:00Z&limit=100000"
+        );
+        let (status, body) = get_json(http, &url, Some(key)).await;
+        assert_eq!(status, 200, "{body}");
+        let samples = body["samples"].as_array().unwrap();
+        let mut stamps = Vec::new();
+        for s in samples {
+            let t = rfc3339_ms(s["timestamp"].as_str().unwrap());
+            let expected =
+                collector::simulated::SimulatedSource::sample(spec, node, index, uuid, t);
+            let want: std::collections::BTreeMap<&str, f64> =
+                telemetry_wire::metric::values(&expected).collect();
+            let got: std::collections::BTreeMap<&str, f64> = s
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| k.as_str() != "timestamp")
+                .map(|(k, v)| (k.as_str(), v.as_f64().unwrap()))
+                .collect();
+            assert_eq!(got, want, "GPU {uuid} at {t}");
+            stamps.push(t);
+        }
+        assert!(
+            stamps.windows(2).all(|w| w[0] < w[1]),
+            "samples in time order, no duplicates"
+        );
+        // The list's `latest` is the newest sample.
+        let last = collector::simulated::SimulatedSource::sample(
+            spec,
+            node,
+            index,
+            uuid,
+            *stamps.last().unwrap(),
+        );
+        let latest: std::collections::BTreeMap<&str, f64> = g["latest"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_f64().unwrap()))
+            .collect();
+        assert_eq!(
+            latest,
+            telemetry_wire::metric::values(&last).collect::<std::collections::BTreeMap<_, _>>()
+        );
+        out.insert(uuid.to_string(), stamps);
+    }
+    out
+}
+/// Waits until the API lists `gpus` GPUs, each one's `/telemetry` holds `per_gpu` samples
+/// (counted by the backend: `agg=count`) and the list shows each GPU's newest of them;
+/// returns that list. For a history whose `sample_count` is not what the backend holds
+/// (VictoriaMetrics).
+pub async fn wait_for_rounds(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    gpus: usize,
+    per_gpu: u64,
+) -> Vec<serde_json::Value> {
+    let window = "start_time=2000-01-01T00:00:00Z&end_time=2100-01-01T00:00:00Z";
+    let newest = eventually(Duration::from_secs(60), "every sample in the history", || async {
+        let (status, body) = get_json(http, &format!("{base}/api/v1/gpus"), Some(key)).await;
+        let list = body["gpus"].as_array()?.clone();
+        if status != 200 || list.len() != gpus {
+            return None;
+        }
+        let mut newest = std::collections::BTreeMap::new();
+        for g in &list {
+            let uuid = g["uuid"].as_str()?;
+            let url = format!(
+                "{base}/api/v1/gpus/{uuid}/telemetry?{window}&limit=100000&metrics=gpu_utilization_percent"
+            );
+            let (s, b) = get_json(http, &url, Some(key)).await;
+            let samples = b["samples"].as_array()?;
+            if s != 200 || samples.len() as u64 != per_gpu {
+                return None;
+            }
+            newest.insert(uuid.to_string(), samples.last()?["timestamp"].as_str()?.to_string());
+        }
+        Some(newest)
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the list shows every GPU's newest sample",
+        || async {
+            let (_, body) = get_json(http, &format!("{base}/api/v1/gpus"), Some(key)).await;
+            let list = body["gpus"].as_array()?.clone();
+            list.iter()
+                .all(|g| {
+                    g["uuid"]
+                        .as_str()
+                        .and_then(|u| newest.get(u))
+                        .map(|t| rfc3339_ms(t))
+                        == g["last_seen"].as_str().map(rfc3339_ms)
+                })
+                .then_some(list)
+        },
+    )
+    .await
+}
+
 /// Waits until the API lists a GPU with more than 5 samples: part of a stream is in.
 pub async fn wait_for_some_samples(http: &reqwest::Client, base: &str, key: &str) {
     eventually(Duration::from_secs(60), "some samples stored", || async {

@@ -9,7 +9,6 @@ use integration_tests::{
     spawn_collector, spawn_streamer, spawn_streamer_with, wait_for_samples, wait_for_some_samples,
 };
 use serde_json::Value;
-use telemetry_wire::metric;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -19,71 +18,13 @@ const SPEC: FleetSpec = FleetSpec {
     seed: 7,
 };
 
-fn ms(rfc3339: &str) -> i64 {
-    (OffsetDateTime::parse(rfc3339, &Rfc3339)
-        .unwrap()
-        .unix_timestamp_nanos()
-        / 1_000_000) as i64
-}
-
-/// Checks every sample of every GPU against what the simulated fleet must have produced;
-/// returns the sample timestamps per GPU.
 async fn assert_exact_samples(
     http: &reqwest::Client,
     base: &str,
     key: &str,
     list: &[Value],
 ) -> BTreeMap<String, Vec<i64>> {
-    let mut out = BTreeMap::new();
-    for g in list {
-        let uuid = g["uuid"].as_str().unwrap();
-        let node: u32 = g["node"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sim-node-")
-            .parse()
-            .unwrap();
-        let index = g["index"].as_u64().unwrap() as u32;
-        let info = SimulatedSource::info(SPEC, node, index);
-        assert_eq!(info.uuid, uuid, "uuid of node {node} GPU {index}");
-        assert_eq!(g["name"], info.name);
-        let url = format!(
-            "{base}/api/v1/gpus/{uuid}/telemetry?start_time=2000-01-01T00:00:00Z&end_time=2100-01-01T00:00:00Z&limit=100000"
-        );
-        let (status, body) = get_json(http, &url, Some(key)).await;
-        assert_eq!(status, 200, "{body}");
-        let samples = body["samples"].as_array().unwrap();
-        let mut stamps = Vec::new();
-        for s in samples {
-            let t = ms(s["timestamp"].as_str().unwrap());
-            let expected = SimulatedSource::sample(SPEC, node, index, uuid, t);
-            let want: BTreeMap<&str, f64> = metric::values(&expected).collect();
-            let got: BTreeMap<&str, f64> = s
-                .as_object()
-                .unwrap()
-                .iter()
-                .filter(|(k, _)| k.as_str() != "timestamp")
-                .map(|(k, v)| (k.as_str(), v.as_f64().unwrap()))
-                .collect();
-            assert_eq!(got, want, "GPU {uuid} at {t}");
-            stamps.push(t);
-        }
-        assert!(
-            stamps.windows(2).all(|w| w[0] < w[1]),
-            "samples in time order, no duplicates"
-        );
-        // The list's `latest` is the newest sample.
-        let last = SimulatedSource::sample(SPEC, node, index, uuid, *stamps.last().unwrap());
-        let latest: BTreeMap<&str, f64> = g["latest"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_f64().unwrap()))
-            .collect();
-        assert_eq!(latest, metric::values(&last).collect::<BTreeMap<_, _>>());
-        out.insert(uuid.to_string(), stamps);
-    }
-    out
+    integration_tests::assert_exact_samples(http, base, key, SPEC, list).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,7 +373,7 @@ async fn streamer_killed_amid_rollups_keeps_every_sample_once_in_raw_or_rollups(
             let (_, body) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
             let list = body["gpus"].as_array()?.clone();
             list.iter()
-                .all(|g| g["last_seen"].as_str().map(ms) == Some(newest))
+                .all(|g| g["last_seen"].as_str().map(integration_tests::rfc3339_ms) == Some(newest))
                 .then_some(list)
         },
     )
@@ -471,7 +412,7 @@ async fn streamer_killed_amid_rollups_keeps_every_sample_once_in_raw_or_rollups(
                 .iter()
                 .map(|s| {
                     (
-                        ms(s["timestamp"].as_str().unwrap()),
+                        integration_tests::rfc3339_ms(s["timestamp"].as_str().unwrap()),
                         s["power_usage_watts"].as_f64().unwrap(),
                     )
                 })

@@ -279,6 +279,11 @@ address, on its ports). */}}
 {{- end }}
 {{- end }}
 
+{{/* Whether the history is remote (VictoriaMetrics): streamers keep none, any number run. */}}
+{{- define "ts.remoteHistory" -}}
+{{- if eq .Values.history.backend "victoriametrics" }}true{{ end }}
+{{- end }}
+
 {{/* The streamer's history settings as env vars (checked: victoriametrics needs a URL). */}}
 {{- define "ts.historyEnv" -}}
 {{- $h := .Values.history -}}
@@ -288,8 +293,6 @@ address, on its ports). */}}
 {{- if not $h.victoriametrics.url }}
 {{- fail "history.backend victoriametrics needs history.victoriametrics.url (http://…, the base URL of VictoriaMetrics)" }}
 {{- end }}
-- name: HISTORY_READS
-  value: {{ $h.reads | quote }}
 - name: VICTORIAMETRICS_URL
   value: {{ $h.victoriametrics.url | quote }}
 {{- with $h.victoriametrics.bearerTokenSecret }}

@@ -148,6 +148,21 @@ pub trait History: Send + Sync + 'static {
     /// The next offset to read in `partition`, as durably covered; `None` if never.
     fn resume_offset(&self, partition: i32) -> Option<i64>;
 
+    /// Whether this history keeps the offsets it covered (then the consumer resumes where
+    /// [`History::resume_offset`] says). One that does not (a remote history shared by
+    /// several streamers) resumes at the consumer group's committed offsets.
+    fn keeps_offsets(&self) -> bool {
+        true
+    }
+
+    /// Whether the history holds `uuid` (a range read of it would not be `None`).
+    ///
+    /// # Errors
+    /// [`StoreError`] when reading fails.
+    fn knows(&self, uuid: &str) -> Result<bool, StoreError> {
+        Ok(self.range(uuid, 0, 0, 0)?.is_some())
+    }
+
     /// Readings of `uuid` with `start_ms <= t < end_ms`, oldest first, at most `limit`;
     /// the flag says whether more matched. `None` when the GPU is unknown.
     ///

@@ -222,6 +222,37 @@ impl LatestIndex {
         inner.version = v;
     }
 
+    /// Merges `gpus` from one of several partial views (streamers sharing a consumer group):
+    /// a GPU's state is taken when it is new here or newer than the one held (a later
+    /// newest sample; at the same one, more samples). Nothing is removed.
+    pub fn merge(&self, gpus: Vec<GpuState>) {
+        let mut inner = self.write();
+        let v = inner.version + 1;
+        let mut changed = false;
+        for g in gpus {
+            let newer = inner.gpus.get(&g.info.uuid).is_none_or(|e| {
+                let seen = e.latest.as_ref().map_or(0, |l| l.timestamp_ms);
+                (g.last_seen_ms, g.sample_count) > (seen, e.count)
+            });
+            if !newer {
+                continue;
+            }
+            inner.remove(&g.info.uuid);
+            inner.upsert_info(&g.info, i64::MIN, v);
+            if let Some(e) = inner.gpus.get_mut(&g.info.uuid) {
+                e.latest = g.latest.map(|mut l| {
+                    l.uuid = String::new();
+                    l
+                });
+                e.count = g.sample_count;
+            }
+            changed = true;
+        }
+        if changed {
+            inner.version = v;
+        }
+    }
+
     /// Calls `f` for every GPU (of `node`, if given), ordered by node, then index, with
     /// borrowed data. `f` runs under the index's read lock: keep it quick.
     pub fn visit(&self, node: Option<&str>, f: &mut dyn FnMut(GpuView<'_>)) {
@@ -370,6 +401,37 @@ mod tests {
             more: false,
         });
         assert_eq!(order(&idx, None), ["GPU-1"]);
+    }
+
+    #[test]
+    fn merging_partial_views_keeps_each_gpus_newest_state_and_removes_nothing() {
+        // Two streamers: A had GPU-1 until a rebalance moved it to B; only A saw GPU-2.
+        let (a, b) = (LatestIndex::default(), LatestIndex::default());
+        a.apply(&batch("n", "GPU-1", 0, &[1_000, 2_000]), &[true, true]);
+        a.apply(&batch("n", "GPU-2", 1, &[1_500]), &[true]);
+        b.apply(&batch("n", "GPU-1", 0, &[2_000, 3_000]), &[true, true]);
+        let merged = LatestIndex::default();
+        merged.merge(b.snapshot().0);
+        let v = merged.snapshot().1;
+        // A's older GPU-1 loses; its GPU-2 is added.
+        merged.merge(a.snapshot().0);
+        let got: Vec<(String, i64, u64)> = merged
+            .list(None)
+            .into_iter()
+            .map(|g| (g.info.uuid, g.last_seen_ms, g.sample_count))
+            .collect();
+        assert_eq!(
+            got,
+            [("GPU-1".into(), 3_000, 2), ("GPU-2".into(), 1_500, 1)]
+        );
+        assert_eq!(merged.changed_since(v).0.len(), 1, "only GPU-2 changed");
+        // The same again changes nothing; an empty view removes nothing.
+        let v = merged.snapshot().1;
+        merged.merge(a.snapshot().0);
+        merged.merge(Vec::new());
+        assert_eq!(merged.snapshot().1, v);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged.get("GPU-1").unwrap().latest.unwrap().uuid, "GPU-1");
     }
 
     #[test]

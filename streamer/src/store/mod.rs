@@ -177,17 +177,31 @@ pub enum RangePart {
 
 /// Reads a range of `uuid` on a blocking thread into a channel of [`RangePart`]s (a few
 /// blocks ahead of the reader: backpressure), ending with [`RangePart::End`]; `None` when the
-/// GPU is unknown. A reader that goes away stops the read.
-pub fn stream_range(
+/// GPU is unknown — to the latest index, or for a history shared by several streamers, to
+/// the history itself (it holds GPUs other streamers took in). A reader that goes away
+/// stops the read.
+///
+/// # Errors
+/// [`StoreError`] when a shared history cannot say whether it knows the GPU.
+pub async fn stream_range(
     store: Arc<Store>,
     uuid: String,
     start_ms: i64,
     end_ms: i64,
     limit: usize,
     encoded: bool,
-) -> Option<tokio::sync::mpsc::Receiver<Result<RangePart, StoreError>>> {
+) -> Result<Option<tokio::sync::mpsc::Receiver<Result<RangePart, StoreError>>>, StoreError> {
     if !store.latest().contains(&uuid) {
-        return None;
+        if store.history().keeps_offsets() {
+            return Ok(None);
+        }
+        let (s, u) = (store.clone(), uuid.clone());
+        let known = tokio::task::spawn_blocking(move || s.history().knows(&u))
+            .await
+            .map_err(|e| StoreError::Other(format!("read task failed: {e}")))??;
+        if !known {
+            return Ok(None);
+        }
     }
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
@@ -202,7 +216,7 @@ pub fn stream_range(
         };
         let _ = tx.blocking_send(last);
     });
-    Some(rx)
+    Ok(Some(rx))
 }
 
 /// How often [`run_maintenance`] sweeps.
