@@ -23,10 +23,30 @@ pub struct StreamerConfig {
     /// the consumer group).
     #[arg(long, env = "HISTORY_BACKEND", value_enum, default_value_t = HistoryBackend::Builtin)]
     pub history_backend: HistoryBackend,
-    /// With `--history-backend victoriametrics`: its base URL (`http://vm:8428`; samples go
-    /// to `<url>/api/v1/write`).
+    /// With `--history-backend victoriametrics`: its base URL, `http://` or `https://`
+    /// (`http://vm:8428`; samples go to `<url>/api/v1/write`; a cluster's vminsert:
+    /// `http://vminsert:8480/insert/0/prometheus`).
     #[arg(long, env = "VICTORIAMETRICS_URL")]
     pub victoriametrics_url: Option<String>,
+    /// Where `/telemetry` reads go (`<url>/api/v1/export`), when not the same as
+    /// --victoriametrics-url (a cluster's vmselect: `http://vmselect:8481/select/0/prometheus`).
+    #[arg(long, env = "VICTORIAMETRICS_READ_URL")]
+    pub victoriametrics_read_url: Option<String>,
+    /// Extra HTTP headers for every VictoriaMetrics request, `Name: value`, repeatable (env:
+    /// one per line), e.g. `Authorization: Basic …` for a proxy. Values are never logged.
+    // Parsed at startup (remote_write::parse_headers), not by clap: clap's error would echo
+    // the value.
+    #[arg(
+        long = "victoriametrics-header",
+        env = "VICTORIAMETRICS_HEADERS",
+        value_delimiter = '\n',
+        hide_env_values = true
+    )]
+    pub victoriametrics_headers: Vec<String>,
+    /// PEM file of certificate authorities to trust for an `https://` VictoriaMetrics, besides
+    /// the system's.
+    #[arg(long, env = "VICTORIAMETRICS_CA_FILE")]
+    pub victoriametrics_ca_file: Option<std::path::PathBuf>,
     /// A bearer token VictoriaMetrics (or its proxy) requires (prefer the env var from a
     /// Secret: flags show in `ps`).
     #[arg(long, env = "VICTORIAMETRICS_BEARER_TOKEN", hide_env_values = true)]

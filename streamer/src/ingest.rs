@@ -121,8 +121,26 @@ impl Ingestor {
         cached.1.clone()
     }
 
-    /// Refuses a batch listing a GPU another node reported within [`GPU_OWNERSHIP_MS`].
-    fn check_owners(&self, batch: &TelemetryBatch, now: i64) -> Result<(), Reject> {
+    /// Refuses a batch listing a GPU another node reported within [`GPU_OWNERSHIP_MS`]: in
+    /// the store, or in `pending` (batches of this fetch accepted before it, stored together
+    /// after it: uuid → node).
+    fn check_owners(
+        &self,
+        batch: &TelemetryBatch,
+        pending: &std::collections::HashMap<String, String>,
+        now: i64,
+    ) -> Result<(), Reject> {
+        if let Some((uuid, node)) = batch.gpus.iter().find_map(|g| {
+            pending
+                .get(&g.uuid)
+                .filter(|n| **n != batch.node)
+                .map(|n| (&g.uuid, n))
+        }) {
+            return Err(Reject::Invalid(format!(
+                "GPU {uuid} belongs to node {node:?} (reported 0 s ago), not {:?}",
+                batch.node
+            )));
+        }
         let uuids = batch.gpus.iter().map(|g| g.uuid.as_str());
         let since = now.saturating_sub(GPU_OWNERSHIP_MS - 1);
         match self
@@ -143,14 +161,18 @@ impl Ingestor {
     /// returned for dead-lettering; they never reach the store.
     ///
     /// # Errors
-    /// [`StoreError`] when the store fails: nothing after the failing record counts as
-    /// handled, and the caller must not commit.
+    /// [`StoreError`] when the store fails: nothing of `records` counts as handled, and the
+    /// caller must not commit (they are stored again, idempotently, on the retry).
     pub fn process(&self, records: &[ConsumedRecord]) -> Result<Ingested, StoreError> {
         let now = now_ms();
         let verifier = self.verifier(now);
         let mut out = Ingested::default();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut signers: std::collections::HashMap<&str, &str> = Default::default();
+        // Verified batches, stored together after the loop (one remote request for many
+        // where the history can), and the GPUs they claim.
+        let mut accepted: Vec<TelemetryBatch> = Vec::new();
+        let mut owners: std::collections::HashMap<String, String> = Default::default();
         for (i, rec) in records.iter().enumerate() {
             let opened = rec
                 .oversized
@@ -159,7 +181,7 @@ impl Ingestor {
                     |bytes| Err(Reject::TooLarge { bytes }),
                 )
                 .and_then(|b| check_times(&b, now, MAX_FUTURE_SKEW_MS).map(|()| b))
-                .and_then(|b| self.check_owners(&b, now).map(|()| b));
+                .and_then(|b| self.check_owners(&b, &owners, now).map(|()| b));
             match opened {
                 Ok(batch) => {
                     let key_id = rec.parts().key_id.map(String::from_utf8_lossy);
@@ -172,16 +194,22 @@ impl Ingestor {
                             signers.insert(node, fp.as_str());
                         }
                     }
-                    let applied = self
-                        .store
-                        .apply(&batch)
-                        .inspect_err(|_| self.metrics.error("store"))?;
-                    self.metrics.applied(applied);
+                    for g in &batch.gpus {
+                        owners.insert(g.uuid.clone(), batch.node.clone());
+                    }
+                    accepted.push(batch);
                 }
                 Err(reject) => out.rejected.push((i, reject)),
             }
             let e = next.entry(rec.partition).or_insert(rec.offset + 1);
             *e = (*e).max(rec.offset + 1);
+        }
+        for applied in self
+            .store
+            .apply_all(&accepted)
+            .inspect_err(|_| self.metrics.error("store"))?
+        {
+            self.metrics.applied(applied);
         }
         out.next_offsets = next.into_iter().collect();
         // Counted once the whole batch is handled: a batch retried after a store failure

@@ -82,13 +82,19 @@ pub fn open_store(cfg: &StreamerConfig) -> Result<Store, StreamerError> {
                 .into(),
         )
     })?;
-    if !url.starts_with("http://") {
-        return Err(StreamerError::Config(format!(
-            "--victoriametrics-url must be an http:// URL (TLS to VictoriaMetrics is not built in yet; put a TLS proxy on the node's side), not {}",
-            url.split("://").next().unwrap_or("?")
-        )));
+    let read_url = cfg.victoriametrics_read_url.as_deref().unwrap_or(url);
+    for (flag, u) in [
+        ("--victoriametrics-url", url),
+        ("--victoriametrics-read-url", read_url),
+    ] {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(StreamerError::Config(format!(
+                "{flag} must be an http:// or https:// URL"
+            )));
+        }
     }
-    let mut headers = reqwest::header::HeaderMap::new();
+    let mut headers =
+        remote_write::parse_headers(&cfg.victoriametrics_headers).map_err(StreamerError::Config)?;
     if let Some(t) = &cfg.victoriametrics_bearer_token {
         let mut v =
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.expose_secret()))
@@ -100,15 +106,17 @@ pub fn open_store(cfg: &StreamerConfig) -> Result<Store, StreamerError> {
         v.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
-    let timeout = std::time::Duration::from_secs(30);
-    let writer = remote_write::RemoteWriter::new(
+    let http = remote_write::http_client(
+        cfg.victoriametrics_ca_file.as_deref(),
+        std::time::Duration::from_secs(30),
+    )
+    .map_err(StreamerError::Config)?;
+    let writer = remote_write::RemoteWriter::with_http(
+        http.clone(),
         &format!("{}/api/v1/write", url.trim_end_matches('/')),
         headers.clone(),
-        timeout,
-    )
-    .map_err(|e| StreamerError::Config(format!("remote write client: {e}")))?;
-    let reader = remote_write::VictoriaReader::new(url, headers, timeout)
-        .map_err(|e| StreamerError::Config(format!("VictoriaMetrics client: {e}")))?;
+    );
+    let reader = remote_write::VictoriaReader::with_http(http, read_url, headers);
     let history =
         remote_write::VictoriaHistory::new(writer, reader, tokio::runtime::Handle::current());
     Ok(Store::open(Arc::new(history))?)

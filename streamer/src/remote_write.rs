@@ -117,11 +117,24 @@ pub fn series(batch: &TelemetryBatch) -> Vec<proto::TimeSeries> {
 /// # Errors
 /// snappy's (it does not fail on input this size).
 pub fn encode(batch: &TelemetryBatch) -> Result<Vec<u8>, snap::Error> {
+    encode_all(std::slice::from_ref(batch))
+}
+
+/// `batches` as one remote-write request body (their series one after another).
+///
+/// # Errors
+/// snappy's (it does not fail on input this size).
+pub fn encode_all(batches: &[TelemetryBatch]) -> Result<Vec<u8>, snap::Error> {
     let req = proto::WriteRequest {
-        timeseries: series(batch),
+        timeseries: batches.iter().flat_map(series).collect(),
     };
     snap::raw::Encoder::new().compress_vec(&req.encode_to_vec())
 }
+
+/// Most batches (node records) in one remote-write request: 100 nodes of 8 GPUs are
+/// ≈ 50,000 series, a few MB before compression — well inside the 32 MB VictoriaMetrics
+/// takes by default (`-maxInsertRequestSize`).
+pub const BATCHES_PER_REQUEST: usize = 100;
 
 /// Why a write did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +162,82 @@ pub enum WriteError {
     Encode(#[from] snap::Error),
 }
 
+/// The HTTP client for VictoriaMetrics: system roots (and `ca_file`'s, PEM) for
+/// `https://`, each request given up after `timeout`.
+///
+/// # Errors
+/// One line naming the CA file and what is wrong with it.
+pub fn http_client(
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder().timeout(timeout);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            format!(
+                "--victoriametrics-ca-file {}: cannot read it: {e}",
+                path.display()
+            )
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "--victoriametrics-ca-file {}: not PEM certificates: {e}",
+                path.display()
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(format!(
+                "--victoriametrics-ca-file {}: no certificate in it",
+                path.display()
+            ));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build()
+        .map_err(|e| format!("VictoriaMetrics HTTP client: {e}"))
+}
+
+/// `Name: value` lines as headers, each value marked sensitive (never logged).
+///
+/// # Errors
+/// One line naming the header (never its value) when one does not parse.
+pub fn parse_headers(lines: &[String]) -> Result<reqwest::header::HeaderMap, String> {
+    let mut out = reqwest::header::HeaderMap::new();
+    for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            "--victoriametrics-header: expected `Name: value` (one per line)".to_string()
+        })?;
+        let name =
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                format!(
+                    "--victoriametrics-header: {:?} is not a header name",
+                    name.trim()
+                )
+            })?;
+        let mut value = reqwest::header::HeaderValue::from_str(value.trim()).map_err(|_| {
+            format!("--victoriametrics-header {name}: the value is not a valid header value")
+        })?;
+        value.set_sensitive(true);
+        out.append(name, value);
+    }
+    Ok(out)
+}
+
+/// An error and its causes in one line (`a: b: c`): "error sending request" alone does not
+/// say that a certificate was refused.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
 /// Posts remote-write bodies to one endpoint (`…/api/v1/write`).
 #[derive(Debug, Clone)]
 pub struct RemoteWriter {
@@ -168,11 +257,24 @@ impl RemoteWriter {
         headers: reqwest::header::HeaderMap,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        Ok(Self {
-            http: reqwest::Client::builder().timeout(timeout).build()?,
+        Ok(Self::with_http(
+            reqwest::Client::builder().timeout(timeout).build()?,
+            url,
+            headers,
+        ))
+    }
+
+    /// A writer to `url` through `http` (see [`http_client`]), sending `headers` too.
+    pub fn with_http(
+        http: reqwest::Client,
+        url: &str,
+        headers: reqwest::header::HeaderMap,
+    ) -> Self {
+        Self {
+            http,
             url: url.to_string(),
             headers,
-        })
+        }
     }
 
     /// Writes `batch` once.
@@ -180,7 +282,15 @@ impl RemoteWriter {
     /// # Errors
     /// [`WriteError::Retry`] when it may succeed later, [`WriteError::Refused`] when not.
     pub async fn write(&self, batch: &TelemetryBatch) -> Result<(), WriteError> {
-        let body = encode(batch)?;
+        self.write_all(std::slice::from_ref(batch)).await
+    }
+
+    /// Writes `batches` in one request.
+    ///
+    /// # Errors
+    /// As [`RemoteWriter::write`].
+    pub async fn write_all(&self, batches: &[TelemetryBatch]) -> Result<(), WriteError> {
+        let body = encode_all(batches)?;
         let resp = self
             .http
             .post(&self.url)
@@ -193,7 +303,7 @@ impl RemoteWriter {
             .await
             .map_err(|e| WriteError::Retry {
                 url: self.url.clone(),
-                detail: e.without_url().to_string(),
+                detail: causes(&e.without_url()),
             })?;
         let status = resp.status();
         if status.is_success() {
@@ -247,6 +357,19 @@ impl VictoriaReader {
         headers: reqwest::header::HeaderMap,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
+        Ok(Self::with_http(
+            reqwest::Client::builder().timeout(timeout).build()?,
+            base_url,
+            headers,
+        ))
+    }
+
+    /// A reader of VictoriaMetrics at `base_url` through `http` (see [`http_client`]).
+    pub fn with_http(
+        http: reqwest::Client,
+        base_url: &str,
+        headers: reqwest::header::HeaderMap,
+    ) -> Self {
         use crate::store::reading::COLUMNS;
         let columns = METRICS
             .iter()
@@ -257,13 +380,13 @@ impl VictoriaReader {
                     .map(|i| (m.prometheus_name(), (i, m.divisor)))
             })
             .collect();
-        Ok(Self {
-            http: reqwest::Client::builder().timeout(timeout).build()?,
+        Self {
+            http,
             export_url: format!("{}/api/v1/export", base_url.trim_end_matches('/')),
             series_url: format!("{}/api/v1/series", base_url.trim_end_matches('/')),
             headers,
             columns,
-        })
+        }
     }
 
     /// Whether VictoriaMetrics holds any series of `uuid` (over its whole retention).
@@ -275,10 +398,12 @@ impl VictoriaReader {
             .http
             .get(&self.series_url)
             .headers(self.headers.clone())
-            .query(&[("match[]", selector(uuid).as_str()), ("start", "0")])
+            // Over all time: 1 s after the epoch (VictoriaMetrics reads `start=0` as unset, and
+            // then looks one day back only).
+            .query(&[("match[]", selector(uuid).as_str()), ("start", "1")])
             .send()
             .await
-            .map_err(|e| format!("VictoriaMetrics series: {}", e.without_url()))?;
+            .map_err(|e| format!("VictoriaMetrics series: {}", causes(&e.without_url())))?;
         if !resp.status().is_success() {
             return Err(format!("VictoriaMetrics series: HTTP {}", resp.status()));
         }
@@ -313,7 +438,7 @@ impl VictoriaReader {
             ])
             .send()
             .await
-            .map_err(|e| format!("VictoriaMetrics export: {}", e.without_url()))?;
+            .map_err(|e| format!("VictoriaMetrics export: {}", causes(&e.without_url())))?;
         if !resp.status().is_success() {
             return Err(format!("VictoriaMetrics export: HTTP {}", resp.status()));
         }
@@ -417,31 +542,49 @@ impl crate::store::History for VictoriaHistory {
         &self,
         batch: &TelemetryBatch,
     ) -> Result<(crate::store::Applied, Vec<bool>), crate::store::StoreError> {
+        let mut done = self.apply_all(std::slice::from_ref(batch))?;
+        Ok(done.remove(0))
+    }
+
+    fn apply_all(
+        &self,
+        batches: &[TelemetryBatch],
+    ) -> Result<Vec<(crate::store::Applied, Vec<bool>)>, crate::store::StoreError> {
         // Every sample, new or redelivered: the remote keeps one per series and timestamp.
-        self.runtime
-            .block_on(self.writer.write(batch))
-            .map_err(|e| crate::store::StoreError::Remote(Box::new(e)))?;
+        // A few requests at once, each of up to BATCHES_PER_REQUEST batches.
+        let writes = batches
+            .chunks(BATCHES_PER_REQUEST)
+            .map(|chunk| self.writer.write_all(chunk));
+        let results = self.runtime.block_on(futures::future::join_all(writes));
+        for r in results {
+            r.map_err(|e| crate::store::StoreError::Remote(Box::new(e)))?;
+        }
         // New = newer than anything this streamer wrote for the GPU (the latest index
         // counts and shows only those); a re-read after a restart or a rebalance counts
         // again here, while VictoriaMetrics holds it once.
         let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-        let mut applied = crate::store::Applied::default();
-        let new = batch
-            .samples
+        Ok(batches
             .iter()
-            .map(|s| {
-                let at = newest.entry(s.uuid.clone()).or_insert(i64::MIN);
-                let is_new = s.timestamp_ms > *at;
-                if is_new {
-                    *at = s.timestamp_ms;
-                    applied.inserted += 1;
-                } else {
-                    applied.duplicates += 1;
-                }
-                is_new
+            .map(|batch| {
+                let mut applied = crate::store::Applied::default();
+                let new = batch
+                    .samples
+                    .iter()
+                    .map(|s| {
+                        let at = newest.entry(s.uuid.clone()).or_insert(i64::MIN);
+                        let is_new = s.timestamp_ms > *at;
+                        if is_new {
+                            *at = s.timestamp_ms;
+                            applied.inserted += 1;
+                        } else {
+                            applied.duplicates += 1;
+                        }
+                        is_new
+                    })
+                    .collect();
+                (applied, new)
             })
-            .collect();
-        Ok((applied, new))
+            .collect())
     }
 
     fn cover(&self, _next: &[(i32, i64)]) -> Result<(), crate::store::StoreError> {
@@ -488,7 +631,8 @@ impl crate::store::History for VictoriaHistory {
         let Some((rs, more)) = self.range(uuid, start_ms, end_ms, limit)? else {
             return Ok(None);
         };
-        for block in rs.chunks(4096) {
+        // Blocks of about a stored chunk's size, so a long answer streams in pieces.
+        for block in rs.chunks(512) {
             if !emit(crate::store::Block::Readings(block.to_vec())) {
                 break;
             }

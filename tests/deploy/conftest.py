@@ -35,6 +35,14 @@ VALUE_SETS = {
     "history-victoriametrics": {"history": {"backend": "victoriametrics", "victoriametrics": {
         "url": "http://vmsingle.monitoring:8428", "bearerTokenSecret": {"name": "vm-auth", "key": "token"}}},
         "streamer": {"replicas": 3}},
+    "history-victoriametrics-cluster-tls": {"history": {"backend": "victoriametrics", "victoriametrics": {
+        "url": "https://vminsert.monitoring:8480/insert/0/prometheus",
+        "readUrl": "https://vmselect.monitoring:8481/select/0/prometheus",
+        "caConfigMap": {"name": "vm-ca", "key": "ca.crt"},
+        "headersSecret": {"name": "vm-headers", "key": "headers"}}},
+        "networkPolicy": {"historyPorts": [8480, 8481]}, "streamer": {"replicas": 4}},
+    "history-victoriametrics-in-chart": {"history": {"backend": "victoriametrics", "victoriametrics": {
+        "deploy": {"enabled": True}}}, "streamer": {"replicas": 2}},
     "everything-on": {
         "collector": {"source": "simulated", "runtimeClassName": "nvidia", "priorityClassName": "system-node-critical"},
         "streamer": {"persistence": {"enabled": True, "storageClass": "fast"}},

@@ -806,8 +806,26 @@ def test_the_history_can_live_in_victoriametrics_and_the_streamer_may_reach_it()
     # Without a URL, or with https (not built in yet), the render says what is wrong.
     with pytest.raises(helm.HelmError, match="history.backend victoriametrics needs history.victoriametrics.url"):
         install({"history": {"backend": "victoriametrics"}})
-    with pytest.raises(Exception, match="/history/victoriametrics/url.*https://vm:8428.*does not match"):
-        install({"history": {"backend": "victoriametrics", "victoriametrics": {"url": "https://vm:8428"}}})
+    with pytest.raises(Exception, match="/history/victoriametrics/url.*ftp://vm:8428.*does not match"):
+        install({"history": {"backend": "victoriametrics", "victoriametrics": {"url": "ftp://vm:8428"}}})
+
+
+def test_a_victoriametrics_cluster_over_https_gets_its_read_url_ca_and_headers():
+    _, docs = install(VALUE_SETS["history-victoriametrics-cluster-tls"])
+    spec = pod_spec(one(docs, "Deployment", "streamer"))
+    env = env_of(spec["containers"][0])
+    assert env["VICTORIAMETRICS_URL"]["value"] == "https://vminsert.monitoring:8480/insert/0/prometheus"
+    assert env["VICTORIAMETRICS_READ_URL"]["value"] == "https://vmselect.monitoring:8481/select/0/prometheus"
+    assert env["VICTORIAMETRICS_CA_FILE"]["value"] == "/etc/telemetry-stack/victoriametrics-ca/ca.crt"
+    # Headers (credentials) from a Secret, never a value in the manifest.
+    assert env["VICTORIAMETRICS_HEADERS"] == {
+        "name": "VICTORIAMETRICS_HEADERS",
+        "valueFrom": {"secretKeyRef": {"name": "vm-headers", "key": "headers"}}}
+    assert {"name": "victoriametrics-ca", "configMap": {"name": "vm-ca"}} in spec["volumes"]
+    assert {"name": "victoriametrics-ca", "mountPath": "/etc/telemetry-stack/victoriametrics-ca",
+            "readOnly": True} in spec["containers"][0]["volumeMounts"]
+    egress = by_kind(docs, "NetworkPolicy")["streamer"]["spec"]["egress"]
+    assert egress[-1] == {"ports": [{"port": 8480, "protocol": "TCP"}, {"port": 8481, "protocol": "TCP"}]}
 
 
 def test_with_the_history_in_victoriametrics_streamers_scale_out_without_volumes():
@@ -841,3 +859,37 @@ def test_with_the_history_in_victoriametrics_streamers_scale_out_without_volumes
     assert pods["spec"]["selector"] == streamer["spec"]["selector"]["matchLabels"]
     api_env = env_of(pod_spec(one(docs, "Deployment", "api"))["containers"][0])
     assert api_env["STREAMER_URL"]["value"] == "http://streamer-pods:50051"
+
+
+def test_an_in_chart_victoriametrics_is_there_to_try_the_mode_and_only_streamers_reach_it():
+    _, docs = install({})
+    assert "victoriametrics" not in by_kind(docs, "StatefulSet")
+
+    _, docs = install(VALUE_SETS["history-victoriametrics-in-chart"])
+    vm = one(docs, "StatefulSet", "victoriametrics")
+    container = pod_spec(vm)["containers"][0]
+    assert "-dedup.minScrapeInterval=1ms" in container["args"]
+    assert "-retentionPeriod=30d" in container["args"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod_spec(vm)["securityContext"]["runAsNonRoot"] is True
+    assert vm["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert by_kind(docs, "Service")["victoriametrics"]["spec"]["ports"][0]["port"] == 8428
+    # The streamers write to it, and may reach it (egress to its pods, on 8428 only).
+    env = env_of(pod_spec(one(docs, "Deployment", "streamer"))["containers"][0])
+    assert env["VICTORIAMETRICS_URL"]["value"] == "http://victoriametrics:8428"
+    vm_labels = vm["spec"]["selector"]["matchLabels"]
+    egress = by_kind(docs, "NetworkPolicy")["streamer"]["spec"]["egress"]
+    assert egress[-1] == {"to": [{"podSelector": {"matchLabels": vm_labels}}],
+                          "ports": [{"port": 8428, "protocol": "TCP"}]}
+    # Only the streamers reach it; it reaches nothing.
+    policy = by_kind(docs, "NetworkPolicy")["victoriametrics"]["spec"]
+    streamer_labels = one(docs, "Deployment", "streamer")["spec"]["selector"]["matchLabels"]
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": streamer_labels}}],
+                                  "ports": [{"port": 8428, "protocol": "TCP"}]}]
+    assert policy["egress"] == []
+    # Without persistence: an emptyDir, no claim.
+    _, docs = install({"history": {"backend": "victoriametrics", "victoriametrics": {
+        "deploy": {"enabled": True, "persistence": {"enabled": False}}}}})
+    vm = one(docs, "StatefulSet", "victoriametrics")
+    assert "volumeClaimTemplates" not in vm["spec"]
+    assert pod_spec(vm)["volumes"] == [{"name": "storage", "emptyDir": {}}]

@@ -65,6 +65,30 @@ async fn every_sample_lands_once_with_its_exact_value_even_when_written_twice() 
     let util = metric::find("gpu_utilization_percent").unwrap();
     assert!(have.contains_key(&util.prometheus_name()));
 
+    // A GPU whose only sample is years old is still known (VictoriaMetrics reads a series
+    // query's `start=0` as unset and then looks one day back: the reader asks from 1 s).
+    let old_gpu = telemetry_wire::wire::TelemetryBatch {
+        node: "old-node".into(),
+        samples: vec![telemetry_wire::wire::GpuSample {
+            uuid: "GPU-old".into(),
+            timestamp_ms: 1_000_000_000_000, // 2001-09-09
+            gpu_utilization_percent: Some(5),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    writer.write(&old_gpu).await.unwrap();
+    vm.flush(&http).await;
+    let reader = streamer::remote_write::VictoriaReader::new(
+        &vm.url,
+        reqwest::header::HeaderMap::new(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(reader.knows("GPU-old").await.unwrap());
+    assert!(reader.knows(&uuid).await.unwrap());
+    assert!(!reader.knows("GPU-never").await.unwrap());
+
     // A refused write (a path that takes no writes: 400) is said as such, not retried for
     // ever.
     let bad = RemoteWriter::new(
@@ -263,26 +287,48 @@ async fn while_victoriametrics_is_down_batches_wait_and_nothing_is_lost_or_doubl
 }
 
 #[test]
-fn a_victoriametrics_backend_without_a_usable_url_stops_startup_in_one_line() {
+fn a_victoriametrics_backend_misconfigured_stops_startup_in_one_line() {
     use integration_tests::{Proc, args, bin};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().display().to_string();
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let not_pem = not_pem.display().to_string();
+    let vm = ["--history-backend", "victoriametrics"];
+    let url = ["--victoriametrics-url", "http://vm.example:8428"];
     for (extra, said) in [
         (
-            vec!["--history-backend", "victoriametrics"],
-            "streamer: --history-backend victoriametrics needs --victoriametrics-url (env VICTORIAMETRICS_URL)",
+            vec![],
+            "streamer: --history-backend victoriametrics needs --victoriametrics-url (env VICTORIAMETRICS_URL)".to_string(),
         ),
         (
-            vec![
-                "--history-backend",
-                "victoriametrics",
-                "--victoriametrics-url",
-                "https://vm.example:8428",
-            ],
-            "streamer: --victoriametrics-url must be an http:// URL (TLS to VictoriaMetrics is not built in yet; put a TLS proxy on the node's side), not https",
+            vec!["--victoriametrics-url", "ftp://vm.example:8428"],
+            "streamer: --victoriametrics-url must be an http:// or https:// URL".to_string(),
+        ),
+        (
+            [&url[..], &["--victoriametrics-read-url", "vmselect:8481"]].concat(),
+            "streamer: --victoriametrics-read-url must be an http:// or https:// URL".to_string(),
+        ),
+        (
+            // The value (a credential) is never echoed.
+            [&url[..], &["--victoriametrics-header", "Authorization Basic c2VjcmV0"]].concat(),
+            "streamer: --victoriametrics-header: expected `Name: value` (one per line)".to_string(),
+        ),
+        (
+            [&url[..], &["--victoriametrics-header", "X-Scope: sec\u{7}ret"]].concat(),
+            "streamer: --victoriametrics-header x-scope: the value is not a valid header value".to_string(),
+        ),
+        (
+            [&url[..], &["--victoriametrics-ca-file", "/no/such/ca.pem"]].concat(),
+            "streamer: --victoriametrics-ca-file /no/such/ca.pem: cannot read it: No such file or directory (os error 2)".to_string(),
+        ),
+        (
+            [&url[..], &["--victoriametrics-ca-file", not_pem.as_str()]].concat(),
+            format!("streamer: --victoriametrics-ca-file {not_pem}: no certificate in it"),
         ),
     ] {
         let mut flags = vec!["--grpc-addr", "127.0.0.1:0", "--data-dir", data.as_str()];
+        flags.extend(vm);
         flags.extend(extra);
         let mut p = Proc::spawn(
             "streamer",
@@ -294,6 +340,7 @@ fn a_victoriametrics_backend_without_a_usable_url_stops_startup_in_one_line() {
         assert!(!status.success());
         let line = p.wait_line("streamer: ", Duration::from_secs(5));
         assert_eq!(line, said);
+        assert!(!line.contains("c2VjcmV0") && !line.contains("sec"), "{line}");
     }
 }
 
@@ -423,4 +470,189 @@ async fn telemetry_read_back_from_victoriametrics_is_byte_for_byte_the_builtin_a
     // An unknown GPU is a 404 on both.
     let unknown = format!("{base_vm}/api/v1/gpus/GPU-unknown/telemetry?{window}");
     assert_eq!(get_json(&http, &unknown, Some(&n.api_key)).await.0, 404);
+}
+
+/// A private CA and a server certificate for 127.0.0.1 it signed (openssl, EC P-256):
+/// (ca.pem, cert.pem, key.pem).
+fn private_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |n: &str| dir.join(n);
+    let ext = p("leaf.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/install-test-deps installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
+/// A TLS endpoint with `cert`/`key` in front of `target` (host:port); its port.
+async fn tls_proxy(cert: &std::path::Path, key: &std::path::Path, target: String) -> u16 {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, target) = (acceptor.clone(), target.clone());
+            tokio::spawn(async move {
+                // A client that refuses our certificate ends the handshake: nothing to do.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_with_a_private_ca_samples_go_in_and_come_back_and_without_it_nothing_does() {
+    use streamer::remote_write::{VictoriaReader, http_client};
+    let vm = VictoriaMetrics::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(dir.path());
+    let port = tls_proxy(
+        &cert,
+        &key,
+        vm.url.trim_start_matches("http://").to_string(),
+    )
+    .await;
+    let https = format!("https://127.0.0.1:{port}");
+    let fleet = collector::simulated::SimulatedSource::new(collector::simulated::FleetSpec {
+        nodes: 1,
+        gpus_per_node: 1,
+        seed: 3,
+    });
+    let t0 = collector::sampler::now_ms() - 60_000;
+    let batches: Vec<_> = (0..3).map(|i| fleet.batch(0, t0 + i * 1000)).collect();
+    let uuid = batches[0].samples[0].uuid.clone();
+    let none = reqwest::header::HeaderMap::new();
+
+    // Without the CA: the certificate is refused, the write is "retry later", nothing lands.
+    let untrusting = http_client(None, Duration::from_secs(10)).unwrap();
+    let w = RemoteWriter::with_http(untrusting, &format!("{https}/api/v1/write"), none.clone());
+    match w.write(&batches[0]).await {
+        Err(WriteError::Retry { detail, .. }) => {
+            assert!(detail.contains("certificate"), "{detail}");
+        }
+        other => panic!("expected a TLS failure, got {other:?}"),
+    }
+
+    // With it: every batch in, and read back over https exactly.
+    let trusting = http_client(Some(&ca), Duration::from_secs(10)).unwrap();
+    let w = RemoteWriter::with_http(
+        trusting.clone(),
+        &format!("{https}/api/v1/write"),
+        none.clone(),
+    );
+    for b in &batches {
+        w.write(b).await.unwrap();
+    }
+    vm.flush(&reqwest::Client::new()).await;
+    let reader = VictoriaReader::with_http(trusting, &https, none);
+    assert!(reader.knows(&uuid).await.unwrap());
+    let values = |s: &telemetry_wire::wire::GpuSample| -> Vec<(String, f64)> {
+        metric::values(s).map(|(k, v)| (k.to_string(), v)).collect()
+    };
+    let got: Vec<(i64, Vec<(String, f64)>)> = reader
+        .readings(&uuid, t0, t0 + 3000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.ts_ms, values(&r.to_wire())))
+        .collect();
+    let want: Vec<(i64, Vec<(String, f64)>)> = batches
+        .iter()
+        .map(|b| (b.samples[0].timestamp_ms, values(&b.samples[0])))
+        .collect();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got, want);
 }

@@ -284,17 +284,48 @@ address, on its ports). */}}
 {{- if eq .Values.history.backend "victoriametrics" }}true{{ end }}
 {{- end }}
 
+{{/* The in-chart VictoriaMetrics single node is deployed. */}}
+{{- define "ts.bundledVictoriametrics" -}}
+{{- if and (eq .Values.history.backend "victoriametrics") .Values.history.victoriametrics.deploy.enabled }}true{{ end }}
+{{- end }}
+
+{{/* VictoriaMetrics's base URL: the one given, or the in-chart one's Service (checked: one of them). */}}
+{{- define "ts.victoriametricsUrl" -}}
+{{- $h := .Values.history.victoriametrics -}}
+{{- if $h.url -}}
+{{- $h.url -}}
+{{- else if include "ts.bundledVictoriametrics" . -}}
+{{- printf "http://%s:8428" (include "ts.name" (dict "root" . "component" "victoriametrics")) -}}
+{{- else -}}
+{{- fail "history.backend victoriametrics needs history.victoriametrics.url (http://…, the base URL of VictoriaMetrics) or history.victoriametrics.deploy.enabled" -}}
+{{- end -}}
+{{- end }}
+
 {{/* The streamer's history settings as env vars (checked: victoriametrics needs a URL). */}}
 {{- define "ts.historyEnv" -}}
 {{- $h := .Values.history -}}
 - name: HISTORY_BACKEND
   value: {{ $h.backend | quote }}
 {{- if eq $h.backend "victoriametrics" }}
-{{- if not $h.victoriametrics.url }}
-{{- fail "history.backend victoriametrics needs history.victoriametrics.url (http://…, the base URL of VictoriaMetrics)" }}
-{{- end }}
 - name: VICTORIAMETRICS_URL
-  value: {{ $h.victoriametrics.url | quote }}
+  value: {{ include "ts.victoriametricsUrl" . | quote }}
+{{- with $h.victoriametrics.readUrl }}
+- name: VICTORIAMETRICS_READ_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $h.victoriametrics.headersSecret }}
+{{- if .name }}
+- name: VICTORIAMETRICS_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name | quote }}
+      key: {{ .key | quote }}
+{{- end }}
+{{- end }}
+{{- if $h.victoriametrics.caConfigMap.name }}
+- name: VICTORIAMETRICS_CA_FILE
+  value: /etc/telemetry-stack/victoriametrics-ca/{{ $h.victoriametrics.caConfigMap.key }}
+{{- end }}
 {{- with $h.victoriametrics.bearerTokenSecret }}
 {{- if .name }}
 - name: VICTORIAMETRICS_BEARER_TOKEN
@@ -309,7 +340,15 @@ address, on its ports). */}}
 
 {{/* Egress to VictoriaMetrics (history.backend victoriametrics). */}}
 {{- define "ts.egressHistory" -}}
-{{- if eq .Values.history.backend "victoriametrics" }}
+{{- if and (include "ts.bundledVictoriametrics" .) (not .Values.history.victoriametrics.url) }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "ts.selectorLabels" (dict "root" . "component" "victoriametrics") | nindent 10 }}
+  ports:
+    - port: 8428
+      protocol: TCP
+{{- else if eq .Values.history.backend "victoriametrics" }}
 - {{- with .Values.networkPolicy.historyTo }}
   to:
     {{- toYaml . | nindent 4 }}

@@ -137,6 +137,19 @@ pub trait History: Send + Sync + 'static {
     /// idempotent) and must not cover its offset.
     fn apply(&self, batch: &TelemetryBatch) -> Result<(Applied, Vec<bool>), StoreError>;
 
+    /// [`History::apply`] of each of `batches`, in order; a history that can do them in one
+    /// go (one remote request) does. All or nothing as far as the caller knows: on an
+    /// error the caller retries them all (they are idempotent).
+    ///
+    /// # Errors
+    /// [`StoreError`] as for [`History::apply`].
+    fn apply_all(
+        &self,
+        batches: &[TelemetryBatch],
+    ) -> Result<Vec<(Applied, Vec<bool>)>, StoreError> {
+        batches.iter().map(|b| self.apply(b)).collect()
+    }
+
     /// Records that everything before `next` (partition → next offset) is applied. Durable
     /// with the next [`History::flush`]. A lower offset than before replaces it (the topic
     /// was recreated).

@@ -71,6 +71,24 @@ impl Store {
         Ok(applied)
     }
 
+    /// [`Store::apply`] of each of `batches`, through [`History::apply_all`] (one remote
+    /// request where the history can). Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError`] from the history; the batches must be retried and their offsets not
+    /// covered.
+    pub fn apply_all(&self, batches: &[TelemetryBatch]) -> Result<Vec<Applied>, StoreError> {
+        let done = self.history.apply_all(batches)?;
+        Ok(batches
+            .iter()
+            .zip(done)
+            .map(|(batch, (applied, new))| {
+                self.latest.apply(batch, &new);
+                applied
+            })
+            .collect())
+    }
+
     /// See [`History::cover`].
     ///
     /// # Errors

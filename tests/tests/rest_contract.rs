@@ -1,5 +1,7 @@
 //! The REST contract: auth on every route but the open ones, JSON errors naming the bad
-//! parameter, 404 for unknown GPUs, never a 500 for bad input.
+//! parameter, 404 for unknown GPUs, never a 500 for bad input — on both history backends:
+//! every test that reads data runs twice (`builtin::…` over the durable store,
+//! `victoriametrics::…` over a real VictoriaMetrics, one per test process).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +20,82 @@ const KEY: &str = "test-api-key";
 const UUID: &str = "GPU-aaaaaaaa-0000-0000-0000-000000000001";
 const T0: i64 = 1_790_000_000_000; // 2026-09-21T14:13:20Z
 
-fn app() -> axum::Router {
-    app_with(0)
+/// Where the test app's history lives.
+#[derive(Debug, Clone, Copy)]
+enum History {
+    Builtin,
+    Victoriametrics,
+}
+
+thread_local! {
+    /// This test's VictoriaMetrics: started on first use, killed when the test's thread
+    /// ends (its destructor runs then; a static's never would).
+    static VM: std::cell::OnceCell<integration_tests::VictoriaMetrics> =
+        const { std::cell::OnceCell::new() };
+}
+
+/// The base URL of this test's VictoriaMetrics.
+fn victoriametrics_url() -> String {
+    VM.with(|vm| {
+        vm.get_or_init(integration_tests::VictoriaMetrics::start)
+            .url
+            .clone()
+    })
+}
+
+/// A store over history `hist`: the durable store in a temporary directory (keep the guard
+/// while the store flushes: it creates files), or VictoriaMetrics through the streamer's
+/// own constructor.
+fn open_store(hist: History) -> (Option<tempfile::TempDir>, Arc<Store>) {
+    match hist {
+        History::Builtin => {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
+            (Some(dir), store)
+        }
+        History::Victoriametrics => {
+            use clap::Parser as _;
+            let cfg = streamer::config::StreamerConfig::parse_from([
+                "streamer",
+                "--history-backend",
+                "victoriametrics",
+                "--victoriametrics-url",
+                &victoriametrics_url(),
+            ]);
+            (None, Arc::new(streamer::open_store(&cfg).unwrap()))
+        }
+    }
+}
+
+/// Stores `batches` (off the async workers: a remote history blocks on its writes) and
+/// makes them readable.
+async fn store_all(hist: History, store: &Arc<Store>, batches: Vec<TelemetryBatch>) {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || {
+        for b in &batches {
+            s.apply(b).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    if let History::Victoriametrics = hist {
+        // Searchable at once (VictoriaMetrics buffers about a second).
+        let r = reqwest::get(format!("{}/internal/force_flush", victoriametrics_url()))
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+async fn app(hist: History) -> axum::Router {
+    app_with(hist, 0).await
 }
 
 /// The test app: GPU `UUID` with five samples, and `more` GPUs without samples.
-fn app_with(more: u32) -> axum::Router {
-    // The directory may go once the store is open (Linux keeps the open file).
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
+async fn app_with(hist: History, more: u32) -> axum::Router {
+    // The directory may go once the store is open and nothing flushes (Linux keeps the
+    // open files).
+    let (_dir, store) = open_store(hist);
     let mut gpus = vec![GpuInfo {
         uuid: UUID.into(),
         index: 3,
@@ -56,7 +125,7 @@ fn app_with(more: u32) -> axum::Router {
             })
             .collect(),
     };
-    store.apply(&batch).unwrap();
+    store_all(hist, &store, vec![batch]).await;
     router(AppState {
         backend: Arc::new(StoreBackend {
             store,
@@ -69,12 +138,13 @@ fn app_with(more: u32) -> axum::Router {
     })
 }
 
-async fn call(uri: &str, key: Option<&str>) -> (StatusCode, Value) {
+async fn call(hist: History, uri: &str, key: Option<&str>) -> (StatusCode, Value) {
     let mut req = Request::builder().uri(uri);
     if let Some(k) = key {
         req = req.header("x-api-key", k);
     }
-    let resp = app()
+    let resp = app(hist)
+        .await
         .oneshot(req.body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -85,10 +155,11 @@ async fn call(uri: &str, key: Option<&str>) -> (StatusCode, Value) {
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn only_health_readiness_metrics_openapi_and_the_dashboards_files_answer_without_a_key() {
+async fn only_health_readiness_metrics_openapi_and_the_dashboards_files_answer_without_a_key(
+    hist: History,
+) {
     for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
-        let (s, _) = call(open, None).await;
+        let (s, _) = call(hist, open, None).await;
         assert_eq!(s, StatusCode::OK, "{open}");
     }
     // The dashboard's page and assets (static, no data): exactly these paths.
@@ -104,7 +175,8 @@ async fn only_health_readiness_metrics_openapi_and_the_dashboards_files_answer_w
         ]
     );
     for open in assets {
-        let resp = app()
+        let resp = app(hist)
+            .await
             .oneshot(Request::builder().uri(open).body(Body::empty()).unwrap())
             .await
             .unwrap();
@@ -123,17 +195,16 @@ async fn only_health_readiness_metrics_openapi_and_the_dashboards_files_answer_w
         "/index.html",
         "/admin",
     ] {
-        let (s, body) = call(closed, None).await;
+        let (s, body) = call(hist, closed, None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{closed}");
         assert_eq!(body["error"]["code"], "unauthorized", "{closed}");
-        let (s, _) = call(closed, Some("wrong-key")).await;
+        let (s, _) = call(hist, closed, Some("wrong-key")).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{closed}");
     }
 }
 
-#[tokio::test]
-async fn gpu_list_and_detail_follow_the_contract() {
-    let (s, body) = call("/api/v1/gpus", Some(KEY)).await;
+async fn gpu_list_and_detail_follow_the_contract(hist: History) {
+    let (s, body) = call(hist, "/api/v1/gpus", Some(KEY)).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(body["count"], 1);
     let g = &body["gpus"][0];
@@ -146,19 +217,18 @@ async fn gpu_list_and_detail_follow_the_contract() {
         g["latest"],
         serde_json::json!({"gpu_utilization_percent": 40, "power_usage_watts": 100.5})
     );
-    let (_, body) = call("/api/v1/gpus?node=node-b", Some(KEY)).await;
+    let (_, body) = call(hist, "/api/v1/gpus?node=node-b", Some(KEY)).await;
     assert_eq!(body["count"], 0);
-    let (s, detail) = call(&format!("/api/v1/gpus/{UUID}"), Some(KEY)).await;
+    let (s, detail) = call(hist, &format!("/api/v1/gpus/{UUID}"), Some(KEY)).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(detail["sample_count"], 5);
 }
 
-#[tokio::test]
-async fn telemetry_window_metrics_and_limit_are_applied() {
+async fn telemetry_window_metrics_and_limit_are_applied(hist: History) {
     let uri = format!(
         "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T14:13:21Z&end_time=2026-09-21T14:13:24Z&metrics=gpu_utilization_percent"
     );
-    let (s, body) = call(&uri, Some(KEY)).await;
+    let (s, body) = call(hist, &uri, Some(KEY)).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(
         body["samples"],
@@ -172,14 +242,13 @@ async fn telemetry_window_metrics_and_limit_are_applied() {
     let uri = format!(
         "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T00:00:00Z&end_time=2026-09-22T00:00:00Z&limit=2"
     );
-    let (_, body) = call(&uri, Some(KEY)).await;
+    let (_, body) = call(hist, &uri, Some(KEY)).await;
     assert_eq!(body["count"], 2);
     assert_eq!(body["truncated"], true);
     assert_eq!(body["samples"][0]["power_usage_watts"], 100.5);
 }
 
-#[tokio::test]
-async fn step_and_agg_give_one_sample_per_bucket_in_metric_units() {
+async fn step_and_agg_give_one_sample_per_bucket_in_metric_units(hist: History) {
     let t = format!(
         "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T14:00:00Z&end_time=2026-09-21T15:00:00Z"
     );
@@ -192,7 +261,7 @@ async fn step_and_agg_give_one_sample_per_bucket_in_metric_units() {
         ("last", json!(40), json!(100.5)),
         ("count", json!(5), json!(5)),
     ] {
-        let (s, body) = call(&format!("{t}&step=1h&agg={agg}"), Some(KEY)).await;
+        let (s, body) = call(hist, &format!("{t}&step=1h&agg={agg}"), Some(KEY)).await;
         assert_eq!(s, StatusCode::OK, "{body}");
         assert_eq!(
             body["samples"],
@@ -209,7 +278,7 @@ async fn step_and_agg_give_one_sample_per_bucket_in_metric_units() {
     let uri = format!(
         "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T14:13:21Z&end_time=2026-09-21T14:13:25Z&step=2s&metrics=gpu_utilization_percent"
     );
-    let (s, body) = call(&uri, Some(KEY)).await;
+    let (s, body) = call(hist, &uri, Some(KEY)).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["start_time"], "2026-09-21T14:13:20.000Z");
     assert_eq!(body["agg"], "avg");
@@ -221,15 +290,14 @@ async fn step_and_agg_give_one_sample_per_bucket_in_metric_units() {
             {"timestamp": "2026-09-21T14:13:24.000Z", "gpu_utilization_percent": 40},
         ])
     );
-    let (_, body) = call(&format!("{uri}&limit=2"), Some(KEY)).await;
+    let (_, body) = call(hist, &format!("{uri}&limit=2"), Some(KEY)).await;
     assert_eq!(
         (body["count"].as_u64(), body["truncated"].as_bool()),
         (Some(2), Some(true))
     );
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500() {
+async fn bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500(hist: History) {
     let t = format!("/api/v1/gpus/{UUID}/telemetry");
     let cases: Vec<(String, StatusCode, Option<&str>, &str)> = vec![
         (
@@ -342,7 +410,7 @@ async fn bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500() {
         ),
     ];
     for (uri, status, parameter, message) in cases {
-        let (s, body) = call(&uri, Some(KEY)).await;
+        let (s, body) = call(hist, &uri, Some(KEY)).await;
         assert_eq!(s, status, "{uri}: {body}");
         let err = &body["error"];
         assert_eq!(
@@ -364,15 +432,14 @@ async fn bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500() {
     }
 }
 
-#[tokio::test]
-async fn other_methods_get_a_json_405_and_an_unencoded_plus_in_a_time_is_understood() {
+async fn other_methods_get_a_json_405_and_an_unencoded_plus_in_a_time_is_understood(hist: History) {
     let req = Request::builder()
         .method("POST")
         .uri("/api/v1/gpus")
         .header("x-api-key", KEY)
         .body(Body::empty())
         .unwrap();
-    let resp = app().oneshot(req).await.unwrap();
+    let resp = app(hist).await.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap();
@@ -381,14 +448,13 @@ async fn other_methods_get_a_json_405_and_an_unencoded_plus_in_a_time_is_underst
     let uri = format!(
         "/api/v1/gpus/{UUID}/telemetry?start_time=2026-09-21T16:13:21+02:00&end_time=2026-09-21T16:13:23%2B02:00"
     );
-    let (s, body) = call(&uri, Some(KEY)).await;
+    let (s, body) = call(hist, &uri, Some(KEY)).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["count"], 2);
 }
 
-#[tokio::test]
-async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
-    let (_, doc) = call("/openapi.json", None).await;
+async fn openapi_document_lists_the_routes_and_docs_page_renders_them(hist: History) {
+    let (_, doc) = call(hist, "/openapi.json", None).await;
     let paths: Vec<&str> = doc["paths"]
         .as_object()
         .unwrap()
@@ -409,7 +475,8 @@ async fn openapi_document_lists_the_routes_and_docs_page_renders_them() {
         ]
     );
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
-    let resp = app()
+    let resp = app(hist)
+        .await
         .oneshot(
             Request::builder()
                 .uri("/docs")
@@ -492,13 +559,11 @@ async fn with_the_streamer_down_reads_are_a_json_503_and_readyz_fails_but_health
     }
 }
 
-#[tokio::test]
-async fn a_long_range_streams_in_pieces_and_is_compressed_when_asked() {
+async fn a_long_range_streams_in_pieces_and_is_compressed_when_asked(hist: History) {
     use futures::StreamExt as _;
     use std::io::Read as _;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open_disk(DiskConfig::new(dir.path())).unwrap());
-    // 3,000 samples in five flushed chunks and an unflushed rest.
+    let (_dir, store) = open_store(hist);
+    // 3,000 samples in five flushed chunks and an unflushed rest (the builtin store).
     for part in 0..6 {
         let batch = TelemetryBatch {
             schema_version: SCHEMA_VERSION,
@@ -518,9 +583,12 @@ async fn a_long_range_streams_in_pieces_and_is_compressed_when_asked() {
                 })
                 .collect(),
         };
-        store.apply(&batch).unwrap();
+        store_all(hist, &store, vec![batch]).await;
         if part < 5 {
-            store.flush().unwrap();
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.flush().unwrap())
+                .await
+                .unwrap();
         }
     }
     let app = router(AppState {
@@ -589,6 +657,7 @@ async fn a_long_range_streams_in_pieces_and_is_compressed_when_asked() {
 // answers a client error or success, never a server error, and a 400 always names the
 // parameter.
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 
 /// Query strings made of the pieces a parser trips on: names (known and not), separators,
 /// percent escapes (valid, invalid, of multi-byte UTF-8), times, numbers, durations.
@@ -625,46 +694,50 @@ fn query() -> impl Strategy<Value = String> {
     proptest::collection::vec(piece, 0..12).prop_map(|v| v.concat())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
-
-    #[test]
-    fn any_query_is_answered_without_a_server_error(q in query(), route in 0usize..4) {
-        let path = match route {
-            0 => "/api/v1/gpus".to_string(),
-            1 => format!("/api/v1/gpus/{UUID}"),
-            2 => format!("/api/v1/gpus/{UUID}/telemetry"),
-            _ => format!("/api/v1/gpus/{UUID}/processes"),
-        };
-        let uri = format!("{path}?{q}");
-        // Only URIs the HTTP layer accepts reach the router.
-        prop_assume!(uri.parse::<axum::http::Uri>().is_ok());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let (status, body) = rt.block_on(async {
-            let resp = app()
-                .oneshot(
-                    Request::builder()
-                        .uri(&uri)
-                        .header("x-api-key", KEY)
-                        .body(Body::empty())
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-            let status = resp.status();
-            let body = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
-            (status, body)
-        });
-        prop_assert!(!status.is_server_error(), "{uri}: {status}");
-        if status == 400 {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            prop_assert!(v["error"]["parameter"].is_string(), "{uri}: {v}");
-        }
+/// One property case: `q` on route number `route` of an app over `hist`.
+fn any_query(hist: History, q: String, route: usize) -> Result<(), TestCaseError> {
+    let path = match route {
+        0 => "/api/v1/gpus".to_string(),
+        1 => format!("/api/v1/gpus/{UUID}"),
+        2 => format!("/api/v1/gpus/{UUID}/telemetry"),
+        _ => format!("/api/v1/gpus/{UUID}/processes"),
+    };
+    let uri = format!("{path}?{q}");
+    // Only URIs the HTTP layer accepts reach the router.
+    prop_assume!(uri.parse::<axum::http::Uri>().is_ok());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = rt.block_on(async {
+        let resp = app(hist)
+            .await
+            .oneshot(
+                Request::builder()
+                    .uri(&uri)
+                    .header("x-api-key", KEY)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        (status, body)
+    });
+    prop_assert!(!status.is_server_error(), "{uri}: {status}");
+    if status == 400 {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        prop_assert!(v["error"]["parameter"].is_string(), "{uri}: {v}");
     }
+    Ok(())
 }
 
 /// GET /api/v1/gpus from an app with `more` extra GPUs, with `headers`.
 async fn get_from(
+    hist: History,
     more: u32,
     headers: &[(&str, &str)],
 ) -> (StatusCode, axum::http::HeaderMap, axum::body::Bytes) {
@@ -674,7 +747,8 @@ async fn get_from(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = app_with(more)
+    let resp = app_with(hist, more)
+        .await
         .oneshot(req.body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -686,9 +760,8 @@ async fn get_from(
     (status, h, body)
 }
 
-#[tokio::test]
-async fn the_gpu_list_has_an_etag_answers_304_to_it_and_compresses_when_asked() {
-    let (s, h, plain) = get_from(0, &[]).await;
+async fn the_gpu_list_has_an_etag_answers_304_to_it_and_compresses_when_asked(hist: History) {
+    let (s, h, plain) = get_from(hist, 0, &[]).await;
     assert_eq!(s, StatusCode::OK);
     let etag = h["etag"].to_str().unwrap().to_string();
     assert!(
@@ -697,21 +770,21 @@ async fn the_gpu_list_has_an_etag_answers_304_to_it_and_compresses_when_asked() 
     );
     assert_eq!(h.get("content-encoding"), None, "small, and not asked");
     // The same data on another replica (a fresh app here): the same ETag.
-    let (_, h2, _) = get_from(0, &[]).await;
+    let (_, h2, _) = get_from(hist, 0, &[]).await;
     assert_eq!(h2["etag"], etag.as_str());
-    let (s, h, body) = get_from(0, &[("if-none-match", &etag)]).await;
+    let (s, h, body) = get_from(hist, 0, &[("if-none-match", &etag)]).await;
     assert_eq!(s, StatusCode::NOT_MODIFIED);
     assert!(body.is_empty());
     assert_eq!(h["etag"], etag.as_str());
-    let (s, _, _) = get_from(0, &[("if-none-match", "W/\"0123\", \"other\"")]).await;
+    let (s, _, _) = get_from(hist, 0, &[("if-none-match", "W/\"0123\", \"other\"")]).await;
     assert_eq!(s, StatusCode::OK, "a different tag");
     // Not compressed when small (251 bytes here), even if asked.
-    let (_, h, body) = get_from(0, &[("accept-encoding", "gzip")]).await;
+    let (_, h, body) = get_from(hist, 0, &[("accept-encoding", "gzip")]).await;
     assert_eq!(h.get("content-encoding"), None);
     assert_eq!(body, plain);
     // gzip when accepted and the body is worth it (over 1 KB): the same JSON once inflated.
-    let (_, _, big) = get_from(40, &[]).await;
-    let (s, h, zipped) = get_from(40, &[("accept-encoding", "br, gzip;q=0.8")]).await;
+    let (_, _, big) = get_from(hist, 40, &[]).await;
+    let (s, h, zipped) = get_from(hist, 40, &[("accept-encoding", "br, gzip;q=0.8")]).await;
     assert_eq!(s, StatusCode::OK);
     assert!(big.len() > 1024, "{}", big.len());
     assert_eq!(h["content-encoding"], "gzip");
@@ -724,11 +797,11 @@ async fn the_gpu_list_has_an_etag_answers_304_to_it_and_compresses_when_asked() 
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut out).unwrap();
     assert_eq!(out, big);
-    let (_, h, _) = get_from(40, &[("accept-encoding", "gzip;q=0")]).await;
+    let (_, h, _) = get_from(hist, 40, &[("accept-encoding", "gzip;q=0")]).await;
     assert_eq!(h.get("content-encoding"), None, "q=0 refuses gzip");
     assert_eq!(h["vary"], "accept-encoding");
     // zstd first when accepted (as browsers offer it): smaller still, the same JSON.
-    let (s, h, z) = get_from(40, &[("accept-encoding", "gzip, deflate, br, zstd")]).await;
+    let (s, h, z) = get_from(hist, 40, &[("accept-encoding", "gzip, deflate, br, zstd")]).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["content-encoding"], "zstd");
     assert_eq!(zstd::decode_all(&z[..]).unwrap(), big);
@@ -738,12 +811,11 @@ async fn the_gpu_list_has_an_etag_answers_304_to_it_and_compresses_when_asked() 
         z.len(),
         zipped.len()
     );
-    let (_, h, _) = get_from(40, &[("accept-encoding", "zstd;q=0, gzip")]).await;
+    let (_, h, _) = get_from(hist, 40, &[("accept-encoding", "zstd;q=0, gzip")]).await;
     assert_eq!(h["content-encoding"], "gzip");
 }
 
-#[tokio::test]
-async fn the_dcgm_exposition_is_the_same_text_plain_gzipped_or_zstd() {
+async fn the_dcgm_exposition_is_the_same_text_plain_gzipped_or_zstd(hist: History) {
     use std::io::Read as _;
     let get = |accept: Option<&'static str>| async move {
         let mut req = Request::builder()
@@ -752,7 +824,8 @@ async fn the_dcgm_exposition_is_the_same_text_plain_gzipped_or_zstd() {
         if let Some(a) = accept {
             req = req.header("accept-encoding", a);
         }
-        let resp = app_with(40)
+        let resp = app_with(hist, 40)
+            .await
             .oneshot(req.body(Body::empty()).unwrap())
             .await
             .unwrap();
@@ -832,3 +905,50 @@ async fn the_pipeline_route_reports_the_ingest_counters_exactly_and_needs_the_ke
     let resp = call("/api/v1/pipeline?x=1", Some(KEY)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 }
+
+/// Module `$module` runs each test `$name` above, and the query property, over history
+/// `$hist`.
+macro_rules! contract {
+    ($module:ident, $hist:expr, [$($name:ident),* $(,)?]) => {
+        mod $module {
+            use super::*;
+
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($hist).await
+                }
+            )*
+
+            proptest! {
+                #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+                #[test]
+                fn any_query_is_answered_without_a_server_error(q in query(), route in 0usize..4) {
+                    any_query($hist, q, route)?;
+                }
+            }
+        }
+    };
+}
+
+/// Every test above that reads data, on both histories.
+macro_rules! on_both_histories {
+    ($($name:ident),* $(,)?) => {
+        contract!(builtin, History::Builtin, [$($name),*]);
+        contract!(victoriametrics, History::Victoriametrics, [$($name),*]);
+    };
+}
+
+on_both_histories!(
+    only_health_readiness_metrics_openapi_and_the_dashboards_files_answer_without_a_key,
+    gpu_list_and_detail_follow_the_contract,
+    telemetry_window_metrics_and_limit_are_applied,
+    step_and_agg_give_one_sample_per_bucket_in_metric_units,
+    bad_input_gets_a_json_400_or_404_naming_the_problem_never_a_500,
+    other_methods_get_a_json_405_and_an_unencoded_plus_in_a_time_is_understood,
+    openapi_document_lists_the_routes_and_docs_page_renders_them,
+    a_long_range_streams_in_pieces_and_is_compressed_when_asked,
+    the_gpu_list_has_an_etag_answers_304_to_it_and_compresses_when_asked,
+    the_dcgm_exposition_is_the_same_text_plain_gzipped_or_zstd,
+);
