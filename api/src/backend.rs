@@ -123,6 +123,28 @@ struct Replica {
     up: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// A latest-state stream counted open (in the mirror, and its streamer marked up) while
+/// this lives.
+struct OpenStream<'a> {
+    mirror: &'a LatestMirror,
+    up: &'a std::sync::atomic::AtomicBool,
+}
+
+impl<'a> OpenStream<'a> {
+    fn new(mirror: &'a LatestMirror, up: &'a std::sync::atomic::AtomicBool) -> Self {
+        mirror.streams_up(1);
+        up.store(true, std::sync::atomic::Ordering::Relaxed);
+        Self { mirror, up }
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.up.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.mirror.streams_up(-1);
+    }
+}
+
 /// How often the streamers' addresses are resolved again by default.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
 
@@ -379,7 +401,6 @@ impl GrpcBackend {
     async fn watch(self, replica: Replica, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(250);
-        let up = |v: bool| replica.up.store(v, std::sync::atomic::Ordering::Relaxed);
         loop {
             // No per-call timeout: the stream is meant to stay open.
             let mut c = replica.client.clone();
@@ -391,18 +412,14 @@ impl GrpcBackend {
             match stream {
                 Ok(resp) => {
                     let mut stream = resp.into_inner();
-                    self.mirror.streams_up(1);
-                    up(true);
+                    // Counted open until this scope ends, however it ends (an abort too).
+                    let _open = OpenStream::new(&self.mirror, &replica.up);
                     loop {
                         // The streamer sends at least once a second: silence means a dead
                         // connection, even if TCP has not noticed.
                         let msg = tokio::select! {
                             m = tokio::time::timeout(MIRROR_MAX_AGE, stream.message()) => m,
-                            () = &mut shutdown => {
-                                self.mirror.streams_up(-1);
-                                up(false);
-                                return;
-                            }
+                            () = &mut shutdown => return,
                         };
                         let Ok(msg) = msg else {
                             tracing::warn!("latest-state stream silent; reconnecting");
@@ -420,8 +437,6 @@ impl GrpcBackend {
                             }
                         }
                     }
-                    self.mirror.streams_up(-1);
-                    up(false);
                 }
                 Err(status) => {
                     tracing::debug!(code = ?status.code(), "latest-state stream unavailable");
@@ -482,6 +497,7 @@ impl TelemetryBackend for GrpcBackend {
         }
         // The newest answer of any streamer that knows the GPU.
         let mut newest: Option<GpuStatus> = None;
+        let mut failed = None;
         for mut c in self.all_clients() {
             match c
                 .get_gpu(self.req(GetGpuRequest { uuid: uuid.clone() }))
@@ -496,10 +512,15 @@ impl TelemetryBackend for GrpcBackend {
                     }
                 }
                 Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(unavailable(s)),
+                Err(s) => failed = Some(s),
             }
         }
-        Ok(newest)
+        // An unknown GPU is only said when every streamer answered.
+        match (newest, failed) {
+            (Some(g), _) => Ok(Some(g)),
+            (None, Some(s)) => Err(unavailable(s)),
+            (None, None) => Ok(None),
+        }
     }
 
     async fn range_stream(
@@ -572,15 +593,19 @@ impl TelemetryBackend for GrpcBackend {
     }
 
     async fn stats(&self) -> Result<Vec<Counter>, BackendError> {
-        // Summed over the streamers (each counts what it ingested).
+        // Summed over the streamers that answer (each counts what it ingested).
         let mut sum: Vec<Counter> = Vec::new();
-        for mut c in self.all_clients() {
-            let counters = c
-                .stats(self.req(StatsRequest {}))
-                .await
-                .map_err(unavailable)?
-                .into_inner()
-                .counters;
+        let mut failed = None;
+        let clients = self.all_clients();
+        let n = clients.len();
+        for mut c in clients {
+            let counters = match c.stats(self.req(StatsRequest {})).await {
+                Ok(r) => r.into_inner().counters,
+                Err(s) => {
+                    failed = Some(s);
+                    continue;
+                }
+            };
             for k in counters {
                 match sum
                     .iter_mut()
@@ -591,7 +616,10 @@ impl TelemetryBackend for GrpcBackend {
                 }
             }
         }
-        Ok(sum)
+        match failed {
+            Some(s) if sum.is_empty() || n == 1 => Err(unavailable(s)),
+            _ => Ok(sum),
+        }
     }
 
     fn visit_latest(&self, f: &mut dyn FnMut(GpuView<'_>)) -> bool {

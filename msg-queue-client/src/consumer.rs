@@ -247,8 +247,10 @@ impl ConsumerContext for AssignContext {
                         Resume::At(o) => checked_resume(base, &topic, partition, o),
                         Resume::Beginning => Offset::Beginning,
                         Resume::Committed => match committed(base, &topic, partition) {
-                            Some(o) => checked_resume(base, &topic, partition, o),
-                            None => Offset::Beginning,
+                            Ok(Some(o)) => checked_resume(base, &topic, partition, o),
+                            Ok(None) => Offset::Beginning,
+                            // librdkafka looks the commit up itself (the log start without one).
+                            Err(()) => Offset::Stored,
                         },
                     };
                     tracing::info!(topic, partition, ?offset, "partition assigned");
@@ -284,23 +286,25 @@ impl ConsumerContext for AssignContext {
     }
 }
 
-/// The group's committed offset of `partition`; `None` when it has none (or it cannot be
-/// read: then the log is read from its start, which idempotent stores absorb).
+/// The group's committed offset of `partition`: `Ok(None)` when it has none, `Err` when it
+/// cannot be read now (said once here).
 fn committed<C: ConsumerContext>(
     base: &BaseConsumer<C>,
     topic: &str,
     partition: i32,
-) -> Option<i64> {
+) -> Result<Option<i64>, ()> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
     match base.committed_offsets(tpl, WATERMARK_TIMEOUT) {
-        Ok(c) => match c.find_partition(topic, partition).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        },
+        Ok(c) => Ok(
+            match c.find_partition(topic, partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            },
+        ),
         Err(error) => {
-            tracing::warn!(%error, topic, partition, "cannot read the group's committed offset; reading the partition from its start");
-            None
+            tracing::warn!(%error, topic, partition, "cannot read the group's committed offset now; librdkafka will resume at it");
+            Err(())
         }
     }
 }

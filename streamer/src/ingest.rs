@@ -123,26 +123,27 @@ impl Ingestor {
 
     /// Refuses a batch listing a GPU another node reported within [`GPU_OWNERSHIP_MS`]: in
     /// the store, or in `pending` (batches of this fetch accepted before it, stored together
-    /// after it: uuid → node).
+    /// after it: uuid → node and the time of its newest sample there).
     fn check_owners(
         &self,
         batch: &TelemetryBatch,
-        pending: &std::collections::HashMap<String, String>,
+        pending: &std::collections::HashMap<String, (String, i64)>,
         now: i64,
     ) -> Result<(), Reject> {
-        if let Some((uuid, node)) = batch.gpus.iter().find_map(|g| {
+        let since = now.saturating_sub(GPU_OWNERSHIP_MS - 1);
+        if let Some((uuid, node, seen)) = batch.gpus.iter().find_map(|g| {
             pending
                 .get(&g.uuid)
-                .filter(|n| **n != batch.node)
-                .map(|n| (&g.uuid, n))
+                .filter(|(n, seen)| *n != batch.node && *seen >= since)
+                .map(|(n, seen)| (&g.uuid, n, *seen))
         }) {
             return Err(Reject::Invalid(format!(
-                "GPU {uuid} belongs to node {node:?} (reported 0 s ago), not {:?}",
+                "GPU {uuid} belongs to node {node:?} (reported {} s ago), not {:?}",
+                now.saturating_sub(seen).max(0) / 1000,
                 batch.node
             )));
         }
         let uuids = batch.gpus.iter().map(|g| g.uuid.as_str());
-        let since = now.saturating_sub(GPU_OWNERSHIP_MS - 1);
         match self
             .store
             .latest()
@@ -172,7 +173,7 @@ impl Ingestor {
         // Verified batches, stored together after the loop (one remote request for many
         // where the history can), and the GPUs they claim.
         let mut accepted: Vec<TelemetryBatch> = Vec::new();
-        let mut owners: std::collections::HashMap<String, String> = Default::default();
+        let mut owners: std::collections::HashMap<String, (String, i64)> = Default::default();
         for (i, rec) in records.iter().enumerate() {
             let opened = rec
                 .oversized
@@ -195,7 +196,19 @@ impl Ingestor {
                         }
                     }
                     for g in &batch.gpus {
-                        owners.insert(g.uuid.clone(), batch.node.clone());
+                        let seen = batch
+                            .samples
+                            .iter()
+                            .filter(|s| s.uuid == g.uuid)
+                            .map(|s| s.timestamp_ms)
+                            .max()
+                            .unwrap_or(i64::MIN);
+                        let e = owners
+                            .entry(g.uuid.clone())
+                            .or_insert_with(|| (batch.node.clone(), seen));
+                        if seen >= e.1 {
+                            *e = (batch.node.clone(), seen);
+                        }
                     }
                     accepted.push(batch);
                 }

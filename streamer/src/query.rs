@@ -111,6 +111,7 @@ pub fn status(g: GpuState) -> GpuStatus {
         last_seen_ms: g.last_seen_ms,
         latest: g.latest,
         sample_count: g.sample_count,
+        info_at_ms: g.info_at_ms,
     }
 }
 
@@ -125,6 +126,7 @@ pub fn state(g: GpuStatus) -> Option<GpuState> {
         latest: g.latest,
         last_seen_ms: g.last_seen_ms,
         sample_count: g.sample_count,
+        info_at_ms: g.info_at_ms,
     })
 }
 

@@ -211,10 +211,7 @@ pub fn parse_headers(lines: &[String]) -> Result<reqwest::header::HeaderMap, Str
         })?;
         let name =
             reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                format!(
-                    "--victoriametrics-header: {:?} is not a header name",
-                    name.trim()
-                )
+"--victoriametrics-header: a line's name is not a valid header name (the line is not shown: it may hold a credential)".to_string()
             })?;
         let mut value = reqwest::header::HeaderValue::from_str(value.trim()).map_err(|_| {
             format!("--victoriametrics-header {name}: the value is not a valid header value")
@@ -277,6 +274,18 @@ impl RemoteWriter {
         }
     }
 
+    /// The URL as errors say it: without user and password.
+    fn shown_url(&self) -> String {
+        match reqwest::Url::parse(&self.url) {
+            Ok(mut u) => {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.to_string()
+            }
+            Err(_) => "the remote-write URL".into(),
+        }
+    }
+
     /// Writes `batch` once.
     ///
     /// # Errors
@@ -302,7 +311,7 @@ impl RemoteWriter {
             .send()
             .await
             .map_err(|e| WriteError::Retry {
-                url: self.url.clone(),
+                url: self.shown_url(),
                 detail: causes(&e.without_url()),
             })?;
         let status = resp.status();
@@ -313,12 +322,12 @@ impl RemoteWriter {
         let text: String = text.chars().take(300).collect();
         if status.is_server_error() || status.as_u16() == 429 {
             Err(WriteError::Retry {
-                url: self.url.clone(),
+                url: self.shown_url(),
                 detail: format!("HTTP {status}: {text}"),
             })
         } else {
             Err(WriteError::Refused {
-                url: self.url.clone(),
+                url: self.shown_url(),
                 status: status.as_u16(),
                 body: text,
             })
@@ -597,6 +606,10 @@ impl crate::store::History for VictoriaHistory {
 
     fn keeps_offsets(&self) -> bool {
         false
+    }
+
+    fn writes_in_bulk(&self) -> bool {
+        true
     }
 
     fn knows(&self, uuid: &str) -> Result<bool, crate::store::StoreError> {

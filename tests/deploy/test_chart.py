@@ -887,6 +887,15 @@ def test_an_in_chart_victoriametrics_is_there_to_try_the_mode_and_only_streamers
     assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": streamer_labels}}],
                                   "ports": [{"port": 8428, "protocol": "TCP"}]}]
     assert policy["egress"] == []
+    # Reads sent elsewhere (readUrl) open egress to there too.
+    _, docs = install({"history": {"backend": "victoriametrics", "victoriametrics": {
+        "deploy": {"enabled": True}, "readUrl": "http://vmselect.monitoring:8481/select/0/prometheus"}}})
+    egress = by_kind(docs, "NetworkPolicy")["streamer"]["spec"]["egress"]
+    assert egress[-2:] == [{"to": [{"podSelector": {"matchLabels": vm_labels}}],
+                            "ports": [{"port": 8428, "protocol": "TCP"}]},
+                           {"ports": [{"port": 8428, "protocol": "TCP"}]}]
+    # A values file from before history.reads was dropped still installs.
+    install({"history": {"reads": "local"}})
     # Without persistence: an emptyDir, no claim.
     _, docs = install({"history": {"backend": "victoriametrics", "victoriametrics": {
         "deploy": {"enabled": True, "persistence": {"enabled": False}}}}})

@@ -137,6 +137,11 @@ async fn three_streamers_share_twelve_partitions_and_a_kill_9_loses_and_doubles_
     // moves them to the survivors when the session expires.
     streamers[0].kill9();
     let killed = shares[0].clone();
+    // The api still answers what the live streamers can: the ingest counters summed over
+    // them (the dead one, still in its list, is skipped).
+    let (s, pipeline) = get_json(&http, &format!("{base}/api/v1/pipeline"), Some(&n.api_key)).await;
+    assert_eq!(s, 200, "{pipeline}");
+    assert!(pipeline["samples_stored"].as_u64() > Some(0), "{pipeline}");
     tokio::time::sleep(Duration::from_secs(7)).await;
     streamers.push(spawn_streamer_with(
         &broker,

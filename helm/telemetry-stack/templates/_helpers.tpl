@@ -340,7 +340,8 @@ address, on its ports). */}}
 
 {{/* Egress to VictoriaMetrics (history.backend victoriametrics). */}}
 {{- define "ts.egressHistory" -}}
-{{- if and (include "ts.bundledVictoriametrics" .) (not .Values.history.victoriametrics.url) }}
+{{- $inChart := and (include "ts.bundledVictoriametrics" .) (not .Values.history.victoriametrics.url) }}
+{{- if $inChart }}
 - to:
     - podSelector:
         matchLabels:
@@ -348,7 +349,9 @@ address, on its ports). */}}
   ports:
     - port: 8428
       protocol: TCP
-{{- else if eq .Values.history.backend "victoriametrics" }}
+{{- end }}
+{{- /* An endpoint outside the release: the url, or a readUrl beside the in-chart one. */}}
+{{- if and (eq .Values.history.backend "victoriametrics") (or (not $inChart) .Values.history.victoriametrics.readUrl) }}
 - {{- with .Values.networkPolicy.historyTo }}
   to:
     {{- toYaml . | nindent 4 }}

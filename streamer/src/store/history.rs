@@ -137,9 +137,15 @@ pub trait History: Send + Sync + 'static {
     /// idempotent) and must not cover its offset.
     fn apply(&self, batch: &TelemetryBatch) -> Result<(Applied, Vec<bool>), StoreError>;
 
+    /// Whether [`History::apply_all`] does better than one [`History::apply`] per batch
+    /// (one remote request for many); then it is all or nothing.
+    fn writes_in_bulk(&self) -> bool {
+        false
+    }
+
     /// [`History::apply`] of each of `batches`, in order; a history that can do them in one
-    /// go (one remote request) does. All or nothing as far as the caller knows: on an
-    /// error the caller retries them all (they are idempotent).
+    /// go (one remote request) does. On an error the caller retries them all (they are
+    /// idempotent).
     ///
     /// # Errors
     /// [`StoreError`] as for [`History::apply`].

@@ -33,6 +33,8 @@ pub struct GpuState {
     pub last_seen_ms: i64,
     /// Samples held.
     pub sample_count: u64,
+    /// Collection time of the batch `info` came from, UTC ms.
+    pub info_at_ms: i64,
 }
 
 #[derive(Debug)]
@@ -59,6 +61,7 @@ impl Entry {
             latest,
             info: self.info.clone(),
             sample_count: self.count,
+            info_at_ms: self.info_at_ms,
         }
     }
 }
@@ -213,7 +216,7 @@ impl LatestIndex {
         }
         for g in gpus {
             inner.remove(&g.info.uuid);
-            inner.upsert_info(&g.info, i64::MIN, v);
+            inner.upsert_info(&g.info, g.info_at_ms, v);
             if let Some(e) = inner.gpus.get_mut(&g.info.uuid) {
                 e.latest = g.latest;
                 e.count = g.sample_count;
@@ -222,31 +225,30 @@ impl LatestIndex {
         inner.version = v;
     }
 
-    /// Merges `gpus` from one of several partial views (streamers sharing a consumer group):
-    /// a GPU's state is taken when it is new here or newer than the one held (a later
-    /// newest sample; at the same one, more samples). Nothing is removed.
+    /// Merges `gpus` from one of several partial views (streamers sharing a consumer group),
+    /// each part by its own time: the inventory (with health, XIDs, pods) when it comes from
+    /// a newer batch than the one held, the newest sample and count when the sample is
+    /// newer (at the same one, with more samples). Nothing is removed.
     pub fn merge(&self, gpus: Vec<GpuState>) {
         let mut inner = self.write();
         let v = inner.version + 1;
         let mut changed = false;
         for g in gpus {
-            let newer = inner.gpus.get(&g.info.uuid).is_none_or(|e| {
-                let seen = e.latest.as_ref().map_or(0, |l| l.timestamp_ms);
-                (g.last_seen_ms, g.sample_count) > (seen, e.count)
-            });
-            if !newer {
+            // Newer inventory (or a GPU new here): upsert_info keeps the older otherwise.
+            changed |= inner.upsert_info(&g.info, g.info_at_ms, v);
+            let Some(e) = inner.gpus.get_mut(&g.info.uuid) else {
                 continue;
-            }
-            inner.remove(&g.info.uuid);
-            inner.upsert_info(&g.info, i64::MIN, v);
-            if let Some(e) = inner.gpus.get_mut(&g.info.uuid) {
+            };
+            let seen = e.latest.as_ref().map_or(0, |l| l.timestamp_ms);
+            if (g.last_seen_ms, g.sample_count) > (seen, e.count) {
                 e.latest = g.latest.map(|mut l| {
                     l.uuid = String::new();
                     l
                 });
                 e.count = g.sample_count;
+                e.changed = v;
+                changed = true;
             }
-            changed = true;
         }
         if changed {
             inner.version = v;
@@ -432,6 +434,24 @@ mod tests {
         assert_eq!(merged.snapshot().1, v);
         assert_eq!(merged.len(), 2);
         assert_eq!(merged.get("GPU-1").unwrap().latest.unwrap().uuid, "GPU-1");
+        // Newer inventory without a new sample (a GPU lost: health only) is taken; an
+        // older one is not.
+        let mut lost = b.get("GPU-1").unwrap();
+        lost.info.driver_version = Some("lost".into());
+        lost.info_at_ms = 4_000;
+        merged.merge(vec![lost.clone()]);
+        let g = merged.get("GPU-1").unwrap();
+        assert_eq!(
+            (g.info.driver_version.as_deref(), g.last_seen_ms),
+            (Some("lost"), 3_000)
+        );
+        lost.info.driver_version = Some("stale".into());
+        lost.info_at_ms = 3_500;
+        merged.merge(vec![lost]);
+        assert_eq!(
+            merged.get("GPU-1").unwrap().info.driver_version.as_deref(),
+            Some("lost")
+        );
     }
 
     #[test]

@@ -78,6 +78,13 @@ impl Store {
     /// [`StoreError`] from the history; the batches must be retried and their offsets not
     /// covered.
     pub fn apply_all(&self, batches: &[TelemetryBatch]) -> Result<Vec<Applied>, StoreError> {
+        if !self.history.writes_in_bulk() {
+            // One by one, the latest index taking each as it is stored: a failure part way
+            // must not leave stored batches the index never saw (their retry finds them
+            // already stored, "not new").
+            return batches.iter().map(|b| self.apply(b)).collect();
+        }
+        // All or nothing: the index takes them once all are stored.
         let done = self.history.apply_all(batches)?;
         Ok(batches
             .iter()
