@@ -330,6 +330,7 @@ def test_a_wrong_key_is_refused_and_asked_again(api, browser):
     browser.wait("document.querySelector('#login-error').textContent === 'That key was refused.'", "the refusal")
     assert browser.eval("sessionStorage.getItem('gpu-telemetry-api-key')") is None
     assert browser.eval("document.querySelector('#dashboard').hidden")
-    # The only error the console shows is the refused request itself.
+    # No error in the console but the refused request's own (Chromium logs that one only
+    # sometimes, and not always before the page shows the refusal: it may be absent).
     errors = browser.console_errors()
-    assert errors and all("401" in e for e in errors), errors
+    assert all("401" in e for e in errors), errors
