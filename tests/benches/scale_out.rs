@@ -26,8 +26,8 @@ use collector::simulated::{FleetSpec, SimulatedSource};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use integration_tests::{
-    Broker, Names, Proc, VictoriaMetrics, api_url, args, bin, free_port, get_text, metric_value,
-    pct, spawn_streamer_with,
+    Broker, Names, Proc, VictoriaMetrics, api_url, args, bin, eventually, free_port, get_json,
+    get_text, metric_value, pct, spawn_streamer_with,
 };
 use msg_queue_client::producer::{ProducerConfig, TelemetryProducer};
 use streamer::remote_write::RemoteWriter;
@@ -144,46 +144,27 @@ async fn ingest(
         })
         .collect();
     let http = reqwest::Client::new();
-    let (mut first, mut last) = (None, None);
-    let deadline = Instant::now()
-        + Duration::from_secs(
-            std::env::var("BENCH_DEADLINE")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(600),
-        );
-    while last.is_none() {
+    let stored = || async {
         let mut stored = 0;
-        if Instant::now() > deadline {
-            for m in &members {
-                let text = get_text(&http, &m.streamer_metrics())
-                    .await
-                    .unwrap_or_default();
-                eprintln!(
-                    "{}",
-                    text.lines()
-                        .filter(|l| l.starts_with("streamer_"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
-            panic!("ingest did not finish in time");
-        }
         for m in &members {
             let text = get_text(&http, &m.streamer_metrics())
                 .await
                 .unwrap_or_default();
             stored += metric_value(&text, "streamer_samples_stored_total").unwrap_or(0);
         }
-        if stored > 0 && first.is_none() {
-            first = Some(Instant::now());
-        }
-        if stored >= total {
-            last = Some(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let secs = (last.unwrap() - first.unwrap()).as_secs_f64();
+        stored
+    };
+    let first = eventually(
+        Duration::from_secs(120),
+        "the first sample stored",
+        || async { (stored().await > 0).then(Instant::now) },
+    )
+    .await;
+    let last = eventually(Duration::from_secs(600), "every sample stored", || async {
+        (stored().await >= total).then(Instant::now)
+    })
+    .await;
+    let secs = (last - first).as_secs_f64();
     (total as f64 / secs, n, procs)
 }
 
@@ -276,23 +257,15 @@ async fn ingest_and_list(
         .collect();
     let (_api, base) = spawn_api(&urls.join(","), &n3);
     let list = format!("{base}/api/v1/gpus");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let body: serde_json::Value = http
-            .get(&list)
-            .header("x-api-key", &n3.api_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap_or_default();
-        if body["count"].as_u64() == Some(u64::from(gpus)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the api lists every GPU");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(60),
+        "the api lists every GPU",
+        || async {
+            let (_, body) = get_json(http, &list, Some(&n3.api_key)).await;
+            (body["count"].as_u64() == Some(u64::from(gpus))).then_some(())
+        },
+    )
+    .await;
     vm.flush(http).await;
     let (m50, m99, mbytes) = latency(http, &list, &n3.api_key, 50).await;
     let at = (T0 + 86_400_000 + i64::from(rounds - 1) * 1000) as f64 / 1000.0;

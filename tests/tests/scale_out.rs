@@ -132,9 +132,10 @@ async fn three_streamers_share_twelve_partitions_and_a_kill_9_loses_and_doubles_
     // commit (re-reading, and re-writing, what it had handled after that). The test broker
     // (tansu, the registry build) never moves a SIGKILLed member's partitions to the
     // survivors by session timeout alone (TOOLCHAIN-FACTS, known defects), and a member
-    // joining before the dead one's session has expired leaves it a share: the replacement
-    // starts once the session timeout (6 s, spawn_streamer_with) has passed. Kafka itself
-    // moves them to the survivors when the session expires.
+    // joining before the dead one's session has expired leaves it a share: while a settled
+    // assignment (every live member holding partitions) still misses some, the replacement
+    // leaves and joins again. Kafka itself moves them to the survivors when the session
+    // expires.
     streamers[0].kill9();
     let killed = shares[0].clone();
     // The api still answers what the live streamers can: the ingest counters summed over
@@ -142,14 +143,10 @@ async fn three_streamers_share_twelve_partitions_and_a_kill_9_loses_and_doubles_
     let (s, pipeline) = get_json(&http, &format!("{base}/api/v1/pipeline"), Some(&n.api_key)).await;
     assert_eq!(s, 200, "{pipeline}");
     assert!(pipeline["samples_stored"].as_u64() > Some(0), "{pipeline}");
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    streamers.push(spawn_streamer_with(
-        &broker,
-        &replacement,
-        replacement_grpc,
-        &flags,
-        &token,
-    ));
+    let spawn_replacement =
+        || spawn_streamer_with(&broker, &replacement, replacement_grpc, &flags, &token);
+    let replacement_proc = std::cell::RefCell::new(spawn_replacement());
+    let rejoins = std::cell::Cell::new(0);
     let live: Vec<String> = members[1..]
         .iter()
         .map(|(m, _)| m.streamer_metrics())
@@ -167,12 +164,26 @@ async fn three_streamers_share_twelve_partitions_and_a_kill_9_loses_and_doubles_
             let all: BTreeSet<u32> = shares.iter().flatten().copied().collect();
             let disjoint = shares.iter().map(BTreeSet::len).sum::<usize>() == all.len();
             // The replacement's share is not empty: the group rebalanced after the kill.
-            (disjoint && all.len() == PARTITIONS as usize && shares.iter().all(|s| !s.is_empty()))
-                .then_some(shares)
+            let settled = shares.iter().all(|s| !s.is_empty());
+            if disjoint && settled && all.len() == PARTITIONS as usize {
+                return Some(shares);
+            }
+            if disjoint && settled {
+                // Settled with the dead member still holding a share: leave and join again.
+                let mut r = replacement_proc.borrow_mut();
+                r.term();
+                r.wait_exit(Duration::from_secs(30));
+                *r = spawn_replacement();
+                rejoins.set(rejoins.get() + 1);
+            }
+            None
         },
     )
     .await;
-    eprintln!("partitions before the kill {shares:?}, after {moved:?} (killed: {killed:?})");
+    eprintln!(
+        "partitions before the kill {shares:?}, after {moved:?} (killed: {killed:?}; the replacement joined {} times)",
+        rejoins.get() + 1
+    );
     assert!(collector.wait_exit(Duration::from_secs(120)).success());
 
     // Every GPU, whichever streamer consumed it, listed by the api with its newest sample;
