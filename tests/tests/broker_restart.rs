@@ -110,7 +110,7 @@ async fn broker_killed_and_restarted_loses_no_sample() {
     .await;
     assert_eq!(per_gpu, vec![rounds, rounds], "{summary}");
 
-    // Every GPU's series has no gap: consecutive samples are one interval apart.
+    // Every GPU's series holds every round once.
     let (_, list) = get_json(&http, &format!("{base}/api/v1/gpus"), Some(&n.api_key)).await;
     for g in list["gpus"].as_array().unwrap() {
         let uuid = g["uuid"].as_str().unwrap();
@@ -128,15 +128,10 @@ async fn broker_killed_and_restarted_loses_no_sample() {
             })
             .collect();
         assert_eq!(ts.len() as u64, rounds);
-        let gaps: Vec<i64> = ts
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .filter(|d| *d > 150)
-            .collect();
-        assert!(
-            gaps.is_empty(),
-            "GPU {uuid}: gaps of {gaps:?} ms in {} samples",
-            ts.len()
-        );
+        // Each round once (a lost one would shorten the count, a doubled one lengthen it); not
+        // the spacing between rounds, which measures the loaded machine's clock, not loss
+        // (a 169 ms step failed a fresh-clone CI run once).
+        let distinct: std::collections::BTreeSet<&i64> = ts.iter().collect();
+        assert_eq!(distinct.len(), ts.len(), "GPU {uuid}: a round twice");
     }
 }
